@@ -1,0 +1,78 @@
+"""APRIL-GAN zero-shot heads: the PyTorch reference of the anomaly map and image score.
+
+Per tap: normalise(Linear(patch tokens)) @ T * 100 -> [B, 2, g, g] -> bilinear upsample to the
+input size (align_corners=True) -> softmax over the two classes -> abnormal channel; the map is
+the sum over taps. Image score: softmax(100 * normalise(image embedding) @ T)[abnormal].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zsad_edge.runtime.errors import ModelLoadError
+
+LOGIT_SCALE = 100.0
+OFFICIAL_CHECKPOINT_KEY = "trainable_linearlayer"
+
+
+class AprilGanHeads(nn.Module):
+    """One Linear(width -> embed_dim) per tap plus the frozen class text vectors T [embed_dim, 2].
+
+    The ModuleList is named `fc` so that the official APRIL-GAN checkpoints (`fc.{i}.weight`)
+    load without renaming.
+    """
+
+    def __init__(self, num_taps: int, width: int, embed_dim: int, text_features: torch.Tensor,
+                 input_size: tuple[int, int]) -> None:
+        super().__init__()
+        if tuple(text_features.shape) != (embed_dim, 2):
+            raise ValueError(f"text features must be [{embed_dim}, 2], got {tuple(text_features.shape)}")
+        self.fc = nn.ModuleList([nn.Linear(width, embed_dim) for _ in range(num_taps)])
+        self.register_buffer("text_features", text_features.float().clone())
+        self.input_size = tuple(input_size)
+
+    def forward(self, image_embedding: torch.Tensor, taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embedding [B, E], taps [B, n_taps, N, width] -> (anomaly_map [B, H, W], image_score [B])."""
+        batch, _, num_patches, _ = taps.shape
+        grid = int(round(num_patches ** 0.5))
+        anomaly_map = taps.new_zeros((batch, *self.input_size))
+        for index, linear in enumerate(self.fc):
+            tokens = F.normalize(linear(taps[:, index]), dim=-1)
+            logits = LOGIT_SCALE * tokens @ self.text_features  # [B, N, 2]
+            logits = logits.permute(0, 2, 1).reshape(batch, 2, grid, grid)
+            logits = F.interpolate(logits, size=self.input_size, mode="bilinear", align_corners=True)
+            anomaly_map = anomaly_map + logits.softmax(dim=1)[:, 1]
+        image = F.normalize(image_embedding, dim=-1)
+        image_score = (LOGIT_SCALE * image @ self.text_features).softmax(dim=-1)[:, 1]
+        return anomaly_map, image_score
+
+
+def load_head_weights(heads: AprilGanHeads, checkpoint: Path) -> str:
+    """Load trained head weights into `heads`; returns the checkpoint's sha256 for the manifest.
+
+    Accepts the official APRIL-GAN format ({'trainable_linearlayer': state_dict}) and a bare
+    state dict of `fc.{i}.weight/bias` as written by zsad-edge training.
+    """
+    from zsad_edge.runtime.bundle import sha256_file
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise ModelLoadError(f"heads checkpoint not found: {checkpoint}")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read heads checkpoint {checkpoint}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if isinstance(state, dict) and OFFICIAL_CHECKPOINT_KEY in state:
+        state = state[OFFICIAL_CHECKPOINT_KEY]
+    try:
+        heads.load_state_dict(state, strict=False)
+        missing = [k for k in heads.state_dict() if k.startswith("fc.") and k not in state]
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(f"heads checkpoint {checkpoint} does not fit these taps/widths: {str(exc)[:300]}") from None
+    if missing:
+        raise ModelLoadError(f"heads checkpoint {checkpoint} lacks {missing[:4]} (wrong number of taps?)")
+    return sha256_file(checkpoint)

@@ -1,0 +1,162 @@
+"""Building an APRIL-GAN zero-shot bundle: load CLIP, precompute text, export, verify, write.
+
+This is the library behind `python export/build_engines.py`; tests and benchmarks call it
+directly and get back the torch modules the graphs were exported from, for parity checks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zsad_edge.runtime.bundle import Manifest
+from zsad_edge.runtime.detector import ENCODER, HEADS
+from zsad_edge.runtime.errors import ModelLoadError
+from zsad_edge.runtime.preprocess import PreprocessSpec
+
+from .aprilgan import LOGIT_SCALE, AprilGanHeads, load_head_weights
+from .bundle_writer import finalize_manifest, staged_bundle
+from .clip_backbone import ClipSpec, ImageEncoderWithTaps, LoadedClip, default_taps, load_clip, validate_taps
+from .onnx_export import check_parity, export_module
+from .prompts import PromptSet, class_text_features
+from .reference import ReferenceDetector
+
+LOG = logging.getLogger(__name__)
+TEXT_EMBEDDINGS_FILE = "text_embeddings.npy"
+PARITY_BATCH_SIZES = (1, 3)
+
+
+@dataclass
+class BuildConfig:
+    """Everything that decides a bundle's contents."""
+
+    clip: ClipSpec
+    out_dir: Path
+    object_name: str = "object"
+    taps: list[int] | None = None
+    heads_checkpoint: Path | None = None
+    random_heads: bool = False
+    prompt_set: str = "aprilgan"
+    parity_tolerance: float = 1e-4
+    image_threshold: float = 0.5
+    overwrite: bool = False
+    seed: int = 0
+
+
+@dataclass
+class BuiltBundle:
+    """The written bundle plus the torch modules its graphs came from."""
+
+    path: Path
+    manifest: Manifest
+    encoder: ImageEncoderWithTaps
+    heads: AprilGanHeads
+    parity: dict = field(default_factory=dict)
+
+    def reference_detector(self, device: str = "cpu") -> ReferenceDetector:
+        return ReferenceDetector(self.manifest, self.encoder, self.heads, device=device)
+
+
+def build_aprilgan_bundle(config: BuildConfig) -> BuiltBundle:
+    """Build, verify and atomically write an APRIL-GAN zero-shot bundle."""
+    if config.heads_checkpoint is None and not config.random_heads:
+        raise ModelLoadError(
+            "APRIL-GAN needs trained linear heads: pass --heads-checkpoint PATH (official APRIL-GAN "
+            "checkpoint or zsad-edge training output), or --random-heads for tests and timing"
+        )
+    clip = load_clip(config.clip)
+    taps = validate_taps(config.taps, clip.num_layers) if config.taps else default_taps(clip.num_layers)
+    prompt_set = PromptSet.load(config.prompt_set)
+    text_features = class_text_features(clip.model, clip.tokenizer, prompt_set, config.object_name)
+    heads = AprilGanHeads(len(taps), clip.width, clip.embed_dim, text_features, clip.input_size).eval()
+    heads_origin = _init_heads(heads, config)
+    encoder = ImageEncoderWithTaps(clip.model.visual, taps).eval()
+
+    with staged_bundle(config.out_dir, config.overwrite) as staging:
+        components, parity = _export_graphs(encoder, heads, clip, staging, config.parity_tolerance, config.seed)
+        np.save(staging / TEXT_EMBEDDINGS_FILE, text_features.numpy().astype(np.float32))
+        manifest = Manifest(
+            method={"name": "aprilgan_zero_shot", "params": {
+                "logit_scale": LOGIT_SCALE,
+                "object_name": config.object_name,
+                "prompt_set": config.prompt_set,
+                "text_embeddings": TEXT_EMBEDDINGS_FILE,
+                "upsample_align_corners": True,
+                "heads": heads_origin,
+            }},
+            clip=_clip_record(config.clip, clip),
+            preprocess=PreprocessSpec(clip.input_size, clip.mean, clip.std, "stretch", clip.interpolation),
+            taps=taps,
+            patch_grid=list(clip.patch_grid),
+            components=components,
+            scoring={
+                # Uncalibrated defaults: mean tap probability 0.5 for the map, 0.5 for the score.
+                "map_threshold": 0.5 * len(taps),
+                "map_max": float(len(taps)),
+                "image_threshold": config.image_threshold,
+                "calibrated": False,
+            },
+            parity=parity,
+            producer=f"zsad-edge {_version()}",
+        )
+        finalize_manifest(staging, manifest)
+    LOG.info("bundle written to %s", config.out_dir)
+    return BuiltBundle(Path(config.out_dir), manifest, encoder, heads, parity)
+
+
+def _init_heads(heads: AprilGanHeads, config: BuildConfig) -> dict:
+    if config.heads_checkpoint is not None:
+        digest = load_head_weights(heads, config.heads_checkpoint)
+        return {"kind": "checkpoint", "file": Path(config.heads_checkpoint).name, "sha256": digest}
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    with torch.no_grad():
+        for linear in heads.fc:
+            linear.weight.normal_(0.0, linear.in_features ** -0.5, generator=generator)
+            linear.bias.zero_()
+    return {"kind": "random", "seed": config.seed + 1}
+
+
+def _export_graphs(encoder: ImageEncoderWithTaps, heads: AprilGanHeads, clip: LoadedClip, staging: Path,
+                   tolerance: float, seed: int):
+    """Export encoder and heads separately (stage timings, reuse of taps by later methods)."""
+    height, width = clip.input_size
+    generator = torch.Generator().manual_seed(seed + 2)
+
+    def images(batch: int) -> tuple[torch.Tensor]:
+        return (torch.randn(batch, 3, height, width, generator=generator),)
+
+    def features(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return encoder(*images(batch))
+
+    encoder_spec = export_module(encoder, images(2), staging / "image_encoder.onnx", ["image"],
+                                 ["image_embedding", "taps"])
+    encoder_parity = check_parity(encoder, staging / encoder_spec.file, images, PARITY_BATCH_SIZES, tolerance)
+    heads_spec = export_module(heads, features(2), staging / "heads.onnx", ["image_embedding", "taps"],
+                               ["anomaly_map", "image_score"])
+    heads_parity = check_parity(heads, staging / heads_spec.file, features, PARITY_BATCH_SIZES, tolerance)
+    return ({ENCODER: encoder_spec, HEADS: heads_spec},
+            {ENCODER: encoder_parity.to_dict(), HEADS: heads_parity.to_dict()})
+
+
+def _clip_record(spec: ClipSpec, clip: LoadedClip) -> dict:
+    return {
+        "architecture": spec.architecture,
+        "weights": clip.weights_origin,
+        "width": clip.width,
+        "embed_dim": clip.embed_dim,
+        "layers": clip.num_layers,
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zsad-edge")
+    except PackageNotFoundError:
+        return "unknown"

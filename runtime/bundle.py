@@ -1,0 +1,163 @@
+"""The engine bundle contract: manifest schema, file hashing and verification.
+
+Export writes bundles through these types and the runtime reads them through the same types, so
+the contract lives in one place. A bundle is trusted only after its schema version and every
+file's sha256 check out: a half-copied folder or a hand-edited graph is refused with a message
+that says what to rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError
+from .preprocess import PreprocessSpec
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+REBUILD_HINT = "rebuild it with `python export/build_engines.py`"
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    """Hex sha256 of a file, streamed so multi-GB external weight files do not fill memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output; a string dimension is dynamic (e.g. "batch")."""
+
+    name: str
+    shape: list[int | str]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One exported graph; `files` lists the .onnx and any external-data side files."""
+
+    file: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    precision: str = "fp32"
+    opset: int | None = None
+    external_data: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ComponentSpec":
+        return cls(
+            file=data["file"],
+            inputs=[TensorSpec(**t) for t in data["inputs"]],
+            outputs=[TensorSpec(**t) for t in data["outputs"]],
+            precision=data.get("precision", "fp32"),
+            opset=data.get("opset"),
+            external_data=list(data.get("external_data", [])),
+        )
+
+
+@dataclass
+class Manifest:
+    """Everything the runtime needs to run a bundle without torch or open_clip.
+
+    method: {"name": ..., "params": {...}}; clip: architecture and weights origin;
+    scoring: thresholds used for `mask` and `is_anomalous`; parity: export-time measurements.
+    """
+
+    method: dict[str, Any]
+    clip: dict[str, Any]
+    preprocess: PreprocessSpec
+    taps: list[int]
+    patch_grid: list[int]
+    components: dict[str, ComponentSpec]
+    scoring: dict[str, float]
+    files: dict[str, str] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    producer: str = "zsad-edge"
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["preprocess"] = self.preprocess.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: Path) -> "Manifest":
+        try:
+            return cls(
+                method=data["method"],
+                clip=data["clip"],
+                preprocess=PreprocessSpec.from_dict(data["preprocess"]),
+                taps=list(data["taps"]),
+                patch_grid=list(data["patch_grid"]),
+                components={name: ComponentSpec.from_dict(c) for name, c in data["components"].items()},
+                scoring=dict(data["scoring"]),
+                files=dict(data["files"]),
+                parity=dict(data.get("parity", {})),
+                producer=data.get("producer", "unknown"),
+                schema_version=int(data["schema_version"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"manifest {source} is malformed ({type(exc).__name__}: {exc}); {REBUILD_HINT}") from None
+
+
+def hash_bundle_files(bundle_dir: Path) -> dict[str, str]:
+    """sha256 of every file in the bundle except the manifest, keyed by relative POSIX path."""
+    return {
+        path.relative_to(bundle_dir).as_posix(): sha256_file(path)
+        for path in sorted(bundle_dir.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_NAME
+    }
+
+
+def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifest:
+    """Read and validate a bundle's manifest; with verify_hashes, check every listed file."""
+    bundle_dir = Path(bundle_dir)
+    manifest_path = bundle_dir / MANIFEST_NAME
+    if not bundle_dir.is_dir():
+        raise BundleError(f"bundle folder not found: {bundle_dir}; {REBUILD_HINT}")
+    if not manifest_path.is_file():
+        raise BundleError(f"not a zsad-edge bundle (no {MANIFEST_NAME}): {bundle_dir}; {REBUILD_HINT}")
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"manifest is not valid JSON ({exc}): {manifest_path}; {REBUILD_HINT}") from None
+    if not isinstance(raw, dict) or "schema_version" not in raw:
+        raise BundleError(f"manifest has no schema_version: {manifest_path}; {REBUILD_HINT}")
+    version = raw["schema_version"]
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise BundleError(
+            f"bundle schema {version} is newer than this runtime supports ({SCHEMA_VERSION}): "
+            f"upgrade zsad-edge, or {REBUILD_HINT} with this version"
+        )
+    if version < SCHEMA_VERSION:
+        raise BundleError(f"bundle schema {version} is older than this runtime's ({SCHEMA_VERSION}); {REBUILD_HINT}")
+    manifest = Manifest.from_dict(raw, manifest_path)
+    if verify_hashes:
+        verify_files(bundle_dir, manifest)
+    return manifest
+
+
+def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
+    """Refuse missing or modified files: a tampered graph must never run silently."""
+    for relative, expected in manifest.files.items():
+        path = bundle_dir / relative
+        if not path.is_file():
+            raise BundleError(f"bundle file missing: {path}; {REBUILD_HINT}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BundleError(
+                f"bundle file {relative} does not match its manifest sha256 "
+                f"(expected {expected[:12]}..., found {actual[:12]}...): tampered or partly copied; {REBUILD_HINT}"
+            )
+    for name, component in manifest.components.items():
+        for relative in [component.file, *component.external_data]:
+            if relative not in manifest.files:
+                raise BundleError(f"component {name!r} file {relative} is not hashed in the manifest; {REBUILD_HINT}")

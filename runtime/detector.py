@@ -1,0 +1,66 @@
+"""The lean runtime detector: a bundle run with onnxruntime, no torch anywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .bundle import load_manifest
+from .errors import BundleError
+from .ort_backend import OrtComponent
+from .pipeline import DetectionPipeline
+
+ENCODER = "image_encoder"
+HEADS = "heads"
+SUPPORTED_METHODS = ("aprilgan_zero_shot",)
+
+
+class Detector(DetectionPipeline):
+    """Runs a bundle's image encoder and heads graphs.
+
+    Usage: `Detector.from_bundle("bundle/")(image)` -> DetectionResult.
+    """
+
+    def __init__(self, bundle_dir: Path, manifest, encoder: OrtComponent, heads: OrtComponent) -> None:
+        super().__init__(manifest)
+        self.bundle_dir = bundle_dir
+        self.encoder = encoder
+        self.heads_graph = heads
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | Path, backend: str = "auto", verify: bool = True,
+                    intra_op_threads: int | None = None) -> "Detector":
+        """Load a bundle; verify=True checks every file's sha256 against the manifest first."""
+        bundle_dir = Path(bundle_dir)
+        manifest = load_manifest(bundle_dir, verify_hashes=verify)
+        method = manifest.method.get("name")
+        if method not in SUPPORTED_METHODS:
+            raise BundleError(f"bundle method {method!r} is not supported by this runtime ({', '.join(SUPPORTED_METHODS)})")
+        for name in (ENCODER, HEADS):
+            if name not in manifest.components:
+                raise BundleError(f"bundle has no {name!r} component; rebuild it with `python export/build_engines.py`")
+        graphs = [
+            OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads)
+            for name in (ENCODER, HEADS)
+        ]
+        return cls(bundle_dir, manifest, *graphs)
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers actually bound (not merely requested)."""
+        return self.encoder.providers
+
+    def encode(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.encoder.run({"image": batch})
+
+    def heads(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        out = self.heads_graph.run(features)
+        return out["anomaly_map"], out["image_score"]
+
+    def resize_maps(self, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        # INTER_LINEAR uses half-pixel centres without antialiasing, the same sampling as
+        # torch's bilinear interpolate(align_corners=False) used by the reference.
+        return [cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m, (h, w) in zip(maps, sizes)]

@@ -1,0 +1,94 @@
+"""The staged detection pipeline shared by the runtime Detector and the PyTorch reference.
+
+Both run preprocess -> encode -> heads -> postprocess with the same stage names, so benchmarks time
+the same stages on each side and parity tests compare like with like. Subclasses supply the
+model stages; preprocessing and result assembly are shared.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .bundle import Manifest
+from .image_io import read_image, to_rgb_float
+from .preprocess import preprocess_batch
+
+ImageInput = np.ndarray | str | os.PathLike
+
+
+@dataclass
+class DetectionResult:
+    """One image's verdict.
+
+    anomaly_map: float32 at the ORIGINAL image size (H x W); mask: anomaly_map >= the bundle's
+    map threshold; score: image-level anomaly score; is_anomalous: score >= image threshold.
+    """
+
+    score: float
+    anomaly_map: np.ndarray
+    mask: np.ndarray
+    is_anomalous: bool
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready numbers (no arrays) for reports."""
+        return {
+            "score": self.score,
+            "is_anomalous": self.is_anomalous,
+            "map_max": float(self.anomaly_map.max()),
+            "map_mean": float(self.anomaly_map.mean()),
+            "mask_fraction": float(self.mask.mean()),
+            "height": int(self.anomaly_map.shape[0]),
+            "width": int(self.anomaly_map.shape[1]),
+        }
+
+
+class DetectionPipeline(ABC):
+    """Template for a detector: the model stages are abstract, the rest is shared."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.map_threshold = float(manifest.scoring["map_threshold"])
+        self.image_threshold = float(manifest.scoring["image_threshold"])
+
+    def preprocess(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Images (arrays or paths) -> normalised NCHW batch and each image's original (H, W)."""
+        rgb = [to_rgb_float(read_image(im) if isinstance(im, (str, os.PathLike)) else im) for im in images]
+        return preprocess_batch(rgb, self.manifest.preprocess), [im.shape[:2] for im in rgb]
+
+    @abstractmethod
+    def encode(self, batch: np.ndarray) -> Any:
+        """Run the image encoder; returns whatever `heads` consumes."""
+
+    @abstractmethod
+    def heads(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Features -> (anomaly maps [B, H_in, W_in] at model input size, image scores [B])."""
+
+    @abstractmethod
+    def resize_maps(self, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Bilinearly resize each model-size map back to its image's original size."""
+
+    def postprocess(self, maps: np.ndarray, scores: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[DetectionResult]:
+        """Maps at model size -> results at original size, thresholded."""
+        return [
+            DetectionResult(
+                score=float(score),
+                anomaly_map=full,
+                mask=full >= self.map_threshold,
+                is_anomalous=bool(score >= self.image_threshold),
+            )
+            for full, score in zip(self.resize_maps(maps, sizes), scores)
+        ]
+
+    def detect_batch(self, images: Sequence[ImageInput]) -> list[DetectionResult]:
+        """Run a batch of images of any sizes through all stages in one model call."""
+        batch, sizes = self.preprocess(images)
+        maps, scores = self.heads(self.encode(batch))
+        return self.postprocess(maps, scores, sizes)
+
+    def __call__(self, image: ImageInput) -> DetectionResult:
+        return self.detect_batch([image])[0]
