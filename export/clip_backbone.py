@@ -111,8 +111,8 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
         if spec.pretrained is not None:
             raise ModelLoadError(
                 f"could not download open_clip weights {spec.architecture}/{spec.pretrained} "
-                f"({str(exc).splitlines()[0][:200]}); on an offline machine pass a local file with "
-                "--clip-checkpoint PATH"
+                "(model hub unreachable or weights not cached); on an offline machine pass a local file "
+                "with --clip-checkpoint PATH"
             ) from None
         raise ModelLoadError(f"checkpoint {spec.checkpoint} does not fit {spec.architecture}: {str(exc)[:300]}") from None
     except Exception as exc:  # torch.load / safetensors errors on corrupt files

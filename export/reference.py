@@ -28,6 +28,10 @@ class ReferenceDetector(DetectionPipeline):
         self.encoder = encoder.eval().to(self.device)
         self.heads_module = heads_module.eval().to(self.device)
 
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     @torch.no_grad()
     def encode(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(torch.from_numpy(batch).to(self.device))

@@ -60,6 +60,9 @@ class OrtComponent:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Spinning worker threads keep burning cores after a run; with two graphs per frame
+        # (encoder, then heads) on a small CPU they steal time from the next graph.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if intra_op_threads is None and os.environ.get("ZSAD_EDGE_THREADS"):
             intra_op_threads = int(os.environ["ZSAD_EDGE_THREADS"])
         if intra_op_threads:

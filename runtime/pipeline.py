@@ -72,6 +72,9 @@ class DetectionPipeline(ABC):
     def resize_maps(self, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Bilinearly resize each model-size map back to its image's original size."""
 
+    def synchronize(self) -> None:
+        """Wait for queued device work; stage timings call it. Host-synchronous backends need nothing."""
+
     def postprocess(self, maps: np.ndarray, scores: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[DetectionResult]:
         """Maps at model size -> results at original size, thresholded."""
         return [

@@ -1,0 +1,103 @@
+"""Latency per stage and end to end: PyTorch reference vs the onnxruntime runtime, side by side.
+
+Builds a bundle (random weights by default: speed does not depend on weight values), then runs
+both detectors interleaved on the same images, prints a table and writes JSON.
+
+  python benchmarks/latency.py --arch ViT-B-16 --image-size 224
+  python benchmarks/latency.py --arch ViT-L-14-336 --image-size 518 --runs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from zsad_edge.runtime.detector import Detector
+from zsad_edge.runtime.image_io import list_images, read_image, to_rgb_float
+from zsad_edge.runtime.ort_backend import BACKENDS
+
+from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def _images(paths: list[str], batch_size: int) -> list[np.ndarray]:
+    """The given images (cycled to fill the batch) or synthetic 8-bit 400x256 scans."""
+    if paths:
+        files = list_images(paths)
+        return [to_rgb_float(read_image(files[i % len(files)])) for i in range(batch_size)]
+    rng = np.random.default_rng(0)
+    return [to_rgb_float((rng.random((256, 400)) * 255).astype(np.uint8)) for _ in range(batch_size)]
+
+
+def _machine() -> dict:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+            "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="ViT-B-16")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--runs", type=int, default=20, help="timed runs (median reported)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--images", nargs="*", default=[], help="image files/folders (default: synthetic)")
+    parser.add_argument("--backend", choices=BACKENDS, default="cpu", help="onnxruntime backend")
+    parser.add_argument("--torch-device", default="cpu")
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/latency_<arch>_<size>.json)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+
+    from zsad_edge.export.build import BuildConfig, build_aprilgan_bundle
+    from zsad_edge.export.clip_backbone import ClipSpec
+
+    with tempfile.TemporaryDirectory() as scratch:
+        built = build_aprilgan_bundle(BuildConfig(
+            clip=ClipSpec(args.arch, random_init=True, image_size=args.image_size),
+            out_dir=Path(scratch) / "bundle", random_heads=True))
+        detectors = {
+            "torch_eager_fp32": built.reference_detector(device=args.torch_device),
+            "onnxruntime_fp32": Detector.from_bundle(built.path, backend=args.backend),
+        }
+        images = _images(args.images, args.batch_size)
+        times = benchmark_interleaved(detectors, images, args.runs, args.warmup)
+        providers = detectors["onnxruntime_fp32"].providers
+
+    table = format_table(times, baseline="torch_eager_fp32")
+    title = f"{args.arch} @ {args.image_size}px, batch {args.batch_size}, median of {args.runs} runs"
+    print(f"{title}\n\n{table}")
+    report = {
+        "benchmark": "latency", "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
+        "runs": args.runs, "warmup": args.warmup, "weights": "random", "onnxruntime_providers": providers,
+        "machine": _machine(),
+        "median_ms": {name: t.medians() for name, t in times.items()},
+        "iqr_ms": {name: t.spreads() for name, t in times.items()},
+    }
+    out = args.out or RESULTS_DIR / f"latency_{args.arch}_{args.image_size}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""`zsad-edge`: run a bundle on images and folders from the command line (no torch needed).
+
+Every user-facing failure prints one `error: ...` line and exits non-zero; a folder run carries
+on past unreadable images, lists them at the end and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from .detector import Detector
+from .errors import ImageReadError, ZsadEdgeError
+from .image_io import list_images, read_image, to_rgb_float, write_bytes_atomic, write_image_atomic
+from .ort_backend import BACKENDS
+from .overlay import render_overlay
+
+EXIT_ERROR = 2
+EXIT_PARTIAL = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zsad-edge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    detect = sub.add_parser("detect", help="score images and write JSON + heatmap overlays")
+    detect.add_argument("bundle", type=Path, help="bundle folder written by export/build_engines.py")
+    detect.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    detect.add_argument("--out", type=Path, required=True, help="output folder for <name>.json, <name>_overlay.png")
+    detect.add_argument("--backend", choices=BACKENDS, default="auto")
+    detect.add_argument("--batch-size", type=int, default=1, help="images per model call")
+    detect.add_argument("--no-verify", action="store_true", help="skip the sha256 check of bundle files")
+    info = sub.add_parser("info", help="print a bundle's manifest summary")
+    info.add_argument("bundle", type=Path)
+    return parser
+
+
+def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str = "auto", batch_size: int = 1,
+               verify: bool = True) -> dict:
+    """Detect on every image; returns the summary written to out_dir/summary.json."""
+    detector = Detector.from_bundle(bundle, backend=backend, verify=verify)
+    paths = list_images(inputs)
+    if not paths:
+        raise ImageReadError(f"no images found in {', '.join(map(str, inputs))}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+    used_names: set[str] = set()
+    pending: list[tuple[Path, object]] = []
+
+    def flush() -> None:
+        for (path, image), result in zip(pending, detector.detect_batch([im for _, im in pending])):
+            name = _unique_name(path, used_names)
+            summary = {"image": str(path), **result.summary()}
+            write_bytes_atomic(out_dir / f"{name}.json", (json.dumps(summary, indent=2) + "\n").encode())
+            overlay = render_overlay(image, result.anomaly_map, result.mask, detector.manifest.scoring["map_max"])
+            write_image_atomic(out_dir / f"{name}_overlay.png", overlay)
+            results[str(path)] = summary
+        pending.clear()
+
+    for path in tqdm(paths, desc="detect", unit="img", disable=len(paths) < 2, file=sys.stderr):
+        try:
+            pending.append((path, to_rgb_float(read_image(path))))
+        except ImageReadError as exc:
+            failures[str(path)] = str(exc)
+            tqdm.write(f"skipped: {exc}", file=sys.stderr)
+            continue
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    summary = {"bundle": str(bundle), "providers": detector.providers, "results": results, "failures": failures}
+    write_bytes_atomic(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def _unique_name(path: Path, used: set[str]) -> str:
+    name, counter = path.stem, 1
+    while name in used:
+        counter += 1
+        name = f"{path.stem}_{counter}"
+    used.add(name)
+    return name
+
+
+def _print_info(bundle: Path) -> None:
+    from .bundle import load_manifest
+
+    manifest = load_manifest(bundle, verify_hashes=False)
+    print(json.dumps({
+        "method": manifest.method["name"],
+        "clip": manifest.clip,
+        "input_size": manifest.preprocess.input_size,
+        "taps": manifest.taps,
+        "components": {k: v.file for k, v in manifest.components.items()},
+        "scoring": manifest.scoring,
+    }, indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        if args.command == "info":
+            _print_info(args.bundle)
+            return 0
+        if args.batch_size < 1:
+            raise ZsadEdgeError("--batch-size must be at least 1")
+        summary = run_detect(args.bundle, args.inputs, args.out, args.backend, args.batch_size, not args.no_verify)
+    except ZsadEdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    done, failed = len(summary["results"]), len(summary["failures"])
+    if not done:
+        reasons = "; ".join(summary["failures"].values())
+        print(f"error: no image could be read: {reasons}", file=sys.stderr)
+        return EXIT_ERROR
+    flagged = sum(r["is_anomalous"] for r in summary["results"].values())
+    print(f"{done} image(s) scored, {flagged} flagged anomalous, {failed} skipped; results in {args.out}")
+    for path, reason in summary["failures"].items():
+        print(f"  skipped {path}: {reason}")
+    return EXIT_PARTIAL if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
