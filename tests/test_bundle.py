@@ -1,0 +1,109 @@
+"""Bundle integrity: atomic writes, hashes, schema versions, malformed manifests."""
+
+import json
+import shutil
+
+import pytest
+
+from zsad_edge.export.build import build_aprilgan_bundle
+from zsad_edge.export.bundle_writer import staged_bundle
+from zsad_edge.export.demo import demo_config
+from zsad_edge.runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, load_manifest
+from zsad_edge.runtime.detector import Detector
+from zsad_edge.runtime.errors import BundleError, ModelLoadError, ParityError, ZsadEdgeError
+
+
+@pytest.fixture
+def bundle_copy(tiny_built, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(tiny_built.path, target)
+    return target
+
+
+def _edit_manifest(bundle, **changes):
+    path = bundle / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_manifest_lists_every_file_with_its_hash(tiny_built):
+    manifest = load_manifest(tiny_built.path)
+    on_disk = {p.name for p in tiny_built.path.iterdir()} - {MANIFEST_NAME}
+    assert set(manifest.files) == on_disk
+    assert {"image_encoder.onnx", "image_encoder.onnx.data", "heads.onnx", "text_embeddings.npy"} <= on_disk
+    assert manifest.components["image_encoder"].external_data == ["image_encoder.onnx.data"]
+    assert manifest.components["image_encoder"].inputs[0].shape == ["batch", 3, 224, 224]
+    assert manifest.clip["weights"]["kind"] == "random" and "never for inspection" in manifest.clip["weights"]["warning"]
+
+
+def test_tampered_file_is_refused(bundle_copy):
+    with open(bundle_copy / "image_encoder.onnx.data", "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x00\x01\x02\x03")
+    with pytest.raises(BundleError, match="image_encoder.onnx.data does not match its manifest sha256"):
+        Detector.from_bundle(bundle_copy)
+
+
+def test_missing_file_is_refused(bundle_copy):
+    (bundle_copy / "heads.onnx").unlink()
+    with pytest.raises(BundleError, match="bundle file missing: .*heads.onnx"):
+        Detector.from_bundle(bundle_copy)
+
+
+def test_newer_schema_is_refused_with_upgrade_hint(bundle_copy):
+    _edit_manifest(bundle_copy, schema_version=SCHEMA_VERSION + 1)
+    with pytest.raises(BundleError, match="newer than this runtime supports.*upgrade zsad-edge"):
+        Detector.from_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ('{"schema_version": 1}', "malformed"),
+    ("[]", "no schema_version"),
+])
+def test_malformed_manifests_are_named(bundle_copy, content, message):
+    (bundle_copy / MANIFEST_NAME).write_text(content)
+    with pytest.raises(BundleError, match=message):
+        load_manifest(bundle_copy)
+
+
+def test_not_a_bundle_and_missing_folder(tmp_path):
+    with pytest.raises(BundleError, match="bundle folder not found"):
+        Detector.from_bundle(tmp_path / "nothing")
+    with pytest.raises(BundleError, match="not a zsad-edge bundle"):
+        Detector.from_bundle(tmp_path)
+
+
+def test_unknown_method_is_refused(bundle_copy):
+    _edit_manifest(bundle_copy, method={"name": "future_method", "params": {}})
+    with pytest.raises(BundleError, match="future_method"):
+        Detector.from_bundle(bundle_copy)
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path):
+    config = demo_config(tmp_path / "out", overwrite=False)
+    config.parity_tolerance = 0.0  # every graph differs from torch by rounding, so the gate trips
+    with pytest.raises(ParityError, match="disagrees with PyTorch"):
+        build_aprilgan_bundle(config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_bundle_is_kept_unless_overwrite(tmp_path):
+    target = tmp_path / "b"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    with pytest.raises(ZsadEdgeError, match="--overwrite"):
+        with staged_bundle(target, overwrite=False):
+            pass
+    with staged_bundle(target, overwrite=True) as staging:
+        (staging / "new").write_text("y")
+    assert [p.name for p in target.iterdir()] == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_heads_are_required(tmp_path):
+    config = demo_config(tmp_path / "x", overwrite=False)
+    config.random_heads = False
+    with pytest.raises(ModelLoadError, match="--heads-checkpoint PATH"):
+        build_aprilgan_bundle(config)

@@ -1,0 +1,95 @@
+"""Both command lines end to end, in subprocesses as a user runs them."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(args, cwd=REPO):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def _zsad(*args):
+    return _run([sys.executable, "-m", "zsad_edge.runtime.cli", *map(str, args)])
+
+
+def _error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_demo_builds_and_detects_offline(tmp_path):
+    proc = _run([sys.executable, str(REPO / "export" / "build_engines.py"), "--demo", "--out", str(tmp_path / "demo")],
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "demo" / "manifest.json").is_file()
+    result = json.loads((tmp_path / "demo_output" / "synthetic_part.json").read_text())
+    assert 0.0 <= result["score"] <= 1.0 and (result["height"], result["width"]) == (256, 400)
+    overlay = cv2.imread(str(tmp_path / "demo_output" / "synthetic_part_overlay.png"))
+    assert overlay.shape == (256, 400, 3)
+
+
+def test_folder_run_continues_past_bad_images(tiny_built, tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    cv2.imwrite(str(images / "1-+_row0.png"), (np.random.default_rng(0).random((64, 100)) * 255).astype(np.uint8))
+    cv2.imwrite(str(images / "rgb.jpg"), np.zeros((30, 30, 3), np.uint8))
+    (images / "corrupt.png").write_bytes(b"garbage")
+    (images / "empty.png").write_bytes(b"")
+    proc = _zsad("detect", tiny_built.path, images, "--out", tmp_path / "out", "--batch-size", "2")
+    assert proc.returncode == 1
+    assert "2 image(s) scored" in proc.stdout and "2 skipped" in proc.stdout
+    assert "cannot decode image (corrupt or not an image)" in proc.stdout and "image file is empty" in proc.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["results"]) == 2 and len(summary["failures"]) == 2
+    assert summary["providers"][0] == "CPUExecutionProvider"
+    per_image = json.loads((tmp_path / "out" / "1-+_row0.json").read_text())
+    assert per_image["width"] == 100 and per_image["height"] == 64
+    assert (tmp_path / "out" / "rgb_overlay.png").is_file()
+
+
+def test_single_corrupt_image_is_one_error_line(tiny_built, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    proc = _zsad("detect", tiny_built.path, tmp_path / "bad.png", "--out", tmp_path / "out")
+    assert proc.returncode == 2
+    assert _error_lines(proc.stderr) == [f"error: no image could be read: cannot decode image (corrupt or not an image): {tmp_path / 'bad.png'}"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_bundles_give_one_error_line(tiny_built, tmp_path):
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.zeros((20, 20), np.uint8))
+    proc = _zsad("detect", tmp_path / "no_bundle", image, "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "bundle folder not found" in _error_lines(proc.stderr)[0]
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_built.path, tampered)
+    with open(tampered / "heads.onnx", "ab") as handle:
+        handle.write(b"\0")
+    proc = _zsad("detect", tampered, image, "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "heads.onnx does not match its manifest sha256" in _error_lines(proc.stderr)[0]
+
+
+def test_build_errors_are_one_line(tmp_path):
+    build = [sys.executable, str(REPO / "export" / "build_engines.py"), "--arch", "zsad-tiny-vit"]
+    proc = _run([*build, "--clip-checkpoint", str(tmp_path / "missing.pt"), "--random-heads", "--out", str(tmp_path / "b")])
+    assert proc.returncode == 2 and _error_lines(proc.stderr) == [f"error: CLIP checkpoint not found: {tmp_path / 'missing.pt'}"]
+    proc = _run([*build, "--random-init", "--out", str(tmp_path / "b")])
+    assert proc.returncode == 2 and "--heads-checkpoint PATH" in _error_lines(proc.stderr)[0]
+    assert not (tmp_path / "b").exists()
+
+
+def test_info_prints_the_manifest_summary(tiny_built):
+    proc = _zsad("info", tiny_built.path)
+    assert proc.returncode == 0
+    info = json.loads(proc.stdout)
+    assert info["method"] == "aprilgan_zero_shot" and info["taps"] == [1, 2, 3, 4]
