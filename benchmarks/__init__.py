@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Latency and parity benchmarks comparing the PyTorch reference with the runtime."""

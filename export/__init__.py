@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Torch side: reference models, text-embedding precompute, ONNX export and bundle building."""

@@ -27,13 +27,19 @@ class AprilGanHeads(nn.Module):
     """
 
     def __init__(self, num_taps: int, width: int, embed_dim: int, text_features: torch.Tensor,
-                 input_size: tuple[int, int]) -> None:
+                 input_size: tuple[int, int], patch_grid: tuple[int, int]) -> None:
         super().__init__()
         if tuple(text_features.shape) != (embed_dim, 2):
             raise ValueError(f"text features must be [{embed_dim}, 2], got {tuple(text_features.shape)}")
         self.fc = nn.ModuleList([nn.Linear(width, embed_dim) for _ in range(num_taps)])
         self.register_buffer("text_features", text_features.float().clone())
-        self.input_size = tuple(input_size)
+        self.patch_grid = tuple(patch_grid)
+        # Bilinear (align_corners=True) upsampling as two constant matrices: X -> A_h @ X @ A_w^T.
+        # Same numbers as F.interpolate, but exported as two small MatMuls, which onnxruntime
+        # and TensorRT run faster than a Resize of every tap to full resolution.
+        self.register_buffer("upsample_rows", align_corners_matrix(patch_grid[0], input_size[0]), persistent=False)
+        self.register_buffer("upsample_cols_t", align_corners_matrix(patch_grid[1], input_size[1]).T.contiguous(),
+                             persistent=False)
 
     def forward(self, image_embedding: torch.Tensor, taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding [B, E], taps [B, n_taps, N, width] -> (anomaly_map [B, H, W], image_score [B]).
@@ -41,21 +47,33 @@ class AprilGanHeads(nn.Module):
         Computed in an equivalent, cheaper form: a softmax over two classes is the sigmoid of the
         logit difference, and bilinear upsampling is linear, so upsampling the single difference
         channel of all taps at once and taking the sigmoid equals upsampling both logits per tap
-        and taking the softmax (tests check this against the direct formula).
+        and taking the softmax (tests check this against the direct formula and F.interpolate).
         """
-        batch, _, num_patches, _ = taps.shape
-        grid = int(round(num_patches ** 0.5))
-        weight = torch.stack([linear.weight for linear in self.fc])  # [T, E, width]
+        batch = taps.shape[0]
+        # All taps' linear layers as one broadcast MatMul (onnxruntime's Einsum kernel is ~10x slower).
+        weight_t = torch.stack([linear.weight.T for linear in self.fc])  # [T, width, E]
         bias = torch.stack([linear.bias for linear in self.fc])  # [T, E]
-        tokens = F.normalize(torch.einsum("btnw,tew->btne", taps, weight) + bias[:, None], dim=-1)
+        tokens = F.normalize(taps @ weight_t + bias[:, None], dim=-1)
         class_difference = self.text_features[:, 1] - self.text_features[:, 0]  # [E]
         logit_difference = LOGIT_SCALE * tokens @ class_difference  # [B, T, N]
-        logit_difference = logit_difference.reshape(batch, len(self.fc), grid, grid)
-        upsampled = F.interpolate(logit_difference, size=self.input_size, mode="bilinear", align_corners=True)
+        logit_difference = logit_difference.reshape(batch, len(self.fc), *self.patch_grid)
+        upsampled = self.upsample_rows @ logit_difference @ self.upsample_cols_t
         anomaly_map = torch.sigmoid(upsampled).sum(dim=1)
         image = F.normalize(image_embedding, dim=-1)
         image_score = (LOGIT_SCALE * image @ self.text_features).softmax(dim=-1)[:, 1]
         return anomaly_map, image_score
+
+
+def align_corners_matrix(source: int, target: int) -> torch.Tensor:
+    """[target, source] matrix M with M @ v == 1-D linear interpolation of v, align_corners=True."""
+    positions = torch.arange(target, dtype=torch.float64) * ((source - 1) / max(target - 1, 1))
+    lower = positions.floor().long().clamp(max=source - 1)
+    upper = (lower + 1).clamp(max=source - 1)
+    fraction = positions - lower
+    matrix = torch.zeros(target, source, dtype=torch.float64)
+    matrix[torch.arange(target), lower] += 1 - fraction
+    matrix[torch.arange(target), upper] += fraction
+    return matrix.float()
 
 
 def load_head_weights(heads: AprilGanHeads, checkpoint: Path) -> str:

@@ -72,7 +72,8 @@ def build_aprilgan_bundle(config: BuildConfig) -> BuiltBundle:
     taps = validate_taps(config.taps, clip.num_layers) if config.taps else default_taps(clip.num_layers)
     prompt_set = PromptSet.load(config.prompt_set)
     text_features = class_text_features(clip.model, clip.tokenizer, prompt_set, config.object_name)
-    heads = AprilGanHeads(len(taps), clip.width, clip.embed_dim, text_features, clip.input_size).eval()
+    heads = AprilGanHeads(len(taps), clip.width, clip.embed_dim, text_features, clip.input_size,
+                          clip.patch_grid).eval()
     heads_origin = _init_heads(heads, config)
     encoder = ImageEncoderWithTaps(clip.model.visual, taps).eval()
 

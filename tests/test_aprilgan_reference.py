@@ -30,7 +30,7 @@ def test_map_and_score_match_the_formula_computed_by_hand():
     width, embed, grid, size, n_taps = 5, 3, 2, 5, 2
     text = rng.normal(size=(embed, 2))
     text /= np.linalg.norm(text, axis=0)
-    heads = AprilGanHeads(n_taps, width, embed, torch.tensor(text, dtype=torch.float32), (size, size))
+    heads = AprilGanHeads(n_taps, width, embed, torch.tensor(text, dtype=torch.float32), (size, size), (grid, grid))
     taps = rng.normal(size=(1, n_taps, grid * grid, width)).astype(np.float32)
     embedding = rng.normal(size=(1, embed)).astype(np.float32)
     anomaly_map, score = heads(torch.from_numpy(embedding), torch.from_numpy(taps))
@@ -52,10 +52,14 @@ def test_map_and_score_match_the_formula_computed_by_hand():
 
 
 def test_sigmoid_form_equals_per_tap_softmax_on_real_sizes():
-    """The cheap form used in the graph equals the published per-tap softmax at 37x37 -> 518."""
+    """The cheap form used in the graph equals the published per-tap softmax at 37x37 -> 518.
+
+    Tolerance 1e-4 on a map of range 0..4: float32 rounding of 100x-scaled logits summed in a
+    different order (matrix upsampling vs F.interpolate), far inside the 1e-4-of-range budget.
+    """
     torch.manual_seed(0)
     text = F.normalize(torch.randn(16, 2), dim=0)
-    heads = AprilGanHeads(4, 24, 16, text, (518, 518))
+    heads = AprilGanHeads(4, 24, 16, text, (518, 518), (37, 37))
     taps = torch.randn(2, 4, 37 * 37, 24)
     with torch.no_grad():
         anomaly_map, _ = heads(torch.randn(2, 16), taps)
@@ -64,7 +68,7 @@ def test_sigmoid_form_equals_per_tap_softmax_on_real_sizes():
             logits = 100 * F.normalize(linear(taps[:, t]), dim=-1) @ text
             logits = logits.permute(0, 2, 1).reshape(2, 2, 37, 37)
             direct = direct + F.interpolate(logits, (518, 518), mode="bilinear", align_corners=True).softmax(1)[:, 1]
-    torch.testing.assert_close(anomaly_map, direct, rtol=0, atol=1e-5)
+    torch.testing.assert_close(anomaly_map, direct, rtol=0, atol=1e-4)
 
 
 def test_prompt_ensemble_size_and_class_vectors():
@@ -87,7 +91,7 @@ def test_prompt_ensemble_size_and_class_vectors():
 
 
 def _heads(n_taps=4):
-    return AprilGanHeads(n_taps, 8, 4, F.normalize(torch.randn(4, 2), dim=0), (16, 16))
+    return AprilGanHeads(n_taps, 8, 4, F.normalize(torch.randn(4, 2), dim=0), (16, 16), (2, 2))
 
 
 def test_official_checkpoint_format_loads(tmp_path):
@@ -107,7 +111,7 @@ def test_bad_head_checkpoints_are_named(tmp_path):
     torch.save({OFFICIAL_CHECKPOINT_KEY: _heads(2).state_dict()}, tmp_path / "two.pth")
     with pytest.raises(ModelLoadError, match="wrong number of taps"):
         load_head_weights(_heads(4), tmp_path / "two.pth")
-    wide = AprilGanHeads(4, 9, 4, F.normalize(torch.randn(4, 2), dim=0), (16, 16))
+    wide = AprilGanHeads(4, 9, 4, F.normalize(torch.randn(4, 2), dim=0), (16, 16), (2, 2))
     torch.save(wide.state_dict(), tmp_path / "wide.pth")
     with pytest.raises(ModelLoadError, match="does not fit"):
         load_head_weights(_heads(4), tmp_path / "wide.pth")
