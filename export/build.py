@@ -21,6 +21,7 @@ from zsad_edge.runtime.preprocess import PreprocessSpec
 from .aprilgan import LOGIT_SCALE, AprilGanHeads, load_head_weights
 from .bundle_writer import finalize_manifest, staged_bundle
 from .clip_backbone import ClipSpec, ImageEncoderWithTaps, LoadedClip, default_taps, load_clip, validate_taps
+from .export_attention import lean_attention_copy
 from .onnx_export import check_parity, export_module
 from .prompts import PromptSet, class_text_features
 from .reference import ReferenceDetector
@@ -134,7 +135,7 @@ def _export_graphs(encoder: ImageEncoderWithTaps, heads: AprilGanHeads, clip: Lo
         with torch.no_grad():
             return encoder(*images(batch))
 
-    encoder_spec = export_module(encoder, images(2), staging / "image_encoder.onnx", ["image"],
+    encoder_spec = export_module(lean_attention_copy(encoder), images(2), staging / "image_encoder.onnx", ["image"],
                                  ["image_embedding", "taps"])
     encoder_parity = check_parity(encoder, staging / encoder_spec.file, images, PARITY_BATCH_SIZES, tolerance)
     heads_spec = export_module(heads, features(2), staging / "heads.onnx", ["image_embedding", "taps"],
