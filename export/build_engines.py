@@ -101,8 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZsadEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    worst = max(r for p in built.parity.values() for r in p["relative_error"].values())
+    worst = max(r for p in built.manifest.parity.values() for r in p["relative_error"].values())
     print(f"bundle written to {built.path} (worst graph-vs-PyTorch relative error {worst:.2e})")
+    if built.manifest.clip["weights"]["kind"] == "random" or built.manifest.method["params"]["heads"]["kind"] == "random":
+        print("note: this bundle has random weights: for tests and timing only, never for inspection")
     return 0
 
 

@@ -77,7 +77,7 @@ class Manifest:
     taps: list[int]
     patch_grid: list[int]
     components: dict[str, ComponentSpec]
-    scoring: dict[str, float]
+    scoring: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     producer: str = "zsad-edge"

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from .detector import Detector
@@ -44,6 +45,9 @@ def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str 
                verify: bool = True) -> dict:
     """Detect on every image; returns the summary written to out_dir/summary.json."""
     detector = Detector.from_bundle(bundle, backend=backend, verify=verify)
+    weights = detector.manifest.clip.get("weights", {})
+    if weights.get("kind") == "random":
+        print(f"warning: {bundle} was built with {weights.get('warning', 'random weights')}", file=sys.stderr)
     paths = list_images(inputs)
     if not paths:
         raise ImageReadError(f"no images found in {', '.join(map(str, inputs))}")
@@ -51,7 +55,7 @@ def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str 
     results: dict[str, dict] = {}
     failures: dict[str, str] = {}
     used_names: set[str] = set()
-    pending: list[tuple[Path, object]] = []
+    pending: list[tuple[Path, np.ndarray]] = []
 
     def flush() -> None:
         for (path, image), result in zip(pending, detector.detect_batch([im for _, im in pending])):

@@ -18,6 +18,16 @@ HEADS = "heads"
 SUPPORTED_METHODS = ("aprilgan_zero_shot",)
 
 
+def _check_input_size(encoder: OrtComponent, input_size: tuple[int, int]) -> None:
+    """The graph must take the image size the manifest preprocesses to, or every frame would fail."""
+    graph_size = tuple(encoder.input_shapes.get("image", [])[2:])
+    if graph_size != tuple(input_size):
+        raise BundleError(
+            f"{encoder.name} expects images of {list(graph_size)} but the manifest preprocesses to "
+            f"{list(input_size)}: mismatched graph and manifest; rebuild the bundle with `python export/build_engines.py`"
+        )
+
+
 class Detector(DetectionPipeline):
     """Runs a bundle's image encoder and heads graphs.
 
@@ -42,11 +52,12 @@ class Detector(DetectionPipeline):
         for name in (ENCODER, HEADS):
             if name not in manifest.components:
                 raise BundleError(f"bundle has no {name!r} component; rebuild it with `python export/build_engines.py`")
-        graphs = [
+        encoder, heads = (
             OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads)
             for name in (ENCODER, HEADS)
-        ]
-        return cls(bundle_dir, manifest, *graphs)
+        )
+        _check_input_size(encoder, manifest.preprocess.input_size)
+        return cls(bundle_dir, manifest, encoder, heads)
 
     @property
     def providers(self) -> list[str]:

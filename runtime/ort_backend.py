@@ -80,7 +80,9 @@ class OrtComponent:
             )
         if self.providers[0] != requested[0]:
             LOG.warning("%s: %s unavailable, running on %s", onnx_path.name, requested[0], self.providers[0])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.name = onnx_path.name
+        self.input_shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        self.input_names = list(self.input_shapes)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -75,6 +75,14 @@ def test_not_a_bundle_and_missing_folder(tmp_path):
         Detector.from_bundle(tmp_path)
 
 
+def test_graph_and_manifest_size_mismatch_is_refused(bundle_copy):
+    manifest = json.loads((bundle_copy / MANIFEST_NAME).read_text())
+    manifest["preprocess"]["input_size"] = [240, 240]
+    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"expects images of \[224, 224\].*\[240, 240\]: mismatched"):
+        Detector.from_bundle(bundle_copy)
+
+
 def test_unknown_method_is_refused(bundle_copy):
     _edit_manifest(bundle_copy, method={"name": "future_method", "params": {}})
     with pytest.raises(BundleError, match="future_method"):

@@ -51,6 +51,7 @@ def test_folder_run_continues_past_bad_images(tiny_built, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summary["results"]) == 2 and len(summary["failures"]) == 2
     assert summary["providers"][0] == "CPUExecutionProvider"
+    assert "random weights: for tests and timing only" in proc.stderr
     per_image = json.loads((tmp_path / "out" / "1-+_row0.json").read_text())
     assert per_image["width"] == 100 and per_image["height"] == 64
     assert (tmp_path / "out" / "rgb_overlay.png").is_file()
@@ -77,6 +78,14 @@ def test_bad_bundles_give_one_error_line(tiny_built, tmp_path):
     proc = _zsad("detect", tampered, image, "--out", tmp_path / "o")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "heads.onnx does not match its manifest sha256" in _error_lines(proc.stderr)[0]
+
+    newer = tmp_path / "newer"
+    shutil.copytree(tiny_built.path, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    manifest["schema_version"] += 1
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    proc = _zsad("detect", newer, image, "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "newer than this runtime supports" in _error_lines(proc.stderr)[0]
 
 
 def test_build_errors_are_one_line(tmp_path):
