@@ -8,7 +8,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .bundle import load_manifest
+from .bundle import REBUILD_HINT, Manifest, load_manifest
 from .errors import BundleError
 from .ort_backend import OrtComponent
 from .pipeline import DetectionPipeline
@@ -24,7 +24,7 @@ def _check_input_size(encoder: OrtComponent, input_size: tuple[int, int]) -> Non
     if graph_size != tuple(input_size):
         raise BundleError(
             f"{encoder.name} expects images of {list(graph_size)} but the manifest preprocesses to "
-            f"{list(input_size)}: mismatched graph and manifest; rebuild the bundle with `python export/build_engines.py`"
+            f"{list(input_size)}: mismatched graph and manifest; {REBUILD_HINT}"
         )
 
 
@@ -34,7 +34,7 @@ class Detector(DetectionPipeline):
     Usage: `Detector.from_bundle("bundle/")(image)` -> DetectionResult.
     """
 
-    def __init__(self, bundle_dir: Path, manifest, encoder: OrtComponent, heads: OrtComponent) -> None:
+    def __init__(self, bundle_dir: Path, manifest: Manifest, encoder: OrtComponent, heads: OrtComponent) -> None:
         super().__init__(manifest)
         self.bundle_dir = bundle_dir
         self.encoder = encoder
@@ -51,7 +51,7 @@ class Detector(DetectionPipeline):
             raise BundleError(f"bundle method {method!r} is not supported by this runtime ({', '.join(SUPPORTED_METHODS)})")
         for name in (ENCODER, HEADS):
             if name not in manifest.components:
-                raise BundleError(f"bundle has no {name!r} component; rebuild it with `python export/build_engines.py`")
+                raise BundleError(f"bundle has no {name!r} component; {REBUILD_HINT}")
         encoder, heads = (
             OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads)
             for name in (ENCODER, HEADS)
