@@ -1,0 +1,120 @@
+"""Reading anomaly-detection folders in MVTec AD layout, as they really come.
+
+    ROOT[/CATEGORY]/train/good/*.png
+    ROOT[/CATEGORY]/test/good/*.png, test/<defect>/*.png
+    ROOT[/CATEGORY]/ground_truth/<defect>/<NAME>_mask.png   (MVTec)  or  <NAME>.png  (same name)
+
+Real sets deviate: masks named like their image, masks without an image, defective images
+without a mask, grayscale images, names with '+' and '-'. The reader keeps every usable sample
+and records each deviation as a `problem` line instead of failing, so a report can name what
+it skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageReadError, ZsadEdgeError
+from .image_io import IMAGE_SUFFIXES, read_image
+
+GOOD = "good"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One test image; `mask` is None for good images and for defective images lacking a mask."""
+
+    image: Path
+    defect: str
+    mask: Path | None = None
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.defect != GOOD
+
+
+@dataclass
+class Category:
+    """The test split of one category plus what the reader had to skip or tolerate."""
+
+    name: str
+    root: Path
+    samples: list[Sample]
+    problems: list[str] = field(default_factory=list)
+
+    def train_images(self) -> list[Path]:
+        """Normal training images (train/good), e.g. for calibration or few-shot memory banks."""
+        return _images_in(self.root / "train" / GOOD)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _find_mask(ground_truth: Path, defect: str, image: Path) -> Path | None:
+    for candidate in (f"{image.stem}_mask{image.suffix}", image.name, f"{image.stem}_mask.png", f"{image.stem}.png"):
+        path = ground_truth / defect / candidate
+        if path.is_file():
+            return path
+    return None
+
+
+def scan_category(root: Path, name: str | None = None) -> Category:
+    """Scan one category folder (the one holding test/)."""
+    root = Path(root)
+    test_dir = root / "test"
+    if not test_dir.is_dir():
+        raise ZsadEdgeError(f"not an MVTec-layout folder (no test/ inside): {root}")
+    ground_truth = root / "ground_truth"
+    samples: list[Sample] = []
+    problems: list[str] = []
+    used_masks: set[Path] = set()
+    for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        defect = defect_dir.name
+        for image in _images_in(defect_dir):
+            mask = None if defect == GOOD else _find_mask(ground_truth, defect, image)
+            if defect != GOOD and mask is None:
+                problems.append(f"no mask for {image.relative_to(root)}: left out of pixel metrics")
+            if mask is not None:
+                used_masks.add(mask)
+            samples.append(Sample(image, defect, mask))
+    if ground_truth.is_dir():
+        orphans = [p for d in ground_truth.iterdir() if d.is_dir() for p in _images_in(d) if p not in used_masks]
+        if orphans:
+            problems.append(f"{len(orphans)} mask(s) in ground_truth/ have no test image (ignored)")
+    if not samples:
+        raise ZsadEdgeError(f"no test images under {test_dir}")
+    return Category(name or root.name, root, samples, problems)
+
+
+def scan_dataset(root: str | Path) -> list[Category]:
+    """One category if ROOT holds test/, else every sub-folder that does (MVTec's 15 categories)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ZsadEdgeError(f"dataset folder not found: {root}")
+    if (root / "test").is_dir():
+        return [scan_category(root)]
+    categories = [scan_category(p) for p in sorted(root.iterdir()) if (p / "test").is_dir()]
+    if not categories:
+        raise ZsadEdgeError(f"no MVTec-layout category (a folder with test/) under {root}")
+    return categories
+
+
+def load_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray | None:
+    """Boolean ground truth at the image's size: all False for good images; None when the mask is
+    missing or its size differs from the image (the caller reports it)."""
+    if not sample.is_anomalous:
+        return np.zeros(shape, dtype=bool)
+    if sample.mask is None:
+        return None
+    mask = read_image(sample.mask)
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    if mask.shape != tuple(shape):
+        raise ImageReadError(f"mask {sample.mask.name} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}")
+    return mask > 0
