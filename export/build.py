@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zsad_edge.runtime.bundle import Manifest
+from zsad_edge.runtime.bundle import Manifest, load_manifest, sha256_file
 from zsad_edge.runtime.detector import ENCODER, HEADS
 from zsad_edge.runtime.errors import ModelLoadError
 from zsad_edge.runtime.preprocess import PreprocessSpec
@@ -114,12 +114,60 @@ def _init_heads(heads: AprilGanHeads, config: BuildConfig) -> dict:
     if config.heads_checkpoint is not None:
         digest = load_head_weights(heads, config.heads_checkpoint)
         return {"kind": "checkpoint", "file": Path(config.heads_checkpoint).name, "sha256": digest}
-    generator = torch.Generator().manual_seed(config.seed + 1)
+    return _randomize_heads(heads, config.seed + 1)
+
+
+def _randomize_heads(heads: AprilGanHeads, seed: int) -> dict:
+    """Seeded random heads; the seed goes into the manifest so the reference can be rebuilt."""
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for linear in heads.fc:
             linear.weight.normal_(0.0, linear.in_features ** -0.5, generator=generator)
             linear.bias.zero_()
-    return {"kind": "random", "seed": config.seed + 1}
+    return {"kind": "random", "seed": seed}
+
+
+def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None = None,
+                          heads_checkpoint: Path | None = None, device: str = "cpu") -> ReferenceDetector:
+    """Rebuild the PyTorch reference a bundle was exported from, using its manifest.
+
+    Pretrained tags are loaded again; random weights are regenerated from their recorded seeds;
+    local checkpoints must be passed again and must match the recorded sha256. The text vectors
+    come from the bundle's .npy, exactly as the graphs have them baked in.
+    """
+    manifest = load_manifest(bundle_dir)
+    weights = manifest.clip["weights"]
+    size = manifest.preprocess.input_size[0]
+    architecture = manifest.clip["architecture"]
+    if weights["kind"] == "pretrained":
+        spec = ClipSpec(architecture, pretrained=weights["tag"], image_size=size)
+    elif weights["kind"] == "random":
+        spec = ClipSpec(architecture, random_init=True, image_size=size, seed=weights["seed"])
+    else:
+        spec = ClipSpec(architecture, checkpoint=_matching_file(clip_checkpoint, weights, "--clip-checkpoint"),
+                        image_size=size)
+    clip = load_clip(spec)
+    params = manifest.method["params"]
+    text_features = torch.from_numpy(np.load(Path(bundle_dir) / params["text_embeddings"]))
+    heads = AprilGanHeads(len(manifest.taps), clip.width, clip.embed_dim, text_features, clip.input_size,
+                          clip.patch_grid).eval()
+    if params["heads"]["kind"] == "random":
+        _randomize_heads(heads, params["heads"]["seed"])
+    else:
+        load_head_weights(heads, _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"))
+    encoder = ImageEncoderWithTaps(clip.model.visual, manifest.taps).eval()
+    return ReferenceDetector(manifest, encoder, heads, device=device)
+
+
+def _matching_file(path: Path | None, record: dict, flag: str) -> Path:
+    """The user-supplied file for a recorded checkpoint, refused unless its sha256 matches."""
+    if path is None:
+        raise ModelLoadError(f"the bundle was built from checkpoint {record['file']}: pass it again with {flag} PATH")
+    if not Path(path).is_file():
+        raise ModelLoadError(f"checkpoint not found: {path}")
+    if sha256_file(Path(path)) != record["sha256"]:
+        raise ModelLoadError(f"{path} is not the checkpoint the bundle was built from ({record['file']}, sha256 differs)")
+    return Path(path)
 
 
 def _export_graphs(encoder: ImageEncoderWithTaps, heads: AprilGanHeads, clip: LoadedClip, staging: Path,

@@ -36,6 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--backend", choices=BACKENDS, default="auto")
     detect.add_argument("--batch-size", type=int, default=1, help="images per model call")
     detect.add_argument("--no-verify", action="store_true", help="skip the sha256 check of bundle files")
+    evaluate = sub.add_parser("eval", help="image/pixel AUROC, AP, F1-max and AUPRO on an MVTec-layout folder")
+    evaluate.add_argument("bundle", type=Path)
+    evaluate.add_argument("dataset", type=Path, help="a category folder (with test/) or a folder of categories")
+    evaluate.add_argument("--out", type=Path, help="write the JSON report here")
+    evaluate.add_argument("--reference", action="store_true",
+                          help="also run the PyTorch reference rebuilt from the manifest (needs zsad-edge[export])")
+    evaluate.add_argument("--clip-checkpoint", type=Path, help="with --reference: the bundle's CLIP checkpoint")
+    evaluate.add_argument("--heads-checkpoint", type=Path, help="with --reference: the bundle's heads checkpoint")
+    evaluate.add_argument("--pixel-size", type=int, default=256, help="pixel metrics at this square size (0: original)")
+    evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
     info = sub.add_parser("info", help="print a bundle's manifest summary")
     info.add_argument("bundle", type=Path)
     return parser
@@ -106,12 +116,42 @@ def _print_info(bundle: Path) -> None:
     }, indent=2))
 
 
+def run_eval(args: argparse.Namespace) -> dict:
+    """Evaluate the runtime (and optionally the reference) and print/write the report."""
+    try:
+        from zsad_edge.benchmarks.evaluate import evaluate, format_report
+    except ImportError as exc:
+        raise ZsadEdgeError(f"evaluation needs scikit-learn ({exc.name} missing): pip install 'zsad-edge[eval]'") from None
+    from .dataset import scan_dataset
+
+    categories = scan_dataset(args.dataset)
+    detectors = {"runtime": Detector.from_bundle(args.bundle, backend=args.backend)}
+    if args.reference:
+        try:
+            from zsad_edge.export.build import reference_from_bundle
+        except ImportError as exc:
+            raise ZsadEdgeError(f"--reference needs the torch side ({exc.name} missing): pip install 'zsad-edge[export]'") from None
+        detectors["reference"] = reference_from_bundle(args.bundle, args.clip_checkpoint, args.heads_checkpoint)
+    report = evaluate(detectors, categories, pixel_size=args.pixel_size or None)
+    report["bundle"] = str(args.bundle)
+    print(format_report(report))
+    for name, category in report["categories"].items():
+        for line in category["notes"] + category["skipped"]:
+            print(f"  {name}: {line}")
+    if args.out:
+        write_bytes_atomic(args.out, (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         if args.command == "info":
             _print_info(args.bundle)
+            return 0
+        if args.command == "eval":
+            run_eval(args)
             return 0
         if args.batch_size < 1:
             raise ZsadEdgeError("--batch-size must be at least 1")

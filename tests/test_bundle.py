@@ -115,3 +115,16 @@ def test_heads_are_required(tmp_path):
     config.random_heads = False
     with pytest.raises(ModelLoadError, match="--heads-checkpoint PATH"):
         build_aprilgan_bundle(config)
+
+
+def test_reference_rebuild_needs_the_recorded_checkpoint(bundle_copy, tmp_path):
+    from zsad_edge.export.build import reference_from_bundle
+
+    manifest = json.loads((bundle_copy / MANIFEST_NAME).read_text())
+    manifest["clip"]["weights"] = {"kind": "checkpoint", "file": "clip.pt", "sha256": "0" * 64}
+    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="built from checkpoint clip.pt: pass it again with --clip-checkpoint"):
+        reference_from_bundle(bundle_copy)
+    (tmp_path / "other.pt").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="is not the checkpoint the bundle was built from"):
+        reference_from_bundle(bundle_copy, clip_checkpoint=tmp_path / "other.pt")

@@ -1,0 +1,103 @@
+"""Evaluation on MVTec-layout folders: real-world layout quirks, partial reports, CLI."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from zsad_edge.benchmarks.evaluate import METRICS, evaluate
+from zsad_edge.runtime.dataset import scan_dataset
+from zsad_edge.runtime.errors import ZsadEdgeError
+
+
+def _write(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), array)
+
+
+@pytest.fixture
+def quirky_set(tmp_path):
+    """One category with every deviation the reader must tolerate."""
+    root = tmp_path / "parts"
+    rng = np.random.default_rng(0)
+    part = lambda: (rng.random((40, 60)) * 255).astype(np.uint8)  # noqa: E731
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 15:30] = 255
+    for i in range(3):
+        _write(root / "train" / "good" / f"t{i}.png", part())
+        _write(root / "test" / "good" / f"g{i}.png", part())
+    _write(root / "test" / "scratch" / "a+-1.png", part())
+    _write(root / "ground_truth" / "scratch" / "a+-1_mask.png", mask)  # MVTec naming
+    _write(root / "test" / "scratch" / "b.png", part())
+    _write(root / "ground_truth" / "scratch" / "b.png", mask)  # same-name mask
+    _write(root / "test" / "scratch" / "no_mask.png", part())  # defective without mask
+    _write(root / "test" / "scratch" / "wrong_size.png", part())
+    _write(root / "ground_truth" / "scratch" / "wrong_size.png", np.zeros((10, 10), np.uint8))
+    _write(root / "ground_truth" / "scratch" / "orphan.png", mask)  # mask without image
+    (root / "test" / "scratch" / "corrupt.png").write_bytes(b"junk")
+    return root
+
+
+def test_reader_finds_both_mask_namings_and_lists_problems(quirky_set):
+    (category,) = scan_dataset(quirky_set)
+    by_name = {s.image.name: s for s in category.samples}
+    assert by_name["a+-1.png"].mask.name == "a+-1_mask.png"
+    assert by_name["b.png"].mask.name == "b.png"
+    assert by_name["no_mask.png"].mask is None and by_name["g0.png"].mask is None
+    assert len(category.train_images()) == 3
+    assert any("no mask for test/scratch/no_mask.png" in p for p in category.problems)
+    assert any("1 mask(s) in ground_truth/ have no test image" in p for p in category.problems)
+
+
+def test_partial_report_names_what_was_skipped(quirky_set, tiny_built, tiny_detector):
+    categories = scan_dataset(quirky_set)
+    report = evaluate({"runtime": tiny_detector, "reference": tiny_built.reference_detector()}, categories,
+                      progress=False)
+    entry = report["categories"]["parts"]
+    assert entry["images"] == 7  # corrupt image skipped; no_mask and wrong_size kept for image metrics
+    skipped = "\n".join(entry["skipped"])
+    assert "cannot decode image" in skipped and "wrong_size.png is 10x10 but its image is 60x40" in skipped
+    runtime, reference = entry["metrics"]["runtime"], entry["metrics"]["reference"]
+    assert set(runtime) == set(METRICS)
+    for metric in METRICS:
+        assert runtime[metric] == pytest.approx(reference[metric], abs=1e-4)
+    assert report["mean"]["runtime"] == runtime
+
+
+def test_no_defective_images_gives_nan_and_a_note(tmp_path, tiny_detector):
+    _write(tmp_path / "only_good" / "test" / "good" / "g.png", np.zeros((30, 30), np.uint8))
+    report = evaluate({"runtime": tiny_detector}, scan_dataset(tmp_path / "only_good"), progress=False)
+    entry = report["categories"]["only_good"]
+    assert np.isnan(entry["metrics"]["runtime"]["image_auroc"]) and np.isnan(entry["metrics"]["runtime"]["aupro"])
+    assert "no defective images: image metrics undefined (NaN)" in entry["notes"]
+
+
+def test_bad_dataset_folders_are_named(tmp_path):
+    with pytest.raises(ZsadEdgeError, match="dataset folder not found"):
+        scan_dataset(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ZsadEdgeError, match="no MVTec-layout category"):
+        scan_dataset(tmp_path / "empty")
+
+
+def test_eval_cli_on_battery_weld_runtime_vs_reference(tiny_built, battery_weld, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "zsad_edge.runtime.cli", "eval", str(tiny_built.path), str(battery_weld),
+                           "--reference", "--out", str(tmp_path / "report.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    entry = report["categories"]["battery_weld"]
+    assert entry["images"] == 128
+    for metric in METRICS:
+        assert entry["metrics"]["runtime"][metric] == pytest.approx(entry["metrics"]["reference"][metric], abs=1e-4)
+    assert "| battery_weld | runtime |" in proc.stdout
+
+
+def test_eval_cli_error_is_one_line(tiny_built, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "zsad_edge.runtime.cli", "eval", str(tiny_built.path), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no MVTec-layout category")
