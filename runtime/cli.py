@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--heads-checkpoint", type=Path, help="with --reference: the bundle's heads checkpoint")
     evaluate.add_argument("--pixel-size", type=int, default=256, help="pixel metrics at this square size (0: original)")
     evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
+    calibrate = sub.add_parser("calibrate", help="set score ranges and thresholds from normal images")
+    calibrate.add_argument("bundle", type=Path)
+    calibrate.add_argument("normal_images", nargs="+", help="normal (defect-free) images and/or folders")
+    calibrate.add_argument("--image-quantile", type=float, default=1.0,
+                           help="image threshold = this quantile of normal image scores (1.0 = max)")
+    calibrate.add_argument("--pixel-quantile", type=float, default=0.999,
+                           help="map threshold = this quantile of normal map pixels")
+    calibrate.add_argument("--backend", choices=BACKENDS, default="auto")
     info = sub.add_parser("info", help="print a bundle's manifest summary")
     info.add_argument("bundle", type=Path)
     return parser
@@ -143,6 +151,21 @@ def run_eval(args: argparse.Namespace) -> dict:
     return report
 
 
+def run_calibrate(args: argparse.Namespace) -> dict:
+    """Calibrate on normal images and store the constants in the bundle's manifest."""
+    from zsad_edge.calibration.scores import calibrate_scores, write_scoring
+
+    detector = Detector.from_bundle(args.bundle, backend=args.backend)
+    paths = list_images(args.normal_images)
+    scoring = calibrate_scores(detector, paths, args.image_quantile, args.pixel_quantile, progress=len(paths) > 1)
+    write_scoring(args.bundle, detector.manifest, scoring)
+    print(f"calibrated on {scoring['calibration']['images']} normal image(s): image threshold "
+          f"{scoring['image_threshold']:.6g}, map threshold {scoring['map_threshold']:.6g}; written to {args.bundle}")
+    for reason in scoring["calibration"]["skipped"]:
+        print(f"  skipped: {reason}")
+    return scoring
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -152,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             run_eval(args)
+            return 0
+        if args.command == "calibrate":
+            run_calibrate(args)
             return 0
         if args.batch_size < 1:
             raise ZsadEdgeError("--batch-size must be at least 1")

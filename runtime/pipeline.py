@@ -25,8 +25,9 @@ ImageInput = np.ndarray | str | os.PathLike
 class DetectionResult:
     """One image's verdict.
 
-    anomaly_map: float32 at the ORIGINAL image size (H x W); mask: anomaly_map >= the bundle's
-    map threshold; score: image-level anomaly score; is_anomalous: score >= image threshold.
+    anomaly_map: float32 at the ORIGINAL image size (H x W); mask: anomaly_map > the bundle's
+    map threshold; score: image-level anomaly score; is_anomalous: score > image threshold.
+    Strict comparisons: a threshold calibrated as the largest normal value flags no normal image.
     """
 
     score: float
@@ -81,8 +82,8 @@ class DetectionPipeline(ABC):
             DetectionResult(
                 score=float(score),
                 anomaly_map=full,
-                mask=full >= self.map_threshold,
-                is_anomalous=bool(score >= self.image_threshold),
+                mask=full > self.map_threshold,
+                is_anomalous=bool(score > self.image_threshold),
             )
             for full, score in zip(self.resize_maps(maps, sizes), scores)
         ]

@@ -69,7 +69,7 @@ def test_result_fields(tiny_detector, tiny_built):
     assert 0.0 <= result.score <= 1.0
     assert result.mask.dtype == bool and result.mask.shape == (40, 60)
     assert 0.0 <= result.anomaly_map.min() and result.anomaly_map.max() <= n_taps
-    assert np.array_equal(result.mask, result.anomaly_map >= tiny_built.manifest.scoring["map_threshold"])
+    assert np.array_equal(result.mask, result.anomaly_map > tiny_built.manifest.scoring["map_threshold"])
     assert set(result.summary()) >= {"score", "is_anomalous", "map_max", "mask_fraction"}
 
 
