@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zsad_edge.runtime.errors import ModelLoadError
+from zsad_edge.runtime.interpolation import align_corners_matrix
 
 LOGIT_SCALE = 100.0
 OFFICIAL_CHECKPOINT_KEY = "trainable_linearlayer"
@@ -37,9 +38,10 @@ class AprilGanHeads(nn.Module):
         # Bilinear (align_corners=True) upsampling as two constant matrices: X -> A_h @ X @ A_w^T.
         # Same numbers as F.interpolate, but exported as two small MatMuls, which onnxruntime
         # and TensorRT run faster than a Resize of every tap to full resolution.
-        self.register_buffer("upsample_rows", align_corners_matrix(patch_grid[0], input_size[0]), persistent=False)
-        self.register_buffer("upsample_cols_t", align_corners_matrix(patch_grid[1], input_size[1]).T.contiguous(),
-                             persistent=False)
+        rows = align_corners_matrix(patch_grid[0], input_size[0])
+        cols_t = align_corners_matrix(patch_grid[1], input_size[1]).T.copy()
+        self.register_buffer("upsample_rows", torch.from_numpy(rows), persistent=False)
+        self.register_buffer("upsample_cols_t", torch.from_numpy(cols_t), persistent=False)
 
     def forward(self, image_embedding: torch.Tensor, taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding [B, E], taps [B, n_taps, N, width] -> (anomaly_map [B, H, W], image_score [B]).
@@ -62,18 +64,6 @@ class AprilGanHeads(nn.Module):
         image = F.normalize(image_embedding, dim=-1)
         image_score = (LOGIT_SCALE * image @ self.text_features).softmax(dim=-1)[:, 1]
         return anomaly_map, image_score
-
-
-def align_corners_matrix(source: int, target: int) -> torch.Tensor:
-    """[target, source] matrix M with M @ v == 1-D linear interpolation of v, align_corners=True."""
-    positions = torch.arange(target, dtype=torch.float64) * ((source - 1) / max(target - 1, 1))
-    lower = positions.floor().long().clamp(max=source - 1)
-    upper = (lower + 1).clamp(max=source - 1)
-    fraction = positions - lower
-    matrix = torch.zeros(target, source, dtype=torch.float64)
-    matrix[torch.arange(target), lower] += 1 - fraction
-    matrix[torch.arange(target), upper] += fraction
-    return matrix.float()
 
 
 def load_head_weights(heads: AprilGanHeads, checkpoint: Path) -> str:

@@ -83,6 +83,12 @@ class Manifest:
     producer: str = "zsad-edge"
     schema_version: int = SCHEMA_VERSION
 
+    def component_digest(self, name: str) -> str:
+        """One sha256 over a component's graph and weight files: its identity for caches and banks."""
+        component = self.components[name]
+        joined = "".join(self.files[f] for f in [component.file, *component.external_data])
+        return hashlib.sha256(joined.encode("ascii")).hexdigest()
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["preprocess"] = self.preprocess.to_dict()

@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--backend", choices=BACKENDS, default="auto")
     detect.add_argument("--batch-size", type=int, default=1, help="images per model call")
     detect.add_argument("--no-verify", action="store_true", help="skip the sha256 check of bundle files")
+    detect.add_argument("--memory-bank", type=Path, help="few-shot: a bank written by `zsad-edge fit-normal`")
     evaluate = sub.add_parser("eval", help="image/pixel AUROC, AP, F1-max and AUPRO on an MVTec-layout folder")
     evaluate.add_argument("bundle", type=Path)
     evaluate.add_argument("dataset", type=Path, help="a category folder (with test/) or a folder of categories")
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--heads-checkpoint", type=Path, help="with --reference: the bundle's heads checkpoint")
     evaluate.add_argument("--pixel-size", type=int, default=256, help="pixel metrics at this square size (0: original)")
     evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
+    evaluate.add_argument("--memory-bank", type=Path, help="few-shot: evaluate with this memory bank (runtime only)")
     calibrate = sub.add_parser("calibrate", help="set score ranges and thresholds from normal images")
     calibrate.add_argument("bundle", type=Path)
     calibrate.add_argument("normal_images", nargs="+", help="normal (defect-free) images and/or folders")
@@ -54,15 +56,30 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--pixel-quantile", type=float, default=0.999,
                            help="map threshold = this quantile of normal map pixels")
     calibrate.add_argument("--backend", choices=BACKENDS, default="auto")
+    calibrate.add_argument("--memory-bank", type=Path,
+                           help="few-shot: calibrate with this bank and store the constants in the bank file")
+    fit = sub.add_parser("fit-normal", help="few-shot: build an APRIL-GAN memory bank from k normal images")
+    fit.add_argument("bundle", type=Path)
+    fit.add_argument("normal_images", nargs="+", help="the k normal images and/or folders")
+    fit.add_argument("--out", type=Path, required=True, help="memory bank file (.npz), kept next to the bundle")
+    fit.add_argument("--shots", type=int, help="use the first K images only")
+    fit.add_argument("--backend", choices=BACKENDS, default="auto")
     info = sub.add_parser("info", help="print a bundle's manifest summary")
     info.add_argument("bundle", type=Path)
     return parser
 
 
-def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str = "auto", batch_size: int = 1,
-               verify: bool = True) -> dict:
-    """Detect on every image; returns the summary written to out_dir/summary.json."""
+def _detector(bundle: Path, backend: str, memory_bank: Path | None = None, verify: bool = True) -> Detector:
     detector = Detector.from_bundle(bundle, backend=backend, verify=verify)
+    if memory_bank is not None:
+        detector.load_memory_bank(memory_bank)
+    return detector
+
+
+def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str = "auto", batch_size: int = 1,
+               verify: bool = True, memory_bank: Path | None = None) -> dict:
+    """Detect on every image; returns the summary written to out_dir/summary.json."""
+    detector = _detector(bundle, backend, memory_bank, verify)
     weights = detector.manifest.clip.get("weights", {})
     if weights.get("kind") == "random":
         print(f"warning: {bundle} was built with {weights.get('warning', 'random weights')}", file=sys.stderr)
@@ -133,7 +150,9 @@ def run_eval(args: argparse.Namespace) -> dict:
     from .dataset import scan_dataset
 
     categories = scan_dataset(args.dataset)
-    detectors = {"runtime": Detector.from_bundle(args.bundle, backend=args.backend)}
+    detectors = {"runtime": _detector(args.bundle, args.backend, args.memory_bank)}
+    if args.reference and args.memory_bank:
+        raise ZsadEdgeError("--reference is zero-shot only: drop --memory-bank or --reference")
     if args.reference:
         try:
             from zsad_edge.export.build import reference_from_bundle
@@ -155,15 +174,32 @@ def run_calibrate(args: argparse.Namespace) -> dict:
     """Calibrate on normal images and store the constants in the bundle's manifest."""
     from zsad_edge.calibration.scores import calibrate_scores, write_scoring
 
-    detector = Detector.from_bundle(args.bundle, backend=args.backend)
+    detector = _detector(args.bundle, args.backend, args.memory_bank)
     paths = list_images(args.normal_images)
     scoring = calibrate_scores(detector, paths, args.image_quantile, args.pixel_quantile, progress=len(paths) > 1)
-    write_scoring(args.bundle, detector.manifest, scoring)
+    if detector.memory_bank is not None:
+        detector.memory_bank.scoring = scoring
+        detector.memory_bank.save(args.memory_bank)
+        target = args.memory_bank
+    else:
+        write_scoring(args.bundle, detector.manifest, scoring)
+        target = args.bundle
     print(f"calibrated on {scoring['calibration']['images']} normal image(s): image threshold "
-          f"{scoring['image_threshold']:.6g}, map threshold {scoring['map_threshold']:.6g}; written to {args.bundle}")
+          f"{scoring['image_threshold']:.6g}, map threshold {scoring['map_threshold']:.6g}; written to {target}")
     for reason in scoring["calibration"]["skipped"]:
         print(f"  skipped: {reason}")
     return scoring
+
+
+def run_fit_normal(args: argparse.Namespace) -> None:
+    """Build a few-shot memory bank and save it."""
+    detector = _detector(args.bundle, args.backend)
+    paths = list_images(args.normal_images)[:args.shots]
+    if not paths:
+        raise ImageReadError(f"no images found in {', '.join(args.normal_images)}")
+    bank = detector.fit_normal([str(p) for p in paths])
+    bank.save(args.out)
+    print(f"memory bank of {bank.shots} shot(s), {bank.tokens.shape[1]} tokens per tap, written to {args.out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,9 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "calibrate":
             run_calibrate(args)
             return 0
+        if args.command == "fit-normal":
+            run_fit_normal(args)
+            return 0
         if args.batch_size < 1:
             raise ZsadEdgeError("--batch-size must be at least 1")
-        summary = run_detect(args.bundle, args.inputs, args.out, args.backend, args.batch_size, not args.no_verify)
+        summary = run_detect(args.bundle, args.inputs, args.out, args.backend, args.batch_size, not args.no_verify,
+                             args.memory_bank)
     except ZsadEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -102,3 +102,19 @@ def test_info_prints_the_manifest_summary(tiny_built):
     assert proc.returncode == 0
     info = json.loads(proc.stdout)
     assert info["method"] == "aprilgan_zero_shot" and info["taps"] == [1, 2, 3, 4]
+
+
+def test_few_shot_cli_fit_calibrate_detect(tiny_built, tmp_path):
+    rng = np.random.default_rng(3)
+    normals = tmp_path / "normals"
+    normals.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(normals / f"n{i}.png"), (np.clip(0.5 + 0.1 * rng.standard_normal((50, 70)), 0, 1) * 255).astype(np.uint8))
+    bank = tmp_path / "bank.npz"
+    proc = _zsad("fit-normal", tiny_built.path, normals, "--shots", "2", "--out", bank)
+    assert proc.returncode == 0 and "memory bank of 2 shot(s)" in proc.stdout
+    proc = _zsad("calibrate", tiny_built.path, normals, "--memory-bank", bank)
+    assert proc.returncode == 0 and f"written to {bank}" in proc.stdout
+    proc = _zsad("detect", tiny_built.path, normals, "--memory-bank", bank, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "0 flagged anomalous" in proc.stdout  # calibrated on these very images: none above threshold
