@@ -72,3 +72,19 @@ def write_scoring(bundle_dir, manifest: Manifest, scoring: dict) -> None:
     manifest.scoring = {**manifest.scoring, **scoring}
     text = json.dumps(manifest.to_dict(), indent=2) + "\n"
     write_bytes_atomic(bundle_dir / MANIFEST_NAME, text.encode("utf-8"))
+
+
+def calibrate_with_memory_bank(detector, images: Sequence, image_quantile: float = 1.0, pixel_quantile: float = 0.999,
+                               progress: bool = True) -> dict:
+    """Calibrate a few-shot detector; the result belongs in its memory bank file.
+
+    Two passes because the few-shot image score normalises the map maximum by the very range being
+    calibrated: the first pass fixes that range (maps do not depend on it), the second sets the
+    thresholds on the scores as they will be computed from then on.
+    """
+    first = calibrate_scores(detector, images, image_quantile, pixel_quantile, progress=progress)
+    detector.memory_bank.scoring = {"map_max_range": first["map_max_range"]}
+    scoring = calibrate_scores(detector, images, image_quantile, pixel_quantile, progress=progress)
+    detector.attach_memory_bank(detector.memory_bank)
+    detector.memory_bank.scoring = scoring
+    return scoring

@@ -172,16 +172,17 @@ def run_eval(args: argparse.Namespace) -> dict:
 
 def run_calibrate(args: argparse.Namespace) -> dict:
     """Calibrate on normal images and store the constants in the bundle's manifest."""
-    from zsad_edge.calibration.scores import calibrate_scores, write_scoring
+    from zsad_edge.calibration.scores import calibrate_scores, calibrate_with_memory_bank, write_scoring
 
     detector = _detector(args.bundle, args.backend, args.memory_bank)
     paths = list_images(args.normal_images)
-    scoring = calibrate_scores(detector, paths, args.image_quantile, args.pixel_quantile, progress=len(paths) > 1)
+    options = (args.image_quantile, args.pixel_quantile, len(paths) > 1)
     if detector.memory_bank is not None:
-        detector.memory_bank.scoring = scoring
+        scoring = calibrate_with_memory_bank(detector, paths, *options)
         detector.memory_bank.save(args.memory_bank)
         target = args.memory_bank
     else:
+        scoring = calibrate_scores(detector, paths, *options)
         write_scoring(args.bundle, detector.manifest, scoring)
         target = args.bundle
     print(f"calibrated on {scoring['calibration']['images']} normal image(s): image threshold "
