@@ -1,1 +1,1 @@
-"""INT8 and score calibration (not implemented yet: see issue 5 and issue 3)."""
+"""Calibration from normal images: score ranges and thresholds now, INT8 (issue 5) later."""
