@@ -43,13 +43,14 @@ class AprilGanHeads(nn.Module):
         self.register_buffer("upsample_rows", torch.from_numpy(rows), persistent=False)
         self.register_buffer("upsample_cols_t", torch.from_numpy(cols_t), persistent=False)
 
-    def forward(self, image_embedding: torch.Tensor, taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding [B, E], taps [B, n_taps, N, width] -> (anomaly_map [B, H, W], image_score [B]).
+    def tap_probabilities(self, taps: torch.Tensor) -> torch.Tensor:
+        """taps [B, n_taps, N, width] -> abnormal probability per tap at input size [B, n_taps, H, W].
 
         Computed in an equivalent, cheaper form: a softmax over two classes is the sigmoid of the
         logit difference, and bilinear upsampling is linear, so upsampling the single difference
         channel of all taps at once and taking the sigmoid equals upsampling both logits per tap
         and taking the softmax (tests check this against the direct formula and F.interpolate).
+        Training uses these per-tap maps for its per-tap focal + dice loss.
         """
         batch = taps.shape[0]
         # All taps' linear layers as one broadcast MatMul (onnxruntime's Einsum kernel is ~10x slower).
@@ -59,8 +60,11 @@ class AprilGanHeads(nn.Module):
         class_difference = self.text_features[:, 1] - self.text_features[:, 0]  # [E]
         logit_difference = LOGIT_SCALE * tokens @ class_difference  # [B, T, N]
         logit_difference = logit_difference.reshape(batch, len(self.fc), *self.patch_grid)
-        upsampled = self.upsample_rows @ logit_difference @ self.upsample_cols_t
-        anomaly_map = torch.sigmoid(upsampled).sum(dim=1)
+        return torch.sigmoid(self.upsample_rows @ logit_difference @ self.upsample_cols_t)
+
+    def forward(self, image_embedding: torch.Tensor, taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embedding [B, E], taps [B, n_taps, N, width] -> (anomaly_map [B, H, W], image_score [B])."""
+        anomaly_map = self.tap_probabilities(taps).sum(dim=1)
         image = F.normalize(image_embedding, dim=-1)
         image_score = (LOGIT_SCALE * image @ self.text_features).softmax(dim=-1)[:, 1]
         return anomaly_map, image_score
@@ -91,3 +95,13 @@ def load_head_weights(heads: AprilGanHeads, checkpoint: Path) -> str:
     if missing:
         raise ModelLoadError(f"heads checkpoint {checkpoint} lacks {missing[:4]} (wrong number of taps?)")
     return sha256_file(checkpoint)
+
+
+def randomize_heads(heads: AprilGanHeads, seed: int) -> dict:
+    """Seeded random heads; the seed goes into the manifest so the reference can be rebuilt."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for linear in heads.fc:
+            linear.weight.normal_(0.0, linear.in_features ** -0.5, generator=generator)
+            linear.bias.zero_()
+    return {"kind": "random", "seed": seed}

@@ -18,7 +18,7 @@ from zsad_edge.runtime.detector import ENCODER, HEADS
 from zsad_edge.runtime.errors import ModelLoadError
 from zsad_edge.runtime.preprocess import PreprocessSpec
 
-from .aprilgan import LOGIT_SCALE, AprilGanHeads, load_head_weights
+from .aprilgan import LOGIT_SCALE, AprilGanHeads, load_head_weights, randomize_heads
 from .bundle_writer import finalize_manifest, staged_bundle
 from .clip_backbone import ClipSpec, ImageEncoderWithTaps, LoadedClip, default_taps, load_clip, validate_taps
 from .export_attention import lean_attention_copy
@@ -114,17 +114,7 @@ def _init_heads(heads: AprilGanHeads, config: BuildConfig) -> dict:
     if config.heads_checkpoint is not None:
         digest = load_head_weights(heads, config.heads_checkpoint)
         return {"kind": "checkpoint", "file": Path(config.heads_checkpoint).name, "sha256": digest}
-    return _randomize_heads(heads, config.seed + 1)
-
-
-def _randomize_heads(heads: AprilGanHeads, seed: int) -> dict:
-    """Seeded random heads; the seed goes into the manifest so the reference can be rebuilt."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for linear in heads.fc:
-            linear.weight.normal_(0.0, linear.in_features ** -0.5, generator=generator)
-            linear.bias.zero_()
-    return {"kind": "random", "seed": seed}
+    return randomize_heads(heads, config.seed + 1)
 
 
 def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None = None,
@@ -152,7 +142,7 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
     heads = AprilGanHeads(len(manifest.taps), clip.width, clip.embed_dim, text_features, clip.input_size,
                           clip.patch_grid).eval()
     if params["heads"]["kind"] == "random":
-        _randomize_heads(heads, params["heads"]["seed"])
+        randomize_heads(heads, params["heads"]["seed"])
     else:
         load_head_weights(heads, _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"))
     encoder = ImageEncoderWithTaps(clip.model.visual, manifest.taps).eval()

@@ -10,16 +10,13 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 from zsad_edge.runtime.errors import ZsadEdgeError
 
-# APRIL-GAN's published setting: ViT-L-14-336 (OpenAI weights) run at 518 px.
-APRILGAN_DEFAULTS = {"arch": "ViT-L-14-336", "pretrained": "openai", "image_size": 518}
+from zsad_edge.export.cli_args import add_clip_arguments, clip_spec_from_args, configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,16 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true",
                         help="offline: tiny random-weight bundle in --out (default demo_bundle) + detection on a synthetic image")
     parser.add_argument("--method", choices=["aprilgan"], default="aprilgan", help="anomaly method (APRIL-GAN zero-shot)")
-    weights = parser.add_argument_group("CLIP (one weight source)")
-    weights.add_argument("--arch", default=APRILGAN_DEFAULTS["arch"], help="open_clip architecture name")
-    weights.add_argument("--pretrained", default=None,
-                         help=f"open_clip pretrained tag (default {APRILGAN_DEFAULTS['pretrained']} when no other source)")
-    weights.add_argument("--clip-checkpoint", type=Path, help="local open_clip checkpoint (.pt/.bin/.safetensors)")
-    weights.add_argument("--random-init", action="store_true", help="random CLIP weights (tests and timing only)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help=f"input size in px (default {APRILGAN_DEFAULTS['image_size']} for --method aprilgan)")
-    parser.add_argument("--taps", type=int, nargs="+", help="1-based block indices (default: 4 evenly spaced)")
-    parser.add_argument("--object-name", default="object", help="fills {} in the prompts")
+    add_clip_arguments(parser)
     heads = parser.add_mutually_exclusive_group()
     heads.add_argument("--heads-checkpoint", type=Path, help="trained APRIL-GAN linear heads")
     heads.add_argument("--random-heads", action="store_true", help="random heads (tests and timing only)")
@@ -44,21 +32,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     parser.add_argument("--parity-tolerance", type=float, default=1e-4,
                         help="max error of each graph vs PyTorch, relative to the output range")
-    parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
 
 def _config_from_args(args: argparse.Namespace):
     from zsad_edge.export.build import BuildConfig
-    from zsad_edge.export.clip_backbone import ClipSpec
 
-    explicit = [args.pretrained is not None, args.clip_checkpoint is not None, args.random_init]
-    pretrained = args.pretrained if any(explicit) else APRILGAN_DEFAULTS["pretrained"]
     if args.out is None:
         raise ZsadEdgeError("--out DIR is required (the bundle folder to write)")
     return BuildConfig(
-        clip=ClipSpec(args.arch, pretrained=pretrained, checkpoint=args.clip_checkpoint, random_init=args.random_init,
-                      image_size=args.image_size or APRILGAN_DEFAULTS["image_size"]),
+        clip=clip_spec_from_args(args),
         out_dir=args.out,
         object_name=args.object_name,
         taps=args.taps,
@@ -87,11 +70,7 @@ def _run_demo(out_dir: Path, overwrite: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    for noisy in ("onnx_ir", "huggingface_hub", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    if not args.verbose:
-        warnings.filterwarnings("ignore")
+    configure_logging(args.verbose)
     try:
         if args.demo:
             return _run_demo(args.out or Path("demo_bundle"), overwrite=True)

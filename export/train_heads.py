@@ -1,0 +1,72 @@
+"""Train APRIL-GAN linear heads on an MVTec-layout folder; the checkpoint feeds build_engines.py.
+
+Examples:
+  python export/train_heads.py --arch ViT-L-14-336 --pretrained openai --image-size 518 \\
+      --dataset /data/visa --out heads_visa.pth
+  python export/build_engines.py --arch ViT-L-14-336 --pretrained openai --image-size 518 \\
+      --heads-checkpoint heads_visa.pth --out bundles/mvtec
+Use the same --arch, weights, --image-size and --taps for both commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from zsad_edge.export.cli_args import add_clip_arguments, clip_spec_from_args, configure_logging
+from zsad_edge.runtime.errors import ZsadEdgeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_clip_arguments(parser)
+    parser.add_argument("--dataset", type=Path, required=True, help="MVTec-layout folder (one category or several)")
+    parser.add_argument("--out", type=Path, required=True, help="heads checkpoint to write (.pth)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-images", type=int, help="train on a random subset (CI-sized runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        from zsad_edge.export.aprilgan import AprilGanHeads, randomize_heads
+        from zsad_edge.export.clip_backbone import ImageEncoderWithTaps, default_taps, load_clip, validate_taps
+        from zsad_edge.export.prompts import PromptSet, class_text_features
+        from zsad_edge.export.training import TrainConfig, load_training_data, save_heads_checkpoint, train_heads
+        from zsad_edge.runtime.preprocess import PreprocessSpec
+
+        clip = load_clip(clip_spec_from_args(args))
+        taps = validate_taps(args.taps, clip.num_layers) if args.taps else default_taps(clip.num_layers)
+        text = class_text_features(clip.model, clip.tokenizer, PromptSet.load("aprilgan"), args.object_name)
+        heads = AprilGanHeads(len(taps), clip.width, clip.embed_dim, text, clip.input_size, clip.patch_grid)
+        randomize_heads(heads, args.seed)
+        spec = PreprocessSpec(clip.input_size, clip.mean, clip.std, "stretch", clip.interpolation)
+        data = load_training_data(args.dataset, spec, args.max_images)
+        print(f"training on {len(data.images)} image(s) from {args.dataset}; {len(data.skipped)} note(s)")
+        for note in data.skipped:
+            print(f"  {note}")
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                             max_images=args.max_images, seed=args.seed)
+        losses = train_heads(ImageEncoderWithTaps(clip.model.visual, taps), heads, data, config)
+        save_heads_checkpoint(heads, args.out, {
+            "architecture": args.arch, "weights": clip.weights_origin, "image_size": args.image_size, "taps": taps,
+            "object_name": args.object_name, "dataset": str(args.dataset), "images": len(data.images),
+            "epochs": args.epochs, "epoch_losses": losses,
+        })
+    except ZsadEdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("epoch losses: " + ", ".join(f"{loss:.4f}" for loss in losses))
+    print(f"heads written to {args.out}; export with --heads-checkpoint {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Head training: losses by hand, loss decreases, checkpoints load into the export stage."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from zsad_edge.export.aprilgan import load_head_weights
+from zsad_edge.export.build import BuildConfig, build_aprilgan_bundle
+from zsad_edge.export.clip_backbone import ClipSpec
+from zsad_edge.export.training import dice_loss, focal_loss
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(REPO / "export" / "train_heads.py"), "--arch", "zsad-tiny-vit", "--random-init",
+         "--image-size", "224"]
+
+
+def test_focal_and_dice_by_hand():
+    p = torch.tensor([0.9, 0.2, 0.6, 0.1])
+    y = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    p_true = np.array([0.9, 0.8, 0.4, 0.1])
+    expected_focal = np.mean(-(1 - p_true) ** 2 * np.log(p_true))
+    assert float(focal_loss(p, y, 2.0)) == pytest.approx(expected_focal, rel=1e-6)
+    expected_dice = 1 - (2 * (0.9 + 0.1) + 1) / (p.sum().item() + 2 + 1)
+    assert float(dice_loss(p, y)) == pytest.approx(expected_dice, rel=1e-6)
+    assert float(dice_loss(y, y)) == pytest.approx(0.0, abs=1e-7)
+
+
+def _stripe_set(root: Path, count: int = 12):
+    """Plates with a bright stripe defect and its mask: learnable even from random CLIP features."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        image = (np.clip(0.4 + 0.05 * rng.standard_normal((64, 64)), 0, 1) * 255).astype(np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        defect = "good" if i % 3 == 0 else "stripe"
+        if defect == "stripe":
+            x = rng.integers(5, 50)
+            image[:, x:x + 8] = 250
+            mask[:, x:x + 8] = 255
+            (root / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / "ground_truth" / defect / f"p{i}_mask.png"), mask)
+        (root / "test" / defect).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "test" / defect / f"p{i}.png"), image)
+
+
+def test_training_cli_lowers_the_loss_and_the_checkpoint_exports(tmp_path):
+    _stripe_set(tmp_path / "stripes")
+    out = tmp_path / "heads.pth"
+    proc = subprocess.run([*TRAIN, "--dataset", str(tmp_path / "stripes"), "--epochs", "4", "--batch-size", "4",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    losses = torch.load(out, weights_only=True)["zsad_edge"]["epoch_losses"]
+    assert len(losses) == 4 and losses[-1] < 0.9 * losses[0]
+    built = build_aprilgan_bundle(BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
+                                              out_dir=tmp_path / "bundle", heads_checkpoint=out))
+    assert built.manifest.method["params"]["heads"]["kind"] == "checkpoint"
+    trained_weight = torch.load(out, weights_only=True)["trainable_linearlayer"]["fc.0.weight"]
+    torch.testing.assert_close(built.heads.fc[0].weight, trained_weight)
+    load_head_weights(built.heads, out)  # the official loader accepts our checkpoint
+
+
+def test_training_on_battery_weld_ci_sized(battery_weld, tmp_path):
+    out = tmp_path / "weld.pth"
+    proc = subprocess.run([*TRAIN, "--dataset", str(battery_weld), "--max-images", "24", "--epochs", "3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert "training on 24 image(s)" in proc.stdout
+    losses = torch.load(out, weights_only=True)["zsad_edge"]["epoch_losses"]
+    assert losses[-1] < losses[0]
+
+
+def test_dataset_without_masks_is_refused(tmp_path):
+    (tmp_path / "d" / "test" / "broken").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "d" / "test" / "broken" / "x.png"), np.zeros((20, 20), np.uint8))
+    proc = subprocess.run([*TRAIN, "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "h.pth")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no image with a usable mask")
+    assert not (tmp_path / "h.pth").exists()
