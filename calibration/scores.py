@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zsad_edge.runtime.bundle import MANIFEST_NAME, Manifest
+from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
 from zsad_edge.runtime.image_io import read_image, to_rgb_float, write_bytes_atomic
 from zsad_edge.runtime.pipeline import DetectionPipeline
@@ -74,7 +75,7 @@ def write_scoring(bundle_dir, manifest: Manifest, scoring: dict) -> None:
     write_bytes_atomic(bundle_dir / MANIFEST_NAME, text.encode("utf-8"))
 
 
-def calibrate_with_memory_bank(detector, images: Sequence, image_quantile: float = 1.0, pixel_quantile: float = 0.999,
+def calibrate_with_memory_bank(detector: "Detector", images: Sequence, image_quantile: float = 1.0, pixel_quantile: float = 0.999,
                                progress: bool = True) -> dict:
     """Calibrate a few-shot detector; the result belongs in its memory bank file.
 
@@ -85,6 +86,6 @@ def calibrate_with_memory_bank(detector, images: Sequence, image_quantile: float
     first = calibrate_scores(detector, images, image_quantile, pixel_quantile, progress=progress)
     detector.memory_bank.scoring = {"map_max_range": first["map_max_range"]}
     scoring = calibrate_scores(detector, images, image_quantile, pixel_quantile, progress=progress)
-    detector.attach_memory_bank(detector.memory_bank)
     detector.memory_bank.scoring = scoring
+    detector.attach_memory_bank(detector.memory_bank)  # the detector now uses the calibrated thresholds
     return scoring

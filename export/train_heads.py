@@ -49,15 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         randomize_heads(heads, args.seed)
         spec = PreprocessSpec(clip.input_size, clip.mean, clip.std, "stretch", clip.interpolation)
         data = load_training_data(args.dataset, spec, args.max_images)
-        print(f"training on {len(data.images)} image(s) from {args.dataset}; {len(data.skipped)} note(s)")
+        print(f"training on {len(data)} image(s) from {args.dataset}; {len(data.skipped)} note(s)")
         for note in data.skipped:
             print(f"  {note}")
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                             max_images=args.max_images, seed=args.seed)
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
         losses = train_heads(ImageEncoderWithTaps(clip.model.visual, taps), heads, data, config)
         save_heads_checkpoint(heads, args.out, {
             "architecture": args.arch, "weights": clip.weights_origin, "image_size": args.image_size, "taps": taps,
-            "object_name": args.object_name, "dataset": str(args.dataset), "images": len(data.images),
+            "object_name": args.object_name, "dataset": str(args.dataset), "images": len(data),
             "epochs": args.epochs, "epoch_losses": losses,
         })
     except ZsadEdgeError as exc:

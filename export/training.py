@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from zsad_edge.runtime.dataset import load_mask, scan_dataset
+from zsad_edge.runtime.dataset import Sample, load_mask, scan_dataset
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
 from zsad_edge.runtime.image_io import read_image, to_rgb_float
 from zsad_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
@@ -35,43 +36,54 @@ class TrainConfig:
     learning_rate: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.999)
     focal_gamma: float = 2.0
-    max_images: int | None = None
     seed: int = 0
 
 
 @dataclass
 class TrainingData:
-    """Preprocessed images [N, 3, H, W] and masks [N, H, W] at the model's input size."""
+    """Usable (image, mask) files, read and preprocessed batch by batch so that large sets
+    (VisA at 518 px is tens of GB as float tensors) never sit in memory at once."""
 
-    images: torch.Tensor
-    masks: torch.Tensor
+    samples: list[Sample]
+    spec: PreprocessSpec
     skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images [B, 3, H, W] and masks [B, H, W] at the model's input size."""
+        height, width = self.spec.input_size
+        images, masks = [], []
+        for index in indices:
+            sample = self.samples[index]
+            rgb = to_rgb_float(read_image(sample.image))
+            mask = load_mask(sample, rgb.shape[:2])
+            images.append(rgb)
+            masks.append(cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST))
+        return (torch.from_numpy(preprocess_batch(images, self.spec)),
+                torch.from_numpy(np.stack(masks).astype(np.float32)))
 
 
 def load_training_data(dataset_dir: Path, spec: PreprocessSpec, max_images: int | None = None) -> TrainingData:
-    """Every test image with a usable mask; what cannot be used is listed in `skipped`."""
-    images, masks, skipped = [], [], []
+    """Every test image with a usable mask (checked once up front); the rest is listed in `skipped`."""
+    samples, skipped = [], []
     for category in scan_dataset(dataset_dir):
         skipped += [f"{category.name}: {p}" for p in category.problems]
         for sample in category.samples:
             try:
-                rgb = to_rgb_float(read_image(sample.image))
-                mask = load_mask(sample, rgb.shape[:2])
+                shape = read_image(sample.image).shape[:2]
+                usable = load_mask(sample, shape) is not None
             except ImageReadError as exc:
                 skipped.append(str(exc))
                 continue
-            if mask is None:
-                continue
-            images.append(rgb)
-            height, width = spec.input_size
-            masks.append(cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST))
-    if not images:
+            if usable:
+                samples.append(sample)
+    if not samples:
         raise ZsadEdgeError(f"no image with a usable mask under {dataset_dir}: nothing to train on")
     if max_images is not None:
-        order = np.random.default_rng(0).permutation(len(images))[:max_images]
-        images, masks = [images[i] for i in order], [masks[i] for i in order]
-    return TrainingData(torch.from_numpy(preprocess_batch(images, spec)),
-                        torch.from_numpy(np.stack(masks).astype(np.float32)), skipped)
+        samples = [samples[i] for i in np.random.default_rng(0).permutation(len(samples))[:max_images]]
+    return TrainingData(samples, spec, skipped)
 
 
 def focal_loss(probability: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -96,15 +108,14 @@ def train_heads(encoder: ImageEncoderWithTaps, heads: AprilGanHeads, data: Train
     heads.train()
     epoch_losses = []
     for epoch in range(config.epochs):
-        order = torch.randperm(len(data.images), generator=generator)
+        order = torch.randperm(len(data), generator=generator).tolist()
         losses = []
         batches = range(0, len(order), config.batch_size)
         for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress):
-            index = order[start:start + config.batch_size]
+            images, target = data.batch(order[start:start + config.batch_size])
             with torch.no_grad():
-                _, taps = encoder(data.images[index])
+                _, taps = encoder(images)
             probabilities = heads.tap_probabilities(taps)  # [B, T, H, W]
-            target = data.masks[index]
             loss = sum(focal_loss(probabilities[:, t], target, config.focal_gamma) + dice_loss(probabilities[:, t], target)
                        for t in range(probabilities.shape[1]))
             optimizer.zero_grad()

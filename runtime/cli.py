@@ -176,13 +176,14 @@ def run_calibrate(args: argparse.Namespace) -> dict:
 
     detector = _detector(args.bundle, args.backend, args.memory_bank)
     paths = list_images(args.normal_images)
-    options = (args.image_quantile, args.pixel_quantile, len(paths) > 1)
+    options = {"image_quantile": args.image_quantile, "pixel_quantile": args.pixel_quantile,
+               "progress": len(paths) > 1}
     if detector.memory_bank is not None:
-        scoring = calibrate_with_memory_bank(detector, paths, *options)
+        scoring = calibrate_with_memory_bank(detector, paths, **options)
         detector.memory_bank.save(args.memory_bank)
         target = args.memory_bank
     else:
-        scoring = calibrate_scores(detector, paths, *options)
+        scoring = calibrate_scores(detector, paths, **options)
         write_scoring(args.bundle, detector.manifest, scoring)
         target = args.bundle
     print(f"calibrated on {scoring['calibration']['images']} normal image(s): image threshold "
