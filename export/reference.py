@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zsad_edge.runtime.bundle import Manifest
-from zsad_edge.runtime.memory_bank import default_map_max_range, few_shot_score
+from zsad_edge.runtime.memory_bank import few_shot_score
 from zsad_edge.runtime.pipeline import DetectionPipeline
 
 
@@ -28,13 +28,9 @@ class ReferenceDetector(DetectionPipeline):
         self.device = torch.device(device)
         self.encoder = encoder.eval().to(self.device)
         self.heads_module = heads_module.eval().to(self.device)
-        self.memory_tokens: torch.Tensor | None = None  # [n_taps, k * N, width], normalised
 
-    @torch.no_grad()
-    def fit_normal(self, images: Sequence) -> None:
-        """Few-shot memory bank from k normal images: their raw tap tokens, L2-normalised."""
-        taps = self.encode(self.preprocess(images)[0])[1]  # [k, T, N, W]
-        self.memory_tokens = F.normalize(taps, dim=-1).transpose(0, 1).flatten(1, 2)
+    def taps_as_numpy(self, features: tuple[torch.Tensor, torch.Tensor]) -> np.ndarray:
+        return features[1].cpu().numpy()
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -47,20 +43,20 @@ class ReferenceDetector(DetectionPipeline):
     @torch.no_grad()
     def heads(self, features: tuple[torch.Tensor, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         anomaly_map, image_score = self.heads_module(*features)
-        if self.memory_tokens is not None:
+        if self.memory_bank is not None:
             anomaly_map = anomaly_map + self._few_shot_map(features[1])
-            map_range = default_map_max_range(len(self.manifest.taps))
             image_score = torch.from_numpy(few_shot_score(image_score.cpu().numpy(),
-                                                          anomaly_map.amax(dim=(1, 2)).cpu().numpy(), map_range))
+                                                          anomaly_map.amax(dim=(1, 2)).cpu().numpy(), self.map_max_range))
         return anomaly_map.cpu().numpy(), image_score.cpu().numpy()
 
     def _few_shot_map(self, taps: torch.Tensor) -> torch.Tensor:
         """Per tap: 1 - max cosine to the bank, as a grid, upsampled (align_corners=True), summed."""
         queries = F.normalize(taps, dim=-1)
+        bank = torch.from_numpy(self.memory_bank.tokens).to(self.device)
         grid = self.manifest.patch_grid
         total = 0
         for tap in range(queries.shape[1]):
-            distance = 1 - (queries[:, tap] @ self.memory_tokens[tap].T).amax(dim=-1)
+            distance = 1 - (queries[:, tap] @ bank[tap].T).amax(dim=-1)
             distance = distance.reshape(-1, 1, *grid)
             total = total + F.interpolate(distance, size=tuple(self.manifest.preprocess.input_size), mode="bilinear",
                                           align_corners=True)[:, 0]

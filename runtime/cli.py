@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--heads-checkpoint", type=Path, help="with --reference: the bundle's heads checkpoint")
     evaluate.add_argument("--pixel-size", type=int, default=256, help="pixel metrics at this square size (0: original)")
     evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
-    evaluate.add_argument("--memory-bank", type=Path, help="few-shot: evaluate with this memory bank (runtime only)")
+    evaluate.add_argument("--memory-bank", type=Path, help="few-shot: evaluate with this memory bank")
     calibrate = sub.add_parser("calibrate", help="set score ranges and thresholds from normal images")
     calibrate.add_argument("bundle", type=Path)
     calibrate.add_argument("normal_images", nargs="+", help="normal (defect-free) images and/or folders")
@@ -151,14 +151,14 @@ def run_eval(args: argparse.Namespace) -> dict:
 
     categories = scan_dataset(args.dataset)
     detectors = {"runtime": _detector(args.bundle, args.backend, args.memory_bank)}
-    if args.reference and args.memory_bank:
-        raise ZsadEdgeError("--reference is zero-shot only: drop --memory-bank or --reference")
     if args.reference:
         try:
             from zsad_edge.export.build import reference_from_bundle
         except ImportError as exc:
             raise ZsadEdgeError(f"--reference needs the torch side ({exc.name} missing): pip install 'zsad-edge[export]'") from None
         detectors["reference"] = reference_from_bundle(args.bundle, args.clip_checkpoint, args.heads_checkpoint)
+        if args.memory_bank is not None:
+            detectors["reference"].load_memory_bank(args.memory_bank)
     report = evaluate(detectors, categories, pixel_size=args.pixel_size or None)
     report["bundle"] = str(args.bundle)
     print(format_report(report))

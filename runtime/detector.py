@@ -11,11 +11,10 @@ import numpy as np
 from .bundle import REBUILD_HINT, Manifest, load_manifest
 from .errors import BundleError
 from .interpolation import upsample_align_corners
-from .memory_bank import MemoryBank, default_map_max_range, few_shot_score
+from .memory_bank import few_shot_score
 from .ort_backend import OrtComponent
-from .pipeline import DetectionPipeline
+from .pipeline import ENCODER, DetectionPipeline
 
-ENCODER = "image_encoder"
 HEADS = "heads"
 SUPPORTED_METHODS = ("aprilgan_zero_shot",)
 
@@ -41,7 +40,6 @@ class Detector(DetectionPipeline):
         self.bundle_dir = bundle_dir
         self.encoder = encoder
         self.heads_graph = heads
-        self.memory_bank: MemoryBank | None = None
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, backend: str = "auto", verify: bool = True,
@@ -70,6 +68,9 @@ class Detector(DetectionPipeline):
     def encode(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self.encoder.run({"image": batch})
 
+    def taps_as_numpy(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        return features["taps"]
+
     def heads(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         out = self.heads_graph.run(features)
         maps, scores = out["anomaly_map"], out["image_score"]
@@ -78,30 +79,6 @@ class Detector(DetectionPipeline):
         grid = self.memory_bank.distances(features["taps"]).reshape(-1, *self.manifest.patch_grid)
         maps = maps + upsample_align_corners(grid, self.manifest.preprocess.input_size)
         return maps, few_shot_score(scores, maps.max(axis=(1, 2)), self.map_max_range)
-
-    @property
-    def map_max_range(self) -> tuple[float, float]:
-        """Normalisation of the few-shot map term: calibrated with the bank, else theoretical bounds."""
-        scoring = (self.memory_bank.scoring if self.memory_bank else None) or {}
-        return tuple(scoring.get("map_max_range", default_map_max_range(len(self.manifest.taps))))
-
-    def fit_normal(self, images: Sequence, chunk: int = 4) -> MemoryBank:
-        """Build and attach the few-shot memory bank from k normal images (arrays or paths)."""
-        taps = [self.encode(self.preprocess(images[i:i + chunk])[0])["taps"] for i in range(0, len(images), chunk)]
-        self.attach_memory_bank(MemoryBank.from_taps(np.concatenate(taps), self.manifest.component_digest(ENCODER)))
-        return self.memory_bank
-
-    def load_memory_bank(self, path: str | Path) -> MemoryBank:
-        """Attach a bank saved with `fit_normal(...).save(path)`; refused if built with another encoder."""
-        self.attach_memory_bank(MemoryBank.load(path, self.manifest.component_digest(ENCODER)))
-        return self.memory_bank
-
-    def attach_memory_bank(self, bank: MemoryBank) -> None:
-        """Switch to few-shot scoring; the bank's calibrated thresholds (if any) replace the manifest's."""
-        self.memory_bank = bank
-        scoring = {**self.manifest.scoring, **(bank.scoring or {})}
-        self.map_threshold = float(scoring["map_threshold"])
-        self.image_threshold = float(scoring["image_threshold"])
 
     def resize_maps(self, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         # INTER_LINEAR uses half-pixel centres without antialiasing, the same sampling as

@@ -16,7 +16,10 @@ import numpy as np
 
 from .bundle import Manifest
 from .image_io import read_image, to_rgb_float
+from .memory_bank import MemoryBank, default_map_max_range
 from .preprocess import preprocess_batch
+
+ENCODER = "image_encoder"
 
 ImageInput = np.ndarray | str | os.PathLike
 
@@ -49,12 +52,46 @@ class DetectionResult:
 
 
 class DetectionPipeline(ABC):
-    """Template for a detector: the model stages are abstract, the rest is shared."""
+    """Template for a detector: the model stages are abstract, the rest is shared.
+
+    A few-shot memory bank (APRIL-GAN) is held here too, so the runtime and the reference build,
+    load and calibrate banks through one API; each searches it with its own arithmetic in `heads`.
+    """
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
+        self.memory_bank: MemoryBank | None = None
         self.map_threshold = float(manifest.scoring["map_threshold"])
         self.image_threshold = float(manifest.scoring["image_threshold"])
+
+    @abstractmethod
+    def taps_as_numpy(self, features: Any) -> np.ndarray:
+        """The raw tap tokens [B, n_taps, N, width] from `encode`'s output, as float32 numpy."""
+
+    def fit_normal(self, images: Sequence[ImageInput], chunk: int = 4) -> MemoryBank:
+        """Build and attach the few-shot memory bank from k normal images (arrays or paths)."""
+        taps = [self.taps_as_numpy(self.encode(self.preprocess(images[i:i + chunk])[0]))
+                for i in range(0, len(images), chunk)]
+        self.attach_memory_bank(MemoryBank.from_taps(np.concatenate(taps), self.manifest.component_digest(ENCODER)))
+        return self.memory_bank
+
+    def load_memory_bank(self, path: str | os.PathLike) -> MemoryBank:
+        """Attach a bank saved with `fit_normal(...).save(path)`; refused if built with another encoder."""
+        self.attach_memory_bank(MemoryBank.load(path, self.manifest.component_digest(ENCODER)))
+        return self.memory_bank
+
+    def attach_memory_bank(self, bank: MemoryBank) -> None:
+        """Switch to few-shot scoring; the bank's calibrated thresholds (if any) replace the manifest's."""
+        self.memory_bank = bank
+        scoring = {**self.manifest.scoring, **(bank.scoring or {})}
+        self.map_threshold = float(scoring["map_threshold"])
+        self.image_threshold = float(scoring["image_threshold"])
+
+    @property
+    def map_max_range(self) -> tuple[float, float]:
+        """Normalisation of the few-shot map term: calibrated with the bank, else theoretical bounds."""
+        scoring = (self.memory_bank.scoring if self.memory_bank else None) or {}
+        return tuple(scoring.get("map_max_range", default_map_max_range(len(self.manifest.taps))))
 
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Images (arrays or paths) -> normalised NCHW batch and each image's original (H, W)."""

@@ -101,3 +101,17 @@ def test_eval_cli_error_is_one_line(tiny_built, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no MVTec-layout category")
+
+
+def test_few_shot_runtime_and_reference_side_by_side(quirky_set, tiny_built, tmp_path):
+    from zsad_edge.runtime.detector import Detector
+
+    categories = scan_dataset(quirky_set)
+    runtime = Detector.from_bundle(tiny_built.path)
+    runtime.fit_normal([str(p) for p in categories[0].train_images()]).save(tmp_path / "bank.npz")
+    reference = tiny_built.reference_detector()
+    reference.load_memory_bank(tmp_path / "bank.npz")
+    report = evaluate({"runtime": runtime, "reference": reference}, categories, progress=False)
+    metrics = report["categories"]["parts"]["metrics"]
+    for metric in METRICS:
+        assert metrics["runtime"][metric] == pytest.approx(metrics["reference"][metric], abs=1e-4)

@@ -50,9 +50,19 @@ def test_runtime_few_shot_matches_reference(tiny_built, rng, batch):
     for got, want in zip(runtime.detect_batch(queries), reference.detect_batch(queries)):
         assert relative_map_error(got.anomaly_map, want.anomaly_map) <= 1e-4
         assert abs(got.score - want.score) <= 1e-5
-    reference.memory_tokens = None  # the few-shot term really changes the map
+    reference.memory_bank = None  # the few-shot term really changes the map
     plain = reference.detect_batch(queries)[0]
     assert np.abs(plain.anomaly_map - runtime.detect_batch(queries)[0].anomaly_map).max() > 0.1
+
+
+def test_reference_searches_a_runtime_bank(tiny_built, rng, tmp_path):
+    runtime = Detector.from_bundle(tiny_built.path)
+    runtime.fit_normal(_parts(rng, 3)).save(tmp_path / "bank.npz")
+    reference = tiny_built.reference_detector()
+    reference.load_memory_bank(tmp_path / "bank.npz")
+    query = _parts(rng, 1)[0]
+    got, want = runtime(query), reference(query)
+    assert relative_map_error(got.anomaly_map, want.anomaly_map) <= 1e-4 and abs(got.score - want.score) <= 1e-5
 
 
 def test_bank_saves_loads_and_refuses_other_encoders(tiny_built, rng, tmp_path):
