@@ -40,7 +40,7 @@ class AprilGanHeads(nn.Module):
         # and TensorRT run faster than a Resize of every tap to full resolution.
         rows = align_corners_matrix(patch_grid[0], input_size[0])
         cols_t = align_corners_matrix(patch_grid[1], input_size[1]).T.copy()
-        self.register_buffer("upsample_rows", torch.from_numpy(rows), persistent=False)
+        self.register_buffer("upsample_rows", torch.from_numpy(rows.copy()), persistent=False)
         self.register_buffer("upsample_cols_t", torch.from_numpy(cols_t), persistent=False)
 
     def tap_probabilities(self, taps: torch.Tensor) -> torch.Tensor:
