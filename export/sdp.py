@@ -1,0 +1,99 @@
+"""CLIP-AD staged dual path (SDP): the PyTorch reference of the surgery encoder and feature surgery.
+
+Architecture surgery: every block's attention also runs a second, v-v path (q = k = v = the value
+projection of ln_1 of the block's input, same heads, scale and out projection, no FFN). The
+surgery stream x_s accumulates these outputs and restarts at the first block of each stage, the
+stages ending at the taps (blocks 0, 3, 6, 9 zero-based for taps 3, 6, 9, 12). The original path
+is unchanged CLIP. At a tap, surgery features are proj(ln_post(x_s with its CLS token replaced by
+the original CLS)).
+
+Feature surgery per tap (F normalised incl. CLS, T [E, 2]): p = softmax(F_cls @ T), w = p / mean(p),
+s[n, c] = (F @ T)[n, c] * w[c] minus its mean over classes; summed over taps, CLS dropped, as a
+grid, bilinear (align_corners=False) to the input size, abnormal channel. Smoothing (Gaussian)
+and score normalisation happen after the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import DBSCAN
+from torch import nn
+
+from .aprilgan import LOGIT_SCALE
+
+# DBSCAN settings of CLIP-AD per data set family: (eps, min_samples).
+DBSCAN_SETTINGS = {"mvtec": (0.5, 15), "visa": (1.5, 25)}
+
+
+def representative_vector(embeddings: torch.Tensor, eps: float, min_samples: int) -> torch.Tensor:
+    """Mean of the largest DBSCAN cluster of normalised prompt embeddings, re-normalised.
+
+    Falls back to the plain mean when DBSCAN finds no cluster (every prompt is noise).
+    """
+    normalised = F.normalize(embeddings.float(), dim=-1)
+    labels = DBSCAN(eps=eps, min_samples=min_samples).fit(normalised.numpy()).labels_
+    clustered = labels[labels >= 0]
+    if clustered.size:
+        largest = np.bincount(clustered).argmax()
+        normalised = normalised[torch.from_numpy(labels == largest)]
+    return F.normalize(normalised.mean(dim=0), dim=0)
+
+
+def vv_attention(attention: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """Self-attention of the value projection with itself, through the block's own weights."""
+    batch, tokens, width = x.shape
+    heads = attention.num_heads
+    head_dim = width // heads
+    value = F.linear(x, attention.in_proj_weight[2 * width:], attention.in_proj_bias[2 * width:])
+    value = value.reshape(batch, tokens, heads, head_dim).transpose(1, 2)  # [B, H, N, D]
+    weights = ((value * head_dim ** -0.5) @ value.transpose(-2, -1)).softmax(dim=-1)
+    out = (weights @ value).transpose(1, 2).reshape(batch, tokens, width)
+    return attention.out_proj(out)
+
+
+class SurgeryEncoder(nn.Module):
+    """open_clip ViT with the staged v-v surgery path.
+
+    forward(image) -> (image_embedding [B, E], surgery_taps [B, T, 1+N, E], original_taps [B, T, 1+N, width]).
+    """
+
+    def __init__(self, visual: nn.Module, taps: list[int]) -> None:
+        super().__init__()
+        self.visual = visual
+        self.taps = sorted(taps)
+        self.stage_starts = {0, *self.taps[:-1]}  # zero-based first block of each stage
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        visual = self.visual
+        x = visual._embeds(image)
+        surgery = None
+        surgery_taps, original_taps = [], []
+        for index, block in enumerate(visual.transformer.resblocks):
+            out = vv_attention(block.attn, block.ln_1(x))
+            surgery = out if index in self.stage_starts else surgery + out
+            x = block(x)
+            if index + 1 in self.taps:
+                with_cls = torch.cat([x[:, :1], surgery[:, 1:]], dim=1)
+                surgery_taps.append(visual.ln_post(with_cls) @ visual.proj)
+                original_taps.append(x)
+        pooled, _ = visual._pool(x)
+        return pooled @ visual.proj, torch.stack(surgery_taps, dim=1), torch.stack(original_taps, dim=1)
+
+
+def feature_surgery_map(surgery_taps: torch.Tensor, text_features: torch.Tensor, patch_grid: tuple[int, int],
+                        input_size: tuple[int, int]) -> torch.Tensor:
+    """Summed feature-surgery scores -> abnormal channel at input size [B, H, W] (before smoothing)."""
+    features = F.normalize(surgery_taps, dim=-1)  # [B, T, 1+N, E]
+    similarity = features @ text_features  # [B, T, 1+N, 2]
+    probability = similarity[:, :, :1].softmax(dim=-1)  # [B, T, 1, 2] from the CLS token
+    weighted = similarity * (probability / probability.mean(dim=-1, keepdim=True))
+    scores = (weighted - weighted.mean(dim=-1, keepdim=True)).sum(dim=1)[:, 1:]  # [B, N, 2]
+    grid = scores.permute(0, 2, 1).reshape(scores.shape[0], 2, *patch_grid)
+    return F.interpolate(grid, size=input_size, mode="bilinear", align_corners=False)[:, 1]
+
+
+def text_probability(image_embedding: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """softmax(100 * normalise(image embedding) @ T)[abnormal]."""
+    return (LOGIT_SCALE * F.normalize(image_embedding, dim=-1) @ text_features).softmax(dim=-1)[:, 1]
