@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zsad_edge.runtime.bundle import Manifest
-from zsad_edge.runtime.memory_bank import few_shot_score
+from zsad_edge.runtime.memory_bank import MemoryBank, few_shot_score
 from zsad_edge.runtime.pipeline import DetectionPipeline
 
 
@@ -28,6 +28,12 @@ class ReferenceDetector(DetectionPipeline):
         self.device = torch.device(device)
         self.encoder = encoder.eval().to(self.device)
         self.heads_module = heads_module.eval().to(self.device)
+        self._bank_tokens: torch.Tensor | None = None
+
+    def attach_memory_bank(self, bank: MemoryBank) -> None:
+        """Also keep the bank's tokens on the device once, not copied again on every frame."""
+        super().attach_memory_bank(bank)
+        self._bank_tokens = torch.from_numpy(bank.tokens).to(self.device)
 
     def taps_as_numpy(self, features: tuple[torch.Tensor, torch.Tensor]) -> np.ndarray:
         return features[1].cpu().numpy()
@@ -52,7 +58,7 @@ class ReferenceDetector(DetectionPipeline):
     def _few_shot_map(self, taps: torch.Tensor) -> torch.Tensor:
         """Per tap: 1 - max cosine to the bank, as a grid, upsampled (align_corners=True), summed."""
         queries = F.normalize(taps, dim=-1)
-        bank = torch.from_numpy(self.memory_bank.tokens).to(self.device)
+        bank = self._bank_tokens
         grid = self.manifest.patch_grid
         total = 0
         for tap in range(queries.shape[1]):
