@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
 
-    from zsad_edge.export.build import BuildConfig, build_aprilgan_bundle
+    from zsad_edge.export.build import BuildConfig, build_bundle
     from zsad_edge.export.clip_backbone import ClipSpec
 
     with tempfile.TemporaryDirectory() as scratch:
-        built = build_aprilgan_bundle(BuildConfig(
+        built = build_bundle(BuildConfig(
             clip=ClipSpec(args.arch, random_init=True, image_size=args.image_size),
             out_dir=Path(scratch) / "bundle", random_heads=True))
         detectors = {

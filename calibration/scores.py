@@ -2,9 +2,11 @@
 
 The published methods normalise scores with the min and max over the whole TEST set, which a
 camera station scoring one frame at a time cannot know. Here the constants come from a folder
-of normal images instead: the range of image scores and of per-image map maxima (for methods
-that min-max normalise), and default thresholds at chosen quantiles of the normal statistics
-(quantile 1.0 = the largest value seen on a normal image, so none of them is flagged).
+of normal images instead: the ranges of the two raw score parts (prompt score, map peak) that
+the image-score rules normalise by, and default thresholds at chosen quantiles of the normal
+statistics (quantile 1.0 = the largest value seen on a normal image, so none of them is flagged).
+Image scores are recomputed from the raw parts with the new ranges before the threshold is
+taken, so one pass suffices even when the score depends on the ranges being calibrated.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import numpy as np
 from tqdm import tqdm
 
 from zsad_edge.runtime.bundle import MANIFEST_NAME, Manifest
-from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
 from zsad_edge.runtime.image_io import read_image, to_rgb_float, write_bytes_atomic
 from zsad_edge.runtime.pipeline import DetectionPipeline
+from zsad_edge.runtime.scoring import calibrated_ranges
 
 MIN_CALIBRATION_IMAGES = 2
 PIXEL_SAMPLES_PER_IMAGE = 20_000
@@ -36,7 +38,7 @@ def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quanti
         if not 0.0 < q <= 1.0:
             raise ZsadEdgeError(f"{name} must be in (0, 1], got {q}")
     rng = np.random.default_rng(seed)
-    scores, map_maxima, pixels, skipped = [], [], [], []
+    text_scores, map_peaks, pixels, skipped = [], [], [], []
     for image in tqdm(images, desc="calibrate", unit="img", disable=not progress):
         try:
             rgb = to_rgb_float(read_image(image) if not isinstance(image, np.ndarray) else image)
@@ -44,21 +46,21 @@ def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quanti
             skipped.append(str(exc))
             continue
         result = detector(rgb)
-        scores.append(result.score)
-        map_maxima.append(float(result.anomaly_map.max()))
+        text_scores.append(result.text_score)
+        map_peaks.append(result.map_peak)
         flat = result.anomaly_map.ravel()
         if flat.size > PIXEL_SAMPLES_PER_IMAGE:
             flat = flat[rng.choice(flat.size, PIXEL_SAMPLES_PER_IMAGE, replace=False)]
         pixels.append(flat)
-    if len(scores) < MIN_CALIBRATION_IMAGES:
-        raise ZsadEdgeError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} readable normal images, got {len(scores)}"
-                            + (f" ({'; '.join(skipped)})" if skipped else ""))
-    all_pixels = np.concatenate(pixels)
+    if len(text_scores) < MIN_CALIBRATION_IMAGES:
+        raise ZsadEdgeError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} readable normal images, "
+                            f"got {len(text_scores)}" + (f" ({'; '.join(skipped)})" if skipped else ""))
+    ranges = calibrated_ranges(np.array(text_scores), np.array(map_peaks))
+    scores = detector.score_rule.combine(np.array(text_scores), np.array(map_peaks), {**detector.scoring, **ranges})
     return {
+        **ranges,
         "image_threshold": float(np.quantile(scores, image_quantile)),
-        "map_threshold": float(np.quantile(all_pixels, pixel_quantile)),
-        "image_score_range": [float(min(scores)), float(max(scores))],
-        "map_max_range": [float(min(map_maxima)), float(max(map_maxima))],
+        "map_threshold": float(np.quantile(np.concatenate(pixels), pixel_quantile)),
         "calibrated": True,
         "calibration": {"images": len(scores), "skipped": skipped, "image_quantile": image_quantile,
                         "pixel_quantile": pixel_quantile},
@@ -75,17 +77,11 @@ def write_scoring(bundle_dir, manifest: Manifest, scoring: dict) -> None:
     write_bytes_atomic(bundle_dir / MANIFEST_NAME, text.encode("utf-8"))
 
 
-def calibrate_with_memory_bank(detector: "Detector", images: Sequence, image_quantile: float = 1.0, pixel_quantile: float = 0.999,
-                               progress: bool = True) -> dict:
-    """Calibrate a few-shot detector; the result belongs in its memory bank file.
-
-    Two passes because the few-shot image score normalises the map maximum by the very range being
-    calibrated: the first pass fixes that range (maps do not depend on it), the second sets the
-    thresholds on the scores as they will be computed from then on.
-    """
-    first = calibrate_scores(detector, images, image_quantile, pixel_quantile, progress=progress)
-    detector.memory_bank.scoring = {"map_max_range": first["map_max_range"]}
+def calibrate_memory_bank(detector: DetectionPipeline, images: Sequence, image_quantile: float = 1.0,
+                          pixel_quantile: float = 0.999, progress: bool = True) -> dict:
+    """Calibrate a few-shot detector; the constants belong to its memory bank (saved with it),
+    and the detector uses them from now on."""
     scoring = calibrate_scores(detector, images, image_quantile, pixel_quantile, progress=progress)
     detector.memory_bank.scoring = scoring
-    detector.attach_memory_bank(detector.memory_bank)  # the detector now uses the calibrated thresholds
+    detector.attach_memory_bank(detector.memory_bank)
     return scoring

@@ -1,4 +1,4 @@
-"""Building an APRIL-GAN zero-shot bundle: load CLIP, precompute text, export, verify, write.
+"""Building a bundle for any method: load CLIP, precompute text, export, verify, write.
 
 This is the library behind `python export/build_engines.py`; tests and benchmarks call it
 directly and get back the torch modules the graphs were exported from, for parity checks.
@@ -12,18 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from zsad_edge.runtime.bundle import Manifest, load_manifest, sha256_file
 from zsad_edge.runtime.detector import ENCODER, HEADS
 from zsad_edge.runtime.errors import ModelLoadError
 from zsad_edge.runtime.preprocess import PreprocessSpec
 
-from .aprilgan import LOGIT_SCALE, AprilGanHeads, load_head_weights, randomize_heads
+from .aprilgan import AprilGanHeads, load_head_weights, randomize_heads
 from .bundle_writer import finalize_manifest, staged_bundle
-from .clip_backbone import ClipSpec, ImageEncoderWithTaps, LoadedClip, default_taps, load_clip, validate_taps
+from .clip_backbone import ClipSpec, LoadedClip, default_taps, load_clip, validate_taps
 from .export_attention import lean_attention_copy
+from .methods import (HEADS_OUTPUTS, MANIFEST_NAMES, METHODS, METHODS_WITH_HEADS, MethodModules, assemble, default_scoring,
+                      method_from_manifest, method_params, text_features)
 from .onnx_export import check_parity, export_module
-from .prompts import PromptSet, class_text_features
 from .reference import ReferenceDetector
 
 LOG = logging.getLogger(__name__)
@@ -38,13 +40,16 @@ class BuildConfig:
 
     clip: ClipSpec
     out_dir: Path
+    method: str = "aprilgan"
     object_name: str = "object"
     taps: list[int] | None = None
     heads_checkpoint: Path | None = None
     random_heads: bool = False
-    prompt_set: str = "aprilgan"
+    prompt_set: str | None = None  # None: the method's own
+    gaussian_sigma: float | None = None  # None: the method's own
+    dbscan: str = "mvtec"  # SDP representative text vectors: "mvtec" or "visa" settings
     parity_tolerance: float = 1e-4
-    image_threshold: float = 0.5
+    image_threshold: float | None = None  # None: the middle of the method's uncalibrated score range
     overwrite: bool = False
     seed: int = 0
 
@@ -55,59 +60,48 @@ class BuiltBundle:
 
     path: Path
     manifest: Manifest
-    encoder: ImageEncoderWithTaps
-    heads: AprilGanHeads
+    encoder: nn.Module
+    heads: nn.Module
 
     def reference_detector(self, device: str = "cpu") -> ReferenceDetector:
         return ReferenceDetector(self.manifest, self.encoder, self.heads, device=device)
 
 
-def build_aprilgan_bundle(config: BuildConfig) -> BuiltBundle:
-    """Build, verify and atomically write an APRIL-GAN zero-shot bundle."""
-    if config.heads_checkpoint is None and not config.random_heads:
+def build_bundle(config: BuildConfig) -> BuiltBundle:
+    """Build, verify and atomically write a bundle of `config.method`."""
+    if config.method not in METHODS:
+        raise ModelLoadError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+    if config.method in METHODS_WITH_HEADS and config.heads_checkpoint is None and not config.random_heads:
         raise ModelLoadError(
-            "APRIL-GAN needs trained linear heads: pass --heads-checkpoint PATH (official APRIL-GAN "
-            "checkpoint or zsad-edge training output), or --random-heads for tests and timing"
+            f"{config.method} needs trained linear heads: pass --heads-checkpoint PATH (official APRIL-GAN "
+            "checkpoint or export/train_heads.py output), or --random-heads for tests and timing"
         )
     clip = load_clip(config.clip)
     taps = validate_taps(config.taps, clip.num_layers) if config.taps else default_taps(clip.num_layers)
-    prompt_set = PromptSet.load(config.prompt_set)
-    text_features = class_text_features(clip.model, clip.tokenizer, prompt_set, config.object_name)
-    heads = AprilGanHeads(len(taps), clip.width, clip.embed_dim, text_features, clip.input_size,
-                          clip.patch_grid).eval()
-    heads_origin = _init_heads(heads, config)
-    encoder = ImageEncoderWithTaps(clip.model.visual, taps).eval()
+    params = method_params(config.method, config.object_name, config.prompt_set, config.gaussian_sigma, config.dbscan)
+    text = text_features(config.method, clip, params)
+    modules = assemble(config.method, clip, taps, text)
+    if modules.linear_heads is not None:
+        params["heads"] = _init_heads(modules.linear_heads, config)
 
     with staged_bundle(config.out_dir, config.overwrite) as staging:
-        components, parity = _export_graphs(encoder, heads, clip, staging, config.parity_tolerance, config.seed)
-        np.save(staging / TEXT_EMBEDDINGS_FILE, text_features.numpy().astype(np.float32))
+        components, parity = _export_graphs(modules, clip, staging, config.parity_tolerance, config.seed)
+        np.save(staging / TEXT_EMBEDDINGS_FILE, text.numpy().astype(np.float32))
         manifest = Manifest(
-            method={"name": "aprilgan_zero_shot", "params": {
-                "logit_scale": LOGIT_SCALE,
-                "object_name": config.object_name,
-                "prompt_set": config.prompt_set,
-                "text_embeddings": TEXT_EMBEDDINGS_FILE,
-                "upsample_align_corners": True,
-                "heads": heads_origin,
-            }},
+            method={"name": MANIFEST_NAMES[config.method],
+                    "params": {**params, "text_embeddings": TEXT_EMBEDDINGS_FILE}},
             clip=_clip_record(config.clip, clip),
             preprocess=PreprocessSpec(clip.input_size, clip.mean, clip.std, "stretch", clip.interpolation),
             taps=taps,
             patch_grid=list(clip.patch_grid),
             components=components,
-            scoring={
-                # Uncalibrated defaults: mean tap probability 0.5 for the map, 0.5 for the score.
-                "map_threshold": 0.5 * len(taps),
-                "map_max": float(len(taps)),
-                "image_threshold": config.image_threshold,
-                "calibrated": False,
-            },
+            scoring=default_scoring(config.method, len(taps), config.image_threshold),
             parity=parity,
             producer=f"zsad-edge {_version()}",
         )
         finalize_manifest(staging, manifest)
     LOG.info("bundle written to %s", config.out_dir)
-    return BuiltBundle(Path(config.out_dir), manifest, encoder, heads)
+    return BuiltBundle(Path(config.out_dir), manifest, modules.encoder, modules.heads)
 
 
 def _init_heads(heads: AprilGanHeads, config: BuildConfig) -> dict:
@@ -126,6 +120,7 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
     come from the bundle's .npy, exactly as the graphs have them baked in.
     """
     manifest = load_manifest(bundle_dir)
+    method = method_from_manifest(manifest.method["name"])
     weights = manifest.clip["weights"]
     size = manifest.preprocess.input_size[0]
     architecture = manifest.clip["architecture"]
@@ -138,15 +133,14 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
                         image_size=size)
     clip = load_clip(spec)
     params = manifest.method["params"]
-    text_features = torch.from_numpy(np.load(Path(bundle_dir) / params["text_embeddings"]))
-    heads = AprilGanHeads(len(manifest.taps), clip.width, clip.embed_dim, text_features, clip.input_size,
-                          clip.patch_grid).eval()
-    if params["heads"]["kind"] == "random":
-        randomize_heads(heads, params["heads"]["seed"])
-    else:
-        load_head_weights(heads, _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"))
-    encoder = ImageEncoderWithTaps(clip.model.visual, manifest.taps).eval()
-    return ReferenceDetector(manifest, encoder, heads, device=device)
+    text = torch.from_numpy(np.load(Path(bundle_dir) / params["text_embeddings"]))
+    modules = assemble(method, clip, manifest.taps, text)
+    if modules.linear_heads is not None:
+        if params["heads"]["kind"] == "random":
+            randomize_heads(modules.linear_heads, params["heads"]["seed"])
+        else:
+            load_head_weights(modules.linear_heads, _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"))
+    return ReferenceDetector(manifest, modules.encoder, modules.heads, device=device)
 
 
 def _matching_file(path: Path | None, record: dict, flag: str) -> Path:
@@ -160,8 +154,7 @@ def _matching_file(path: Path | None, record: dict, flag: str) -> Path:
     return Path(path)
 
 
-def _export_graphs(encoder: ImageEncoderWithTaps, heads: AprilGanHeads, clip: LoadedClip, staging: Path,
-                   tolerance: float, seed: int):
+def _export_graphs(modules: MethodModules, clip: LoadedClip, staging: Path, tolerance: float, seed: int):
     """Export encoder and heads separately (stage timings, reuse of taps by later methods)."""
     height, width = clip.input_size
     generator = torch.Generator().manual_seed(seed + 2)
@@ -169,16 +162,16 @@ def _export_graphs(encoder: ImageEncoderWithTaps, heads: AprilGanHeads, clip: Lo
     def images(batch: int) -> tuple[torch.Tensor]:
         return (torch.randn(batch, 3, height, width, generator=generator),)
 
-    def features(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(batch: int) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
-            return encoder(*images(batch))
+            return modules.encoder(*images(batch))
 
-    encoder_spec = export_module(lean_attention_copy(encoder), images(2), staging / "image_encoder.onnx", ["image"],
-                                 ["image_embedding", "taps"])
-    encoder_parity = check_parity(encoder, staging / encoder_spec.file, images, PARITY_BATCH_SIZES, tolerance)
-    heads_spec = export_module(heads, features(2), staging / "heads.onnx", ["image_embedding", "taps"],
-                               ["anomaly_map", "image_score"])
-    heads_parity = check_parity(heads, staging / heads_spec.file, features, PARITY_BATCH_SIZES, tolerance)
+    encoder_spec = export_module(lean_attention_copy(modules.encoder), images(2), staging / "image_encoder.onnx",
+                                 ["image"], modules.encoder_outputs)
+    encoder_parity = check_parity(modules.encoder, staging / encoder_spec.file, images, PARITY_BATCH_SIZES, tolerance)
+    heads_spec = export_module(modules.heads, features(2), staging / "heads.onnx", modules.encoder_outputs,
+                               HEADS_OUTPUTS)
+    heads_parity = check_parity(modules.heads, staging / heads_spec.file, features, PARITY_BATCH_SIZES, tolerance)
     return ({ENCODER: encoder_spec, HEADS: heads_spec},
             {ENCODER: encoder_parity.to_dict(), HEADS: heads_parity.to_dict()})
 

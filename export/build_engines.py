@@ -1,9 +1,15 @@
 """Build a zsad-edge engine bundle: CLIP image encoder with taps + heads as verified ONNX graphs.
 
+Methods: aprilgan (APRIL-GAN zero-shot; few-shot banks are fitted later with `zsad-edge
+fit-normal`), sdp (CLIP-AD staged dual-path surgery, training-free), sdpplus (SDP + trained
+linear heads). CLIP flags left out take the method's published setting.
+
 Examples:
   python export/build_engines.py --demo
-  python export/build_engines.py --arch ViT-L-14-336 --pretrained openai --image-size 518 \\
-      --heads-checkpoint aprilgan_mvtec.pth --object-name "battery weld" --out bundles/weld
+  python export/build_engines.py --method aprilgan --heads-checkpoint aprilgan_mvtec.pth \\
+      --object-name "battery weld" --out bundles/weld
+  python export/build_engines.py --method sdp --out bundles/weld_sdp
+  python export/build_engines.py --method sdpplus --heads-checkpoint sdpplus_visa.pth --out bundles/weld_sdpp
   python export/build_engines.py --arch ViT-B-16 --random-init --random-heads --image-size 224 --out bundles/vitb16
 """
 
@@ -14,20 +20,23 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from zsad_edge.runtime.errors import ZsadEdgeError
-
 from zsad_edge.export.cli_args import add_clip_arguments, clip_spec_from_args, configure_logging
+from zsad_edge.export.defaults import METHOD_DEFAULTS
+from zsad_edge.runtime.errors import ZsadEdgeError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true",
                         help="offline: tiny random-weight bundle in --out (default demo_bundle) + detection on a synthetic image")
-    parser.add_argument("--method", choices=["aprilgan"], default="aprilgan", help="anomaly method (APRIL-GAN zero-shot)")
-    add_clip_arguments(parser)
+    add_clip_arguments(parser, tuple(METHOD_DEFAULTS))
     heads = parser.add_mutually_exclusive_group()
-    heads.add_argument("--heads-checkpoint", type=Path, help="trained APRIL-GAN linear heads")
+    heads.add_argument("--heads-checkpoint", type=Path, help="trained linear heads (aprilgan, sdpplus)")
     heads.add_argument("--random-heads", action="store_true", help="random heads (tests and timing only)")
+    parser.add_argument("--gaussian-sigma", type=float,
+                        help="map smoothing in px at input size (default: sdp/sdpplus 8 as for MVTec, 2 for VisA; aprilgan 0)")
+    parser.add_argument("--dbscan", choices=["mvtec", "visa"], default="mvtec",
+                        help="sdp/sdpplus: DBSCAN setting for the representative text vectors")
     parser.add_argument("--out", type=Path, help="bundle folder to write (atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     parser.add_argument("--parity-tolerance", type=float, default=1e-4,
@@ -43,21 +52,24 @@ def _config_from_args(args: argparse.Namespace):
     return BuildConfig(
         clip=clip_spec_from_args(args),
         out_dir=args.out,
+        method=args.method,
         object_name=args.object_name,
         taps=args.taps,
         heads_checkpoint=args.heads_checkpoint,
         random_heads=args.random_heads,
+        gaussian_sigma=args.gaussian_sigma,
+        dbscan=args.dbscan,
         parity_tolerance=args.parity_tolerance,
         overwrite=args.overwrite,
     )
 
 
 def _run_demo(out_dir: Path, overwrite: bool) -> int:
-    from zsad_edge.export.build import build_aprilgan_bundle
+    from zsad_edge.export.build import build_bundle
     from zsad_edge.export.demo import demo_config, synthetic_part
     from zsad_edge.runtime.cli import run_detect
 
-    built = build_aprilgan_bundle(demo_config(out_dir, overwrite))
+    built = build_bundle(demo_config(out_dir, overwrite))
     print(f"demo bundle written to {built.path} (random weights: scores are meaningless)")
     output_dir = out_dir.parent / f"{out_dir.name}_output"
     sample = synthetic_part(output_dir / "synthetic_part.png")
@@ -74,15 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.demo:
             return _run_demo(args.out or Path("demo_bundle"), overwrite=True)
-        from zsad_edge.export.build import build_aprilgan_bundle
+        from zsad_edge.export.build import build_bundle
 
-        built = build_aprilgan_bundle(_config_from_args(args))
+        built = build_bundle(_config_from_args(args))
     except ZsadEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     worst = max(r for p in built.manifest.parity.values() for r in p["relative_error"].values())
     print(f"bundle written to {built.path} (worst graph-vs-PyTorch relative error {worst:.2e})")
-    if built.manifest.clip["weights"]["kind"] == "random" or built.manifest.method["params"]["heads"]["kind"] == "random":
+    heads = built.manifest.method["params"].get("heads", {})
+    if built.manifest.clip["weights"]["kind"] == "random" or heads.get("kind") == "random":
         print("note: this bundle has random weights: for tests and timing only, never for inspection")
     return 0
 

@@ -11,32 +11,37 @@ import logging
 import warnings
 from pathlib import Path
 
-# APRIL-GAN's published setting: ViT-L-14-336 (OpenAI weights) run at 518 px.
-APRILGAN_DEFAULTS = {"arch": "ViT-L-14-336", "pretrained": "openai", "image_size": 518}
+from .defaults import METHOD_DEFAULTS
 
 
-def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
-    """--arch, one weight source, --image-size, --taps, --object-name, -v."""
-    weights = parser.add_argument_group("CLIP (one weight source)")
-    weights.add_argument("--arch", default=APRILGAN_DEFAULTS["arch"], help="open_clip architecture name")
+def add_clip_arguments(parser: argparse.ArgumentParser, methods: tuple[str, ...]) -> None:
+    """--method, --arch, one weight source, --image-size, --taps, --object-name, -v.
+
+    CLIP flags left out take the chosen method's published setting (export/defaults.py).
+    """
+    parser.add_argument("--method", choices=methods, default=methods[0],
+                        help="anomaly method; sets the default CLIP, size and prompts")
+    weights = parser.add_argument_group("CLIP (one weight source; defaults follow --method)")
+    weights.add_argument("--arch", help="open_clip architecture name (aprilgan: ViT-L-14-336, sdp: ViT-B-16-plus-240)")
     weights.add_argument("--pretrained", default=None,
-                         help=f"open_clip pretrained tag (default {APRILGAN_DEFAULTS['pretrained']} when no other source)")
+                         help="open_clip pretrained tag (default: the method's, when no other source is given)")
     weights.add_argument("--clip-checkpoint", type=Path, help="local open_clip checkpoint (.pt/.bin/.safetensors)")
     weights.add_argument("--random-init", action="store_true", help="random CLIP weights (tests and timing only)")
-    parser.add_argument("--image-size", type=int, default=APRILGAN_DEFAULTS["image_size"], help="input size in px")
+    parser.add_argument("--image-size", type=int, help="input size in px (aprilgan: 518, sdp: 240)")
     parser.add_argument("--taps", type=int, nargs="+", help="1-based block indices (default: 4 evenly spaced)")
     parser.add_argument("--object-name", default="object", help="fills {} in the prompts")
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
 def clip_spec_from_args(args: argparse.Namespace):
-    """The ClipSpec the flags describe; the default tag applies only when no source is given."""
+    """The ClipSpec the flags describe; the method's default tag applies only when no source is given."""
     from zsad_edge.export.clip_backbone import ClipSpec
 
+    defaults = METHOD_DEFAULTS[args.method]
     explicit = [args.pretrained is not None, args.clip_checkpoint is not None, args.random_init]
-    pretrained = args.pretrained if any(explicit) else APRILGAN_DEFAULTS["pretrained"]
-    return ClipSpec(args.arch, pretrained=pretrained, checkpoint=args.clip_checkpoint, random_init=args.random_init,
-                    image_size=args.image_size)
+    pretrained = args.pretrained if any(explicit) else defaults["pretrained"]
+    return ClipSpec(args.arch or defaults["arch"], pretrained=pretrained, checkpoint=args.clip_checkpoint,
+                    random_init=args.random_init, image_size=args.image_size or defaults["image_size"])
 
 
 def configure_logging(verbose: bool) -> None:

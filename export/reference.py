@@ -12,10 +12,11 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from zsad_edge.runtime.bundle import Manifest
-from zsad_edge.runtime.memory_bank import MemoryBank, few_shot_score
+from zsad_edge.runtime.memory_bank import MemoryBank
 from zsad_edge.runtime.pipeline import DetectionPipeline
 
 
@@ -48,12 +49,14 @@ class ReferenceDetector(DetectionPipeline):
 
     @torch.no_grad()
     def heads(self, features: tuple[torch.Tensor, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        anomaly_map, image_score = self.heads_module(*features)
+        anomaly_map, text_score = self.heads_module(*features)
         if self.memory_bank is not None:
             anomaly_map = anomaly_map + self._few_shot_map(features[1])
-            image_score = torch.from_numpy(few_shot_score(image_score.cpu().numpy(),
-                                                          anomaly_map.amax(dim=(1, 2)).cpu().numpy(), self.map_max_range))
-        return anomaly_map.cpu().numpy(), image_score.cpu().numpy()
+        return anomaly_map.cpu().numpy(), text_score.cpu().numpy()
+
+    def smooth(self, maps: np.ndarray) -> np.ndarray:
+        """scipy's gaussian_filter per map (reflect border, truncate 4 sigma), as CLIP-AD's code uses."""
+        return np.stack([gaussian_filter(m, sigma=self.gaussian_sigma) for m in maps])
 
     def _few_shot_map(self, taps: torch.Tensor) -> torch.Tensor:
         """Per tap: 1 - max cosine to the bank, as a grid, upsampled (align_corners=True), summed."""

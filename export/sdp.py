@@ -10,7 +10,10 @@ the original CLS)).
 Feature surgery per tap (F normalised incl. CLS, T [E, 2]): p = softmax(F_cls @ T), w = p / mean(p),
 s[n, c] = (F @ T)[n, c] * w[c] minus its mean over classes; summed over taps, CLS dropped, as a
 grid, bilinear (align_corners=False) to the input size, abnormal channel. Smoothing (Gaussian)
-and score normalisation happen after the graph.
+and score normalisation happen after the graph, in the runtime.
+
+SDP+ adds APRIL-GAN-style linear heads (Linear(width -> embed_dim) per tap on the ORIGINAL
+path's patch tokens, sigmoid/softmax map per tap, summed) to the SDP map before smoothing.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 from torch import nn
 
-from .aprilgan import LOGIT_SCALE
+from .aprilgan import LOGIT_SCALE, AprilGanHeads
+from .prompts import PromptSet, encode_sentences
 
 # DBSCAN settings of CLIP-AD per data set family: (eps, min_samples).
 DBSCAN_SETTINGS = {"mvtec": (0.5, 15), "visa": (1.5, 25)}
@@ -41,6 +45,16 @@ def representative_vector(embeddings: torch.Tensor, eps: float, min_samples: int
     return F.normalize(normalised.mean(dim=0), dim=0)
 
 
+def representative_text_features(model: nn.Module, tokenizer, prompt_set: PromptSet, object_name: str,
+                                  eps: float, min_samples: int) -> torch.Tensor:
+    """CLIP-AD class vectors T [embed_dim, 2] (column 0 normal, 1 abnormal), one DBSCAN per class."""
+    columns = [
+        representative_vector(encode_sentences(model, tokenizer, sentences), eps, min_samples)
+        for sentences in prompt_set.sentences(object_name)
+    ]
+    return torch.stack(columns, dim=1)
+
+
 def vv_attention(attention: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
     """Self-attention of the value projection with itself, through the block's own weights."""
     batch, tokens, width = x.shape
@@ -56,16 +70,19 @@ def vv_attention(attention: nn.MultiheadAttention, x: torch.Tensor) -> torch.Ten
 class SurgeryEncoder(nn.Module):
     """open_clip ViT with the staged v-v surgery path.
 
-    forward(image) -> (image_embedding [B, E], surgery_taps [B, T, 1+N, E], original_taps [B, T, 1+N, width]).
+    forward(image) -> (image_embedding [B, E], surgery_taps [B, T, 1+N, E]) and, with
+    `patch_taps=True` (SDP+), also taps [B, T, N, width]: the original path's patch tokens at the
+    taps, exactly what ImageEncoderWithTaps gives APRIL-GAN heads.
     """
 
-    def __init__(self, visual: nn.Module, taps: list[int]) -> None:
+    def __init__(self, visual: nn.Module, taps: list[int], patch_taps: bool = False) -> None:
         super().__init__()
         self.visual = visual
         self.taps = sorted(taps)
         self.stage_starts = {0, *self.taps[:-1]}  # zero-based first block of each stage
+        self.patch_taps = patch_taps
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         visual = self.visual
         x = visual._embeds(image)
         surgery = None
@@ -77,9 +94,10 @@ class SurgeryEncoder(nn.Module):
             if index + 1 in self.taps:
                 with_cls = torch.cat([x[:, :1], surgery[:, 1:]], dim=1)
                 surgery_taps.append(visual.ln_post(with_cls) @ visual.proj)
-                original_taps.append(x)
+                original_taps.append(x[:, 1:])
         pooled, _ = visual._pool(x)
-        return pooled @ visual.proj, torch.stack(surgery_taps, dim=1), torch.stack(original_taps, dim=1)
+        outputs = (pooled @ visual.proj, torch.stack(surgery_taps, dim=1))
+        return outputs + (torch.stack(original_taps, dim=1),) if self.patch_taps else outputs
 
 
 def feature_surgery_map(surgery_taps: torch.Tensor, text_features: torch.Tensor, patch_grid: tuple[int, int],
@@ -90,10 +108,34 @@ def feature_surgery_map(surgery_taps: torch.Tensor, text_features: torch.Tensor,
     probability = similarity[:, :, :1].softmax(dim=-1)  # [B, T, 1, 2] from the CLS token
     weighted = similarity * (probability / probability.mean(dim=-1, keepdim=True))
     scores = (weighted - weighted.mean(dim=-1, keepdim=True)).sum(dim=1)[:, 1:]  # [B, N, 2]
-    grid = scores.permute(0, 2, 1).reshape(scores.shape[0], 2, *patch_grid)
-    return F.interpolate(grid, size=input_size, mode="bilinear", align_corners=False)[:, 1]
+    # Interpolation acts per channel, so upsampling the abnormal channel alone is the same map.
+    grid = scores[..., 1].reshape(scores.shape[0], 1, *patch_grid)
+    return F.interpolate(grid, size=input_size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def text_probability(image_embedding: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
     """softmax(100 * normalise(image embedding) @ T)[abnormal]."""
     return (LOGIT_SCALE * F.normalize(image_embedding, dim=-1) @ text_features).softmax(dim=-1)[:, 1]
+
+
+class SdpHeads(nn.Module):
+    """The SDP (and, given linear heads, SDP+) map and prompt score, as one exportable graph.
+
+    forward(image_embedding, surgery_taps[, taps]) -> (anomaly_map [B, H, W] before smoothing,
+    image_score [B] = the prompt probability; the runtime combines it with the map peak).
+    """
+
+    def __init__(self, text_features: torch.Tensor, patch_grid: tuple[int, int], input_size: tuple[int, int],
+                 linear_heads: AprilGanHeads | None = None) -> None:
+        super().__init__()
+        self.register_buffer("text_features", text_features.float().clone())
+        self.patch_grid = tuple(patch_grid)
+        self.input_size = tuple(input_size)
+        self.linear_heads = linear_heads
+
+    def forward(self, image_embedding: torch.Tensor, surgery_taps: torch.Tensor,
+                taps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        anomaly_map = feature_surgery_map(surgery_taps, self.text_features, self.patch_grid, self.input_size)
+        if self.linear_heads is not None:
+            anomaly_map = anomaly_map + self.linear_heads.tap_probabilities(taps).sum(dim=1)
+        return anomaly_map, text_probability(image_embedding, self.text_features)

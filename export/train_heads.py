@@ -1,11 +1,15 @@
-"""Train APRIL-GAN linear heads on an MVTec-layout folder; the checkpoint feeds build_engines.py.
+"""Train APRIL-GAN or SDP+ linear heads on an MVTec-layout folder; the checkpoint feeds build_engines.py.
+
+Both methods train one Linear(width -> embed_dim) per tap on the original CLIP path's patch tokens
+with focal + dice per tap; they differ in CLIP, prompts/text vectors and schedule (aprilgan:
+ViT-L-14-336 @ 518, lr 1e-3; sdpplus: ViT-B-16-plus-240 @ 240, DBSCAN text vectors, lr 1e-4,
+5 epochs).
 
 Examples:
-  python export/train_heads.py --arch ViT-L-14-336 --pretrained openai --image-size 518 \\
-      --dataset /data/visa --out heads_visa.pth
-  python export/build_engines.py --arch ViT-L-14-336 --pretrained openai --image-size 518 \\
-      --heads-checkpoint heads_visa.pth --out bundles/mvtec
-Use the same --arch, weights, --image-size and --taps for both commands.
+  python export/train_heads.py --method aprilgan --dataset /data/visa --out heads_visa.pth
+  python export/build_engines.py --method aprilgan --heads-checkpoint heads_visa.pth --out bundles/mvtec
+  python export/train_heads.py --method sdpplus --dataset /data/visa --out sdpplus_visa.pth
+Use the same --method, CLIP flags, --taps and --object-name for both commands.
 """
 
 from __future__ import annotations
@@ -16,17 +20,22 @@ from pathlib import Path
 from typing import Sequence
 
 from zsad_edge.export.cli_args import add_clip_arguments, clip_spec_from_args, configure_logging
+from zsad_edge.export.defaults import METHOD_DEFAULTS
 from zsad_edge.runtime.errors import ZsadEdgeError
+
+TRAINABLE = ("aprilgan", "sdpplus")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_clip_arguments(parser)
+    add_clip_arguments(parser, TRAINABLE)
     parser.add_argument("--dataset", type=Path, required=True, help="MVTec-layout folder (one category or several)")
     parser.add_argument("--out", type=Path, required=True, help="heads checkpoint to write (.pth)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, help="default: aprilgan 3, sdpplus 5")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, help="default: aprilgan 1e-3, sdpplus 1e-4")
+    parser.add_argument("--dbscan", choices=["mvtec", "visa"], default="mvtec",
+                        help="sdpplus: DBSCAN setting of the text vectors (use the same when exporting)")
     parser.add_argument("--max-images", type=int, help="train on a random subset (CI-sized runs)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -38,13 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from zsad_edge.export.aprilgan import AprilGanHeads, randomize_heads
         from zsad_edge.export.clip_backbone import ImageEncoderWithTaps, default_taps, load_clip, validate_taps
-        from zsad_edge.export.prompts import PromptSet, class_text_features
+        from zsad_edge.export.methods import method_params, text_features
         from zsad_edge.export.training import TrainConfig, load_training_data, save_heads_checkpoint, train_heads
         from zsad_edge.runtime.preprocess import PreprocessSpec
 
+        defaults = METHOD_DEFAULTS[args.method]
+        epochs, learning_rate = args.epochs or defaults["epochs"], args.lr or defaults["learning_rate"]
         clip = load_clip(clip_spec_from_args(args))
         taps = validate_taps(args.taps, clip.num_layers) if args.taps else default_taps(clip.num_layers)
-        text = class_text_features(clip.model, clip.tokenizer, PromptSet.load("aprilgan"), args.object_name)
+        params = method_params(args.method, args.object_name, None, None, args.dbscan)
+        text = text_features(args.method, clip, params)
         heads = AprilGanHeads(len(taps), clip.width, clip.embed_dim, text, clip.input_size, clip.patch_grid)
         randomize_heads(heads, args.seed)
         spec = PreprocessSpec(clip.input_size, clip.mean, clip.std, "stretch", clip.interpolation)
@@ -52,12 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"training on {len(data)} image(s) from {args.dataset}; {len(data.skipped)} note(s)")
         for note in data.skipped:
             print(f"  {note}")
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+        config = TrainConfig(epochs=epochs, batch_size=args.batch_size, learning_rate=learning_rate, seed=args.seed)
         losses = train_heads(ImageEncoderWithTaps(clip.model.visual, taps), heads, data, config)
         save_heads_checkpoint(heads, args.out, {
-            "architecture": args.arch, "weights": clip.weights_origin, "image_size": args.image_size, "taps": taps,
-            "object_name": args.object_name, "dataset": str(args.dataset), "images": len(data),
-            "epochs": args.epochs, "epoch_losses": losses,
+            "method": args.method, "architecture": clip_spec_from_args(args).architecture,
+            "weights": clip.weights_origin, "image_size": clip.input_size[0], "taps": taps,
+            "object_name": args.object_name, "text": params, "dataset": str(args.dataset), "images": len(data),
+            "epochs": epochs, "learning_rate": learning_rate, "epoch_losses": losses,
         })
     except ZsadEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)

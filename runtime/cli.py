@@ -172,14 +172,14 @@ def run_eval(args: argparse.Namespace) -> dict:
 
 def run_calibrate(args: argparse.Namespace) -> dict:
     """Calibrate on normal images and store the constants in the bundle's manifest."""
-    from zsad_edge.calibration.scores import calibrate_scores, calibrate_with_memory_bank, write_scoring
+    from zsad_edge.calibration.scores import calibrate_memory_bank, calibrate_scores, write_scoring
 
     detector = _detector(args.bundle, args.backend, args.memory_bank)
     paths = list_images(args.normal_images)
     options = {"image_quantile": args.image_quantile, "pixel_quantile": args.pixel_quantile,
                "progress": len(paths) > 1}
     if detector.memory_bank is not None:
-        scoring = calibrate_with_memory_bank(detector, paths, **options)
+        scoring = calibrate_memory_bank(detector, paths, **options)
         detector.memory_bank.save(args.memory_bank)
         target = args.memory_bank
     else:

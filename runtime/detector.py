@@ -11,12 +11,12 @@ import numpy as np
 from .bundle import REBUILD_HINT, Manifest, load_manifest
 from .errors import BundleError
 from .interpolation import upsample_align_corners
-from .memory_bank import few_shot_score
 from .ort_backend import OrtComponent
 from .pipeline import ENCODER, DetectionPipeline
+from .smoothing import gaussian_smooth
 
 HEADS = "heads"
-SUPPORTED_METHODS = ("aprilgan_zero_shot",)
+SUPPORTED_METHODS = ("aprilgan_zero_shot", "sdp", "sdpplus")
 
 
 def _check_input_size(encoder: OrtComponent, input_size: tuple[int, int]) -> None:
@@ -73,12 +73,14 @@ class Detector(DetectionPipeline):
 
     def heads(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         out = self.heads_graph.run(features)
-        maps, scores = out["anomaly_map"], out["image_score"]
-        if self.memory_bank is None:
-            return maps, scores
-        grid = self.memory_bank.distances(features["taps"]).reshape(-1, *self.manifest.patch_grid)
-        maps = maps + upsample_align_corners(grid, self.manifest.preprocess.input_size)
-        return maps, few_shot_score(scores, maps.max(axis=(1, 2)), self.map_max_range)
+        maps = out["anomaly_map"]
+        if self.memory_bank is not None:
+            grid = self.memory_bank.distances(features["taps"]).reshape(-1, *self.manifest.patch_grid)
+            maps = maps + upsample_align_corners(grid, self.manifest.preprocess.input_size)
+        return maps, out["image_score"]
+
+    def smooth(self, maps: np.ndarray) -> np.ndarray:
+        return gaussian_smooth(maps, self.gaussian_sigma)
 
     def resize_maps(self, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         # INTER_LINEAR uses half-pixel centres without antialiasing, the same sampling as

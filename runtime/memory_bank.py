@@ -29,7 +29,7 @@ def l2_normalise(tokens: np.ndarray) -> np.ndarray:
 class MemoryBank:
     """Normalised tap tokens [n_taps, k * N, width] of k normal images, tied to one encoder graph.
 
-    scoring: thresholds and the range of the combined map's maximum on normal images, set by
+    scoring: thresholds and the range of the combined map's peak on normal images, set by
     `zsad-edge calibrate --memory-bank`; they depend on the bank, so they live in its file and
     override the manifest's scoring while the bank is attached.
     """
@@ -87,16 +87,6 @@ class MemoryBank:
         return bank
 
 
-def few_shot_score(text_probability: np.ndarray, map_max: np.ndarray, map_max_range: tuple[float, float]) -> np.ndarray:
-    """APRIL-GAN few-shot image score: 0.5 * (text probability + min-max normalised map maximum).
-
-    The range comes from normal images (calibration) instead of the test set the paper's code used.
-    """
-    low, high = map_max_range
-    normalised = np.clip((map_max - low) / max(high - low, 1e-12), 0.0, 1.0)
-    return 0.5 * (text_probability + normalised)
-
-
 def default_map_max_range(n_taps: int) -> tuple[float, float]:
-    """Uncalibrated bounds: zero-shot term <= 1 per tap, few-shot distance <= 2 per tap."""
+    """Uncalibrated bounds of the few-shot map peak: zero-shot term <= 1 per tap, few-shot distance <= 2 per tap."""
     return 0.0, 3.0 * n_taps

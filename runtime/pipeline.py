@@ -2,7 +2,8 @@
 
 Both run preprocess -> encode -> heads -> postprocess with the same stage names, so benchmarks time
 the same stages on each side and parity tests compare like with like. Subclasses supply the
-model stages; preprocessing and result assembly are shared.
+model stages and the map smoothing; preprocessing, the image-score rule and result assembly are
+shared.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ import numpy as np
 
 from .bundle import Manifest
 from .image_io import read_image, to_rgb_float
+from .errors import BundleError
 from .memory_bank import MemoryBank, default_map_max_range
 from .preprocess import preprocess_batch
+from .scoring import score_rule
 
 ENCODER = "image_encoder"
+# Methods whose encoder exposes the raw tap tokens a few-shot memory bank is made of.
+FEW_SHOT_METHODS = ("aprilgan_zero_shot",)
+FEW_SHOT_RULE = "prompt_and_map_mean"
 
 ImageInput = np.ndarray | str | os.PathLike
 
@@ -31,18 +37,23 @@ class DetectionResult:
     anomaly_map: float32 at the ORIGINAL image size (H x W); mask: anomaly_map > the bundle's
     map threshold; score: image-level anomaly score; is_anomalous: score > image threshold.
     Strict comparisons: a threshold calibrated as the largest normal value flags no normal image.
+    text_score and map_peak are the raw parts the score was combined from (calibration uses them).
     """
 
     score: float
     anomaly_map: np.ndarray
     mask: np.ndarray
     is_anomalous: bool
+    text_score: float
+    map_peak: float
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers (no arrays) for reports."""
         return {
             "score": self.score,
             "is_anomalous": self.is_anomalous,
+            "text_score": self.text_score,
+            "map_peak": self.map_peak,
             "map_max": float(self.anomaly_map.max()),
             "map_mean": float(self.anomaly_map.mean()),
             "mask_fraction": float(self.mask.mean()),
@@ -61,8 +72,14 @@ class DetectionPipeline(ABC):
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
         self.memory_bank: MemoryBank | None = None
-        self.map_threshold = float(manifest.scoring["map_threshold"])
-        self.image_threshold = float(manifest.scoring["image_threshold"])
+        self.gaussian_sigma = float(manifest.method.get("params", {}).get("gaussian_sigma", 0.0))
+        self._use_scoring(manifest.scoring)
+
+    def _use_scoring(self, scoring: dict) -> None:
+        self.scoring = scoring
+        self.score_rule = score_rule(scoring.get("rule", "prompt"))
+        self.map_threshold = float(scoring["map_threshold"])
+        self.image_threshold = float(scoring["image_threshold"])
 
     @abstractmethod
     def taps_as_numpy(self, features: Any) -> np.ndarray:
@@ -70,6 +87,7 @@ class DetectionPipeline(ABC):
 
     def fit_normal(self, images: Sequence[ImageInput], chunk: int = 4) -> MemoryBank:
         """Build and attach the few-shot memory bank from k normal images (arrays or paths)."""
+        self._check_few_shot()
         taps = [self.taps_as_numpy(self.encode(self.preprocess(images[i:i + chunk])[0]))
                 for i in range(0, len(images), chunk)]
         self.attach_memory_bank(MemoryBank.from_taps(np.concatenate(taps), self.manifest.component_digest(ENCODER)))
@@ -81,17 +99,21 @@ class DetectionPipeline(ABC):
         return self.memory_bank
 
     def attach_memory_bank(self, bank: MemoryBank) -> None:
-        """Switch to few-shot scoring; the bank's calibrated thresholds (if any) replace the manifest's."""
-        self.memory_bank = bank
-        scoring = {**self.manifest.scoring, **(bank.scoring or {})}
-        self.map_threshold = float(scoring["map_threshold"])
-        self.image_threshold = float(scoring["image_threshold"])
+        """Switch to few-shot scoring; the bank's calibrated constants (if any) replace the manifest's.
 
-    @property
-    def map_max_range(self) -> tuple[float, float]:
-        """Normalisation of the few-shot map term: calibrated with the bank, else theoretical bounds."""
-        scoring = (self.memory_bank.scoring if self.memory_bank else None) or {}
-        return tuple(scoring.get("map_max_range", default_map_max_range(len(self.manifest.taps))))
+        Uncalibrated, the map peak is normalised by its theoretical bounds.
+        """
+        self._check_few_shot()
+        self.memory_bank = bank
+        self._use_scoring({**self.manifest.scoring, "rule": FEW_SHOT_RULE,
+                           "map_max_range": list(default_map_max_range(len(self.manifest.taps))),
+                           **(bank.scoring or {})})
+
+    def _check_few_shot(self) -> None:
+        method = self.manifest.method.get("name")
+        if method not in FEW_SHOT_METHODS:
+            raise BundleError(f"few-shot memory banks work with {', '.join(FEW_SHOT_METHODS)} bundles, "
+                              f"not {method!r}")
 
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Images (arrays or paths) -> normalised NCHW batch and each image's original (H, W)."""
@@ -104,7 +126,11 @@ class DetectionPipeline(ABC):
 
     @abstractmethod
     def heads(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Features -> (anomaly maps [B, H_in, W_in] at model input size, image scores [B])."""
+        """Features -> (anomaly maps [B, H_in, W_in] at model input size, prompt scores [B])."""
+
+    @abstractmethod
+    def smooth(self, maps: np.ndarray) -> np.ndarray:
+        """Gaussian smoothing of model-size maps with `gaussian_sigma` (0: none), as the method specifies."""
 
     @abstractmethod
     def resize_maps(self, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
@@ -113,23 +139,29 @@ class DetectionPipeline(ABC):
     def synchronize(self) -> None:
         """Wait for queued device work; stage timings call it. Host-synchronous backends need nothing."""
 
-    def postprocess(self, maps: np.ndarray, scores: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[DetectionResult]:
-        """Maps at model size -> results at original size, thresholded."""
+    def postprocess(self, maps: np.ndarray, text_scores: np.ndarray,
+                    sizes: Sequence[tuple[int, int]]) -> list[DetectionResult]:
+        """Maps at model size -> smoothed, scored, resized to each original size and thresholded."""
+        maps = self.smooth(maps) if self.gaussian_sigma > 0 else maps
+        peaks = maps.max(axis=(1, 2))
+        scores = self.score_rule.combine(text_scores, peaks, self.scoring)
         return [
             DetectionResult(
                 score=float(score),
                 anomaly_map=full,
                 mask=full > self.map_threshold,
                 is_anomalous=bool(score > self.image_threshold),
+                text_score=float(text),
+                map_peak=float(peak),
             )
-            for full, score in zip(self.resize_maps(maps, sizes), scores)
+            for full, score, text, peak in zip(self.resize_maps(maps, sizes), scores, text_scores, peaks)
         ]
 
     def detect_batch(self, images: Sequence[ImageInput]) -> list[DetectionResult]:
         """Run a batch of images of any sizes through all stages in one model call."""
         batch, sizes = self.preprocess(images)
-        maps, scores = self.heads(self.encode(batch))
-        return self.postprocess(maps, scores, sizes)
+        maps, text_scores = self.heads(self.encode(batch))
+        return self.postprocess(maps, text_scores, sizes)
 
     def __call__(self, image: ImageInput) -> DetectionResult:
         return self.detect_batch([image])[0]

@@ -18,12 +18,12 @@ BATTERY_WELD = REPO_ROOT.parent / "shared" / "data" / "battery_weld"
 @pytest.fixture(scope="session")
 def tiny_built(tmp_path_factory):
     """A zsad-tiny-vit APRIL-GAN bundle (random CLIP and heads) plus its torch modules."""
-    from zsad_edge.export.build import build_aprilgan_bundle
+    from zsad_edge.export.build import build_bundle
     from zsad_edge.export.demo import demo_config
 
     warnings.filterwarnings("ignore")
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)
-    return build_aprilgan_bundle(demo_config(tmp_path_factory.mktemp("bundles") / "tiny", overwrite=False))
+    return build_bundle(demo_config(tmp_path_factory.mktemp("bundles") / "tiny", overwrite=False))
 
 
 @pytest.fixture(scope="session")

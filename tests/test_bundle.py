@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from zsad_edge.export.build import build_aprilgan_bundle
+from zsad_edge.export.build import build_bundle
 from zsad_edge.export.bundle_writer import staged_bundle
 from zsad_edge.export.demo import demo_config
 from zsad_edge.runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, load_manifest
@@ -93,7 +93,7 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
     config = demo_config(tmp_path / "out", overwrite=False)
     config.parity_tolerance = 0.0  # every graph differs from torch by rounding, so the gate trips
     with pytest.raises(ParityError, match="disagrees with PyTorch"):
-        build_aprilgan_bundle(config)
+        build_bundle(config)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -114,7 +114,7 @@ def test_heads_are_required(tmp_path):
     config = demo_config(tmp_path / "x", overwrite=False)
     config.random_heads = False
     with pytest.raises(ModelLoadError, match="--heads-checkpoint PATH"):
-        build_aprilgan_bundle(config)
+        build_bundle(config)
 
 
 def test_reference_rebuild_needs_the_recorded_checkpoint(bundle_copy, tmp_path):

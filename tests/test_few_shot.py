@@ -7,7 +7,7 @@ from conftest import relative_map_error
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import BundleError
 from zsad_edge.runtime.interpolation import align_corners_matrix
-from zsad_edge.runtime.memory_bank import MemoryBank, few_shot_score
+from zsad_edge.runtime.memory_bank import MemoryBank
 
 
 def _parts(rng, count, shape=(90, 140)):
@@ -32,11 +32,6 @@ def test_bank_distances_match_brute_force(rng):
 def test_align_corners_matrix_endpoints_and_midpoints():
     matrix = align_corners_matrix(3, 5)
     np.testing.assert_allclose(matrix @ np.array([0.0, 1.0, 4.0]), [0.0, 0.5, 1.0, 2.5, 4.0], atol=1e-6)
-
-
-def test_few_shot_score_formula():
-    score = few_shot_score(np.array([0.2, 0.9]), np.array([1.0, 9.0]), (1.0, 5.0))
-    np.testing.assert_allclose(score, [0.5 * (0.2 + 0.0), 0.5 * (0.9 + 1.0)])
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -76,11 +76,11 @@ def test_result_fields(tiny_detector, tiny_built):
 @pytest.mark.slow
 def test_vit_b16_parity_at_224(tmp_path, rng):
     """The architecture-exact ViT-B-16 (random weights): export gate and runtime parity."""
-    from zsad_edge.export.build import BuildConfig, build_aprilgan_bundle
+    from zsad_edge.export.build import BuildConfig, build_bundle
     from zsad_edge.export.clip_backbone import ClipSpec
     from zsad_edge.runtime.detector import Detector
 
-    built = build_aprilgan_bundle(BuildConfig(clip=ClipSpec("ViT-B-16", random_init=True, image_size=224),
+    built = build_bundle(BuildConfig(clip=ClipSpec("ViT-B-16", random_init=True, image_size=224),
                                               out_dir=tmp_path / "vitb16", random_heads=True))
     assert built.manifest.patch_grid == [14, 14] and built.manifest.taps == [3, 6, 9, 12]
     images = _mixed_images(rng)

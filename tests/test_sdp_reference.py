@@ -44,7 +44,7 @@ def two_block_visual():
 def test_staged_surgery_stream_on_a_two_block_model(two_block_visual, taps, restarts):
     """One stage: x_s = vv(block 0) + vv(block 1). Two stages: x_s restarts, = vv(block 1) at tap 2."""
     image = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    embedding, surgery, original = SurgeryEncoder(two_block_visual, taps)(image)
+    embedding, surgery, original = SurgeryEncoder(two_block_visual, taps, patch_taps=True)(image)
     blocks = two_block_visual.transformer.resblocks
     x0 = two_block_visual._embeds(image)
     x1 = blocks[0](x0)
@@ -53,9 +53,9 @@ def test_staged_surgery_stream_on_a_two_block_model(two_block_visual, taps, rest
     stream = out1 if restarts else out0 + out1
     expected = two_block_visual.ln_post(torch.cat([x2[:, :1], stream[:, 1:]], dim=1)) @ two_block_visual.proj
     torch.testing.assert_close(surgery[:, -1], expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(original[:, -1], x2, rtol=0, atol=1e-5)
+    torch.testing.assert_close(original[:, -1], x2[:, 1:], rtol=0, atol=1e-5)
     torch.testing.assert_close(embedding, two_block_visual(image), rtol=0, atol=1e-5)  # original path unchanged
-    assert surgery.shape == (2, len(taps), 197, 32) and original.shape == (2, len(taps), 197, 64)
+    assert surgery.shape == (2, len(taps), 197, 32) and original.shape == (2, len(taps), 196, 64)
 
 
 def test_feature_surgery_by_hand():

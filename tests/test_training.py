@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from zsad_edge.export.aprilgan import load_head_weights
-from zsad_edge.export.build import BuildConfig, build_aprilgan_bundle
+from zsad_edge.export.build import BuildConfig, build_bundle
 from zsad_edge.export.clip_backbone import ClipSpec
 from zsad_edge.export.training import dice_loss, focal_loss
 
@@ -55,7 +55,7 @@ def test_training_cli_lowers_the_loss_and_the_checkpoint_exports(tmp_path):
     assert proc.returncode == 0, proc.stderr
     losses = torch.load(out, weights_only=True)["zsad_edge"]["epoch_losses"]
     assert len(losses) == 4 and losses[-1] < 0.9 * losses[0]
-    built = build_aprilgan_bundle(BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
+    built = build_bundle(BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
                                               out_dir=tmp_path / "bundle", heads_checkpoint=out))
     assert built.manifest.method["params"]["heads"]["kind"] == "checkpoint"
     trained_weight = torch.load(out, weights_only=True)["trainable_linearlayer"]["fc.0.weight"]
