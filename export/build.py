@@ -76,6 +76,9 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
             f"{config.method} needs trained linear heads: pass --heads-checkpoint PATH (official APRIL-GAN "
             "checkpoint or export/train_heads.py output), or --random-heads for tests and timing"
         )
+    if config.method not in METHODS_WITH_HEADS and config.heads_checkpoint is not None:
+        raise ModelLoadError(f"{config.method} is training-free and takes no --heads-checkpoint "
+                             f"(methods with trained heads: {', '.join(METHODS_WITH_HEADS)})")
     clip = load_clip(config.clip)
     taps = validate_taps(config.taps, clip.num_layers) if config.taps else default_taps(clip.num_layers)
     params = method_params(config.method, config.object_name, config.prompt_set, config.gaussian_sigma, config.dbscan)

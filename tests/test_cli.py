@@ -105,11 +105,7 @@ def test_info_prints_the_manifest_summary(tiny_built):
 
 
 def test_few_shot_cli_fit_calibrate_detect(tiny_built, tmp_path):
-    rng = np.random.default_rng(3)
-    normals = tmp_path / "normals"
-    normals.mkdir()
-    for i in range(3):
-        cv2.imwrite(str(normals / f"n{i}.png"), (np.clip(0.5 + 0.1 * rng.standard_normal((50, 70)), 0, 1) * 255).astype(np.uint8))
+    normals = _write_normals(tmp_path / "normals", 3)
     bank = tmp_path / "bank.npz"
     proc = _zsad("fit-normal", tiny_built.path, normals, "--shots", "2", "--out", bank)
     assert proc.returncode == 0 and "memory bank of 2 shot(s)" in proc.stdout
@@ -118,3 +114,29 @@ def test_few_shot_cli_fit_calibrate_detect(tiny_built, tmp_path):
     proc = _zsad("detect", tiny_built.path, normals, "--memory-bank", bank, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "0 flagged anomalous" in proc.stdout  # calibrated on these very images: none above threshold
+
+
+def _write_normals(folder, count, seed=3, shape=(50, 70)):
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for i in range(count):
+        image = np.clip(0.5 + 0.1 * rng.standard_normal(shape), 0, 1)
+        cv2.imwrite(str(folder / f"n{i}.png"), (image * 255).astype(np.uint8))
+    return folder
+
+
+def test_sdp_cli_build_calibrate_detect(tmp_path):
+    build = [sys.executable, str(REPO / "export" / "build_engines.py"), "--method", "sdp", "--arch", "zsad-tiny-vit",
+             "--random-init", "--image-size", "224", "--gaussian-sigma", "4"]
+    proc = _run([*build, "--heads-checkpoint", str(tmp_path / "h.pth"), "--out", str(tmp_path / "x")])
+    assert proc.returncode == 2 and "sdp is training-free and takes no --heads-checkpoint" in _error_lines(proc.stderr)[0]
+    proc = _run([*build, "--out", str(tmp_path / "sdp")])
+    assert proc.returncode == 0, proc.stderr
+    normals = _write_normals(tmp_path / "normals", 3)
+    assert _zsad("calibrate", tmp_path / "sdp", normals).returncode == 0
+    proc = _zsad("detect", tmp_path / "sdp", normals, "--out", tmp_path / "out")
+    assert proc.returncode == 0 and "3 image(s) scored, 0 flagged anomalous" in proc.stdout
+    result = json.loads((tmp_path / "out" / "n0.json").read_text())
+    assert result["score"] <= 2.0 and {"text_score", "map_peak"} <= set(result)
+    proc = _zsad("fit-normal", tmp_path / "sdp", normals, "--out", tmp_path / "bank.npz")
+    assert proc.returncode == 2 and "few-shot memory banks work with aprilgan_zero_shot" in _error_lines(proc.stderr)[0]

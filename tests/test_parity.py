@@ -86,3 +86,19 @@ def test_vit_b16_parity_at_224(tmp_path, rng):
     images = _mixed_images(rng)
     _assert_parity(Detector.from_bundle(built.path, backend="cpu").detect_batch(images),
                    built.reference_detector().detect_batch(images))
+
+
+@pytest.mark.slow
+def test_vit_b16_plus_240_sdpplus_parity(tmp_path, rng):
+    """CLIP-AD's architecture (ViT-B-16-plus-240, 15 x 15 grid, width 896) with random weights, SDP+."""
+    from zsad_edge.export.build import BuildConfig, build_bundle
+    from zsad_edge.export.clip_backbone import ClipSpec
+    from zsad_edge.runtime.detector import Detector
+
+    built = build_bundle(BuildConfig(clip=ClipSpec("ViT-B-16-plus-240", random_init=True), method="sdpplus",
+                                     out_dir=tmp_path / "sdpplus", random_heads=True))
+    assert built.manifest.patch_grid == [15, 15] and tuple(built.manifest.preprocess.input_size) == (240, 240)
+    assert built.manifest.clip["width"] == 896 and built.manifest.clip["embed_dim"] == 640
+    images = _mixed_images(rng)
+    _assert_parity(Detector.from_bundle(built.path, backend="cpu").detect_batch(images),
+                   built.reference_detector().detect_batch(images))

@@ -81,3 +81,18 @@ def test_dataset_without_masks_is_refused(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no image with a usable mask")
     assert not (tmp_path / "h.pth").exists()
+
+
+def test_sdpplus_training_uses_its_schedule_and_exports(tmp_path):
+    _stripe_set(tmp_path / "stripes")
+    out = tmp_path / "sdpplus.pth"
+    proc = subprocess.run([*TRAIN, "--method", "sdpplus", "--dataset", str(tmp_path / "stripes"), "--epochs", "3",
+                           "--batch-size", "4", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    meta = torch.load(out, weights_only=True)["zsad_edge"]
+    assert meta["method"] == "sdpplus" and meta["learning_rate"] == 1e-4 and meta["text"]["dbscan"]["eps"] == 0.5
+    assert meta["epoch_losses"][-1] < meta["epoch_losses"][0]
+    built = build_bundle(BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="sdpplus",
+                                     out_dir=tmp_path / "bundle", heads_checkpoint=out))
+    trained_weight = torch.load(out, weights_only=True)["trainable_linearlayer"]["fc.0.weight"]
+    torch.testing.assert_close(built.heads.linear_heads.fc[0].weight, trained_weight)

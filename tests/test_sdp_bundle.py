@@ -1,0 +1,84 @@
+"""CLIP-AD SDP and SDP+ through export -> bundle -> lean runtime, against the PyTorch reference."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import relative_map_error
+from zsad_edge.export.build import BuildConfig, build_bundle, reference_from_bundle
+from zsad_edge.export.clip_backbone import ClipSpec
+from zsad_edge.export.sdp import SurgeryEncoder
+from zsad_edge.runtime.detector import Detector
+from zsad_edge.runtime.errors import BundleError
+
+
+@pytest.fixture(scope="module", params=["sdp", "sdpplus"])
+def sdp_built(request, tmp_path_factory):
+    config = BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method=request.param,
+                         out_dir=tmp_path_factory.mktemp(request.param) / "bundle", random_heads=True)
+    return build_bundle(config)
+
+
+def _images(rng, count, shape=(100, 150)):
+    return [np.clip(0.5 + 0.15 * rng.standard_normal(shape), 0, 1).astype(np.float32) for _ in range(count)]
+
+
+def test_manifest_records_the_method_and_its_defaults(sdp_built):
+    manifest = sdp_built.manifest
+    params = manifest.method["params"]
+    assert manifest.method["name"] in ("sdp", "sdpplus")
+    assert params["gaussian_sigma"] == 8.0 and params["prompt_set"] == "clipad"
+    assert params["dbscan"] == {"setting": "mvtec", "eps": 0.5, "min_samples": 15}
+    assert manifest.scoring["rule"] == "normalised_sum"
+    assert ("heads" in params) == (manifest.method["name"] == "sdpplus")
+    text = np.load(sdp_built.path / params["text_embeddings"])
+    np.testing.assert_allclose(np.linalg.norm(text, axis=0), 1.0, atol=1e-5)  # representative vectors, unit norm
+
+
+def test_encoder_graph_carries_the_surgery_path(sdp_built, rng):
+    """The ONNX encoder's surgery output equals the torch v-v surgery stream, not the plain taps."""
+    detector = Detector.from_bundle(sdp_built.path)
+    outputs = [o.name for o in onnx.load(str(sdp_built.path / "image_encoder.onnx"), load_external_data=False).graph.output]
+    assert "surgery_taps" in outputs and ("taps" in outputs) == (sdp_built.manifest.method["name"] == "sdpplus")
+    batch, _ = detector.preprocess(_images(rng, 2))
+    got = detector.encode(batch)["surgery_taps"]
+    assert isinstance(sdp_built.encoder, SurgeryEncoder)
+    with torch.no_grad():
+        want = sdp_built.encoder(torch.from_numpy(batch))[1].numpy()
+    assert got.shape == (2, 4, 1 + 14 * 14, 32)  # CLS + 14 x 14 patches in the joint embedding space
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_runtime_matches_reference(sdp_built, rng, batch):
+    """Graphs + OpenCV smoothing + score rule vs torch modules + scipy smoothing."""
+    runtime = Detector.from_bundle(sdp_built.path)
+    reference = sdp_built.reference_detector()
+    images = _images(rng, batch)
+    for got, want in zip(runtime.detect_batch(images), reference.detect_batch(images)):
+        assert relative_map_error(got.anomaly_map, want.anomaly_map) <= 1e-4
+        assert abs(got.score - want.score) <= 1e-5
+        assert abs(got.text_score - want.text_score) <= 1e-5 and got.anomaly_map.shape == (100, 150)
+
+
+def test_runtime_smooths_the_graph_map(sdp_built, rng):
+    runtime = Detector.from_bundle(sdp_built.path)
+    batch, sizes = runtime.preprocess(_images(rng, 1, (224, 224)))
+    raw, _ = runtime.heads(runtime.encode(batch))
+    smoothed = runtime.postprocess(raw, np.zeros(1), sizes)[0].anomaly_map
+    assert np.abs(np.diff(smoothed, axis=1)).mean() < 0.5 * np.abs(np.diff(raw[0], axis=1)).mean()
+
+
+def test_reference_rebuilt_from_the_manifest_matches(sdp_built, rng):
+    rebuilt = reference_from_bundle(sdp_built.path)
+    image = _images(rng, 1)[0]
+    got, want = rebuilt(image), sdp_built.reference_detector()(image)
+    np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, atol=1e-6)
+    assert got.score == pytest.approx(want.score, abs=1e-7)
+
+
+def test_few_shot_is_refused(sdp_built, rng):
+    runtime = Detector.from_bundle(sdp_built.path)
+    with pytest.raises(BundleError, match="few-shot memory banks work with aprilgan_zero_shot bundles"):
+        runtime.fit_normal(_images(rng, 2))
