@@ -5,6 +5,10 @@ both detectors interleaved on the same images, prints a table and writes JSON.
 
   python benchmarks/latency.py --arch ViT-B-16 --image-size 224
   python benchmarks/latency.py --arch ViT-L-14-336 --image-size 518 --runs 20
+  python benchmarks/latency.py --method sdpplus --arch ViT-B-16-plus-240 --image-size 240
+
+For --method fnn the FNN is trained on a token 200 prompt pairs for one epoch: its size, not its
+training, decides its speed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from zsad_edge.runtime.image_io import list_images, read_image, to_rgb_float
 from zsad_edge.runtime.ort_backend import BACKENDS
 
 from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
+from zsad_edge.export.defaults import METHOD_DEFAULTS
+
+METHODS = tuple(METHOD_DEFAULTS)
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -54,6 +61,7 @@ def _machine() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", choices=METHODS, default="aprilgan")
     parser.add_argument("--arch", default="ViT-B-16")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=20, help="timed runs (median reported)")
@@ -69,11 +77,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from zsad_edge.export.build import BuildConfig, build_bundle
     from zsad_edge.export.clip_backbone import ClipSpec
+    from zsad_edge.export.fnn import FnnTrainConfig, RandomWordConfig
 
     with tempfile.TemporaryDirectory() as scratch:
         built = build_bundle(BuildConfig(
-            clip=ClipSpec(args.arch, random_init=True, image_size=args.image_size),
-            out_dir=Path(scratch) / "bundle", random_heads=True))
+            clip=ClipSpec(args.arch, random_init=True, image_size=args.image_size), method=args.method,
+            out_dir=Path(scratch) / "bundle", random_heads=True,
+            fnn=FnnTrainConfig(epochs=1, words=RandomWordConfig(pairs=200))))
         detectors = {
             "torch_eager_fp32": built.reference_detector(device=args.torch_device),
             "onnxruntime_fp32": Detector.from_bundle(built.path, backend=args.backend),
@@ -83,16 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         providers = detectors["onnxruntime_fp32"].providers
 
     table = format_table(times, baseline="torch_eager_fp32")
-    title = f"{args.arch} @ {args.image_size}px, batch {args.batch_size}, median of {args.runs} runs"
+    title = f"{args.method}: {args.arch} @ {args.image_size}px, batch {args.batch_size}, median of {args.runs} runs"
     print(f"{title}\n\n{table}")
     report = {
-        "benchmark": "latency", "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
+        "benchmark": "latency", "method": args.method, "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
         "runs": args.runs, "warmup": args.warmup, "weights": "random", "onnxruntime_providers": providers,
         "machine": _machine(),
         "median_ms": {name: t.medians() for name, t in times.items()},
         "iqr_ms": {name: t.spreads() for name, t in times.items()},
     }
-    out = args.out or RESULTS_DIR / f"latency_{args.arch}_{args.image_size}.json"
+    suffix = "" if args.method == "aprilgan" else f"_{args.method}"
+    out = args.out or RESULTS_DIR / f"latency_{args.arch}_{args.image_size}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten {out}")

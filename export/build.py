@@ -7,7 +7,7 @@ directly and get back the torch modules the graphs were exported from, for parit
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from zsad_edge.runtime.bundle import Manifest, load_manifest, sha256_file
-from zsad_edge.runtime.detector import ENCODER, HEADS
+from zsad_edge.runtime.detector import ENCODER, FNN, HEADS
 from zsad_edge.runtime.errors import ModelLoadError
 from zsad_edge.runtime.preprocess import PreprocessSpec
 
@@ -23,13 +23,16 @@ from .aprilgan import AprilGanHeads, load_head_weights, randomize_heads
 from .bundle_writer import finalize_manifest, staged_bundle
 from .clip_backbone import ClipSpec, LoadedClip, default_taps, load_clip, validate_taps
 from .export_attention import lean_attention_copy
+from .fnn import FnnTrainConfig, load_classifier, save_classifier, train_fnn_on_clip_text
 from .methods import (HEADS_OUTPUTS, MANIFEST_NAMES, METHODS, METHODS_WITH_HEADS, MethodModules, assemble, default_scoring,
                       method_from_manifest, method_params, text_features)
 from .onnx_export import check_parity, export_module
+from .prompts import PromptSet
 from .reference import ReferenceDetector
 
 LOG = logging.getLogger(__name__)
 TEXT_EMBEDDINGS_FILE = "text_embeddings.npy"
+FNN_WEIGHTS_FILE = "fnn_weights.npz"
 # Graphs are traced at batch 2; checking 1 and 4 covers both sides of the traced size.
 PARITY_BATCH_SIZES = (1, 4)
 
@@ -48,6 +51,8 @@ class BuildConfig:
     prompt_set: str | None = None  # None: the method's own
     gaussian_sigma: float | None = None  # None: the method's own
     dbscan: str = "mvtec"  # SDP representative text vectors: "mvtec" or "visa" settings
+    fusion_weight: float | None = None  # FNN method: weight of the FNN against the prompt score
+    fnn: FnnTrainConfig = field(default_factory=FnnTrainConfig)
     parity_tolerance: float = 1e-4
     image_threshold: float | None = None  # None: the middle of the method's uncalibrated score range
     overwrite: bool = False
@@ -60,11 +65,18 @@ class BuiltBundle:
 
     path: Path
     manifest: Manifest
-    encoder: nn.Module
-    heads: nn.Module
+    modules: MethodModules
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.modules.encoder
+
+    @property
+    def heads(self) -> nn.Module:
+        return self.modules.heads
 
     def reference_detector(self, device: str = "cpu") -> ReferenceDetector:
-        return ReferenceDetector(self.manifest, self.encoder, self.heads, device=device)
+        return ReferenceDetector(self.manifest, self.modules.encoder, self.modules.heads, self.modules.fnn, device=device)
 
 
 def build_bundle(config: BuildConfig) -> BuiltBundle:
@@ -81,15 +93,22 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
                              f"(methods with trained heads: {', '.join(METHODS_WITH_HEADS)})")
     clip = load_clip(config.clip)
     taps = validate_taps(config.taps, clip.num_layers) if config.taps else default_taps(clip.num_layers)
-    params = method_params(config.method, config.object_name, config.prompt_set, config.gaussian_sigma, config.dbscan)
+    params = method_params(config.method, config.object_name, config.prompt_set, config.gaussian_sigma, config.dbscan,
+                           config.fusion_weight)
     text = text_features(config.method, clip, params)
     modules = assemble(config.method, clip, taps, text)
     if modules.linear_heads is not None:
         params["heads"] = _init_heads(modules.linear_heads, config)
+    if modules.fnn is not None:
+        report = train_fnn_on_clip_text(modules.fnn.classifier, clip.model, clip.tokenizer,
+                                        PromptSet.load(params["prompt_set"]), config.fnn)
+        params["fnn"] = {"weights": FNN_WEIGHTS_FILE, "training": config.fnn.to_dict(), "report": report}
 
     with staged_bundle(config.out_dir, config.overwrite) as staging:
         components, parity = _export_graphs(modules, clip, staging, config.parity_tolerance, config.seed)
         np.save(staging / TEXT_EMBEDDINGS_FILE, text.numpy().astype(np.float32))
+        if modules.fnn is not None:
+            save_classifier(modules.fnn.classifier, staging / FNN_WEIGHTS_FILE)
         manifest = Manifest(
             method={"name": MANIFEST_NAMES[config.method],
                     "params": {**params, "text_embeddings": TEXT_EMBEDDINGS_FILE}},
@@ -104,7 +123,7 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
         )
         finalize_manifest(staging, manifest)
     LOG.info("bundle written to %s", config.out_dir)
-    return BuiltBundle(Path(config.out_dir), manifest, modules.encoder, modules.heads)
+    return BuiltBundle(Path(config.out_dir), manifest, modules)
 
 
 def _init_heads(heads: AprilGanHeads, config: BuildConfig) -> dict:
@@ -143,7 +162,9 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
             randomize_heads(modules.linear_heads, params["heads"]["seed"])
         else:
             load_head_weights(modules.linear_heads, _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"))
-    return ReferenceDetector(manifest, modules.encoder, modules.heads, device=device)
+    if modules.fnn is not None:
+        load_classifier(modules.fnn.classifier, Path(bundle_dir) / params["fnn"]["weights"])
+    return ReferenceDetector(manifest, modules.encoder, modules.heads, modules.fnn, device=device)
 
 
 def _matching_file(path: Path | None, record: dict, flag: str) -> Path:
@@ -175,8 +196,13 @@ def _export_graphs(modules: MethodModules, clip: LoadedClip, staging: Path, tole
     heads_spec = export_module(modules.heads, features(2), staging / "heads.onnx", modules.encoder_outputs,
                                HEADS_OUTPUTS)
     heads_parity = check_parity(modules.heads, staging / heads_spec.file, features, PARITY_BATCH_SIZES, tolerance)
-    return ({ENCODER: encoder_spec, HEADS: heads_spec},
-            {ENCODER: encoder_parity.to_dict(), HEADS: heads_parity.to_dict()})
+    components = {ENCODER: encoder_spec, HEADS: heads_spec}
+    parity = {ENCODER: encoder_parity.to_dict(), HEADS: heads_parity.to_dict()}
+    if modules.fnn is not None:
+        components[FNN] = export_module(modules.fnn, features(2), staging / "fnn.onnx", modules.encoder_outputs,
+                                        HEADS_OUTPUTS)
+        parity[FNN] = check_parity(modules.fnn, staging / "fnn.onnx", features, PARITY_BATCH_SIZES, tolerance).to_dict()
+    return components, parity
 
 
 def _clip_record(spec: ClipSpec, clip: LoadedClip) -> dict:

@@ -2,7 +2,8 @@
 
 Methods: aprilgan (APRIL-GAN zero-shot; few-shot banks are fitted later with `zsad-edge
 fit-normal`), sdp (CLIP-AD staged dual-path surgery, training-free), sdpplus (SDP + trained
-linear heads). CLIP flags left out take the method's published setting.
+linear heads), fnn (random-word FNN trained here on CLIP text embeddings only, fused with the
+prompt score). CLIP flags left out take the method's published setting.
 
 Examples:
   python export/build_engines.py --demo
@@ -10,6 +11,7 @@ Examples:
       --object-name "battery weld" --out bundles/weld
   python export/build_engines.py --method sdp --out bundles/weld_sdp
   python export/build_engines.py --method sdpplus --heads-checkpoint sdpplus_visa.pth --out bundles/weld_sdpp
+  python export/build_engines.py --method fnn --fnn-pairs 10000 --out bundles/weld_fnn
   python export/build_engines.py --arch ViT-B-16 --random-init --random-heads --image-size 224 --out bundles/vitb16
 """
 
@@ -37,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="map smoothing in px at input size (default: sdp/sdpplus 8 as for MVTec, 2 for VisA; aprilgan 0)")
     parser.add_argument("--dbscan", choices=["mvtec", "visa"], default="mvtec",
                         help="sdp/sdpplus: DBSCAN setting for the representative text vectors")
+    fnn = parser.add_argument_group("fnn method (defaults and their reasons: export/fnn.py)")
+    fnn.add_argument("--fnn-pairs", type=int, default=10_000, help="random-word prompt pairs to train on")
+    fnn.add_argument("--fnn-epochs", type=int, default=20)
+    fnn.add_argument("--fusion-weight", type=float, help="weight of the FNN vs the prompt score (default 0.5; 1: FNN alone)")
     parser.add_argument("--out", type=Path, help="bundle folder to write (atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     parser.add_argument("--parity-tolerance", type=float, default=1e-4,
@@ -46,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config_from_args(args: argparse.Namespace):
     from zsad_edge.export.build import BuildConfig
+    from zsad_edge.export.fnn import FnnTrainConfig, RandomWordConfig
 
     if args.out is None:
         raise ZsadEdgeError("--out DIR is required (the bundle folder to write)")
@@ -59,6 +66,8 @@ def _config_from_args(args: argparse.Namespace):
         random_heads=args.random_heads,
         gaussian_sigma=args.gaussian_sigma,
         dbscan=args.dbscan,
+        fusion_weight=args.fusion_weight,
+        fnn=FnnTrainConfig(epochs=args.fnn_epochs, words=RandomWordConfig(pairs=args.fnn_pairs)),
         parity_tolerance=args.parity_tolerance,
         overwrite=args.overwrite,
     )

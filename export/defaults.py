@@ -1,7 +1,8 @@
 """Each method's published setting, as data the torch-free CLI parsers can read.
 
 CLIP (open_clip architecture, pretrained tag, input px), prompt set, Gaussian sigma of the map
-smoothing, and for methods with trained heads the training schedule of the paper.
+smoothing, and for methods with trained heads the training schedule of the paper. The FNN
+method's paper names no CLIP; it runs on CLIP-AD's model and surgery tokens (see export/fnn.py).
 """
 
 from __future__ import annotations
@@ -15,4 +16,6 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
             "gaussian_sigma": 8.0},
     "sdpplus": {"arch": "ViT-B-16-plus-240", "pretrained": "laion400m_e31", "image_size": 240,
                 "prompt_set": "clipad", "gaussian_sigma": 8.0, "learning_rate": 1e-4, "epochs": 5},
+    "fnn": {"arch": "ViT-B-16-plus-240", "pretrained": "laion400m_e31", "image_size": 240, "prompt_set": "clipad",
+            "gaussian_sigma": 8.0, "fusion_weight": 0.5, "fnn_pairs": 10_000},
 }

@@ -1,7 +1,8 @@
 """The methods a bundle can carry: published defaults as data, and the torch modules each exports.
 
-A bundle is always two graphs, image encoder -> heads; the heads consume every encoder output by
-name and give `anomaly_map` (input size, before smoothing) and `image_score` (the prompt score).
+A bundle is two graphs, image encoder -> heads, plus for the FNN method a third, `fnn`, beside the
+heads. Heads and FNN consume every encoder output by name and give `anomaly_map` (input size,
+before smoothing) and `image_score`.
 Building and rebuilding the PyTorch reference from a manifest both call `assemble`, so the
 reference is the very module graph the ONNX came from.
 """
@@ -17,6 +18,7 @@ from zsad_edge.runtime.errors import ModelLoadError
 from .aprilgan import LOGIT_SCALE, AprilGanHeads
 from .clip_backbone import ImageEncoderWithTaps, LoadedClip
 from .defaults import METHOD_DEFAULTS
+from .fnn import FnnClassifier, FnnScorer, PromptProbabilityHeads
 from .prompts import PromptSet, class_text_features
 from .sdp import DBSCAN_SETTINGS, SdpHeads, SurgeryEncoder, representative_text_features
 
@@ -24,18 +26,19 @@ METHODS = tuple(METHOD_DEFAULTS)
 # Methods with trained linear heads (APRIL-GAN recipe on the original taps).
 METHODS_WITH_HEADS = ("aprilgan", "sdpplus")
 # Names in the manifest; APRIL-GAN's says the bundle is zero-shot (few-shot is a memory bank file).
-MANIFEST_NAMES = {"aprilgan": "aprilgan_zero_shot", "sdp": "sdp", "sdpplus": "sdpplus"}
+MANIFEST_NAMES = {"aprilgan": "aprilgan_zero_shot", "sdp": "sdp", "sdpplus": "sdpplus", "fnn": "fnn"}
 HEADS_OUTPUTS = ["anomaly_map", "image_score"]
 
 
 @dataclass
 class MethodModules:
-    """The two modules to export, the encoder's output names, and the trainable heads if any."""
+    """The modules to export, the encoder's output names, and the trainable parts if any."""
 
     encoder: nn.Module
     heads: nn.Module
     encoder_outputs: list[str]
-    linear_heads: AprilGanHeads | None
+    linear_heads: AprilGanHeads | None = None
+    fnn: FnnScorer | None = None
 
 
 def method_from_manifest(name: str) -> str:
@@ -55,10 +58,10 @@ def text_features(method: str, clip: LoadedClip, params: dict) -> torch.Tensor:
 
 
 def method_params(method: str, object_name: str, prompt_set: str | None, gaussian_sigma: float | None,
-                  dbscan: str) -> dict:
+                  dbscan: str, fusion_weight: float | None = None) -> dict:
     """The manifest's method parameters: everything that changes the numbers, with defaults filled in."""
     defaults = METHOD_DEFAULTS[method]
-    params = {
+    params: dict = {
         "object_name": object_name,
         "prompt_set": prompt_set or defaults["prompt_set"],
         "logit_scale": LOGIT_SCALE,
@@ -69,6 +72,11 @@ def method_params(method: str, object_name: str, prompt_set: str | None, gaussia
             raise ModelLoadError(f"unknown DBSCAN setting {dbscan!r}; choose one of {', '.join(DBSCAN_SETTINGS)}")
         eps, min_samples = DBSCAN_SETTINGS[dbscan]
         params["dbscan"] = {"setting": dbscan, "eps": eps, "min_samples": min_samples}
+    if method == "fnn":
+        weight = defaults["fusion_weight"] if fusion_weight is None else fusion_weight
+        if not 0.0 <= weight <= 1.0:
+            raise ModelLoadError(f"--fusion-weight must be in [0, 1] (1 = FNN alone), got {weight}")
+        params["fusion_weight"] = float(weight)
     return params
 
 
@@ -83,6 +91,10 @@ def assemble(method: str, clip: LoadedClip, taps: list[int], text: torch.Tensor)
                              ["image_embedding", "taps"], linear_heads)
     encoder = SurgeryEncoder(clip.model.visual, taps, patch_taps=linear_heads is not None).eval()
     outputs = ["image_embedding", "surgery_taps"] + (["taps"] if linear_heads is not None else [])
+    if method == "fnn":
+        scorer = FnnScorer(FnnClassifier(clip.embed_dim), clip.patch_grid, clip.input_size).eval()
+        return MethodModules(encoder, PromptProbabilityHeads(text, clip.patch_grid, clip.input_size).eval(), outputs,
+                             fnn=scorer)
     heads = SdpHeads(text, clip.patch_grid, clip.input_size, linear_heads).eval()
     return MethodModules(encoder, heads, outputs, linear_heads)
 
@@ -90,12 +102,15 @@ def assemble(method: str, clip: LoadedClip, taps: list[int], text: torch.Tensor)
 def default_scoring(method: str, num_taps: int, image_threshold: float | None) -> dict:
     """Uncalibrated scoring constants from each method's theoretical map bounds.
 
-    APRIL-GAN: each tap's probability is in [0, 1]. SDP: each tap's feature-surgery score is
+    APRIL-GAN: each tap's probability is in [0, 1]; FNN: fused probabilities in [0, 1]. SDP: each tap's feature-surgery score is
     (s_a w_a - s_n w_n) / 2 with |s| <= 1 and w_a + w_n = 2, so within [-1, 1]; SDP+ adds [0, 1].
     Thresholds sit at the middle of each part's range until `zsad-edge calibrate` sets them.
     """
     if method == "aprilgan":
         return {"rule": "prompt", "map_threshold": 0.5 * num_taps, "map_max": float(num_taps),
+                "image_threshold": 0.5 if image_threshold is None else image_threshold, "calibrated": False}
+    if method == "fnn":  # fused probabilities, map and score both in [0, 1]
+        return {"rule": "prompt", "map_threshold": 0.5, "map_max": 1.0,
                 "image_threshold": 0.5 if image_threshold is None else image_threshold, "calibrated": False}
     low, high = (-num_taps, 2 * num_taps) if method == "sdpplus" else (-num_taps, num_taps)
     return {"rule": "normalised_sum", "text_score_range": [0.0, 1.0], "map_max_range": [float(low), float(high)],

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 PROMPT_SET_DIR = Path(__file__).parent / "prompt_sets"
 
@@ -39,12 +40,11 @@ class PromptSet:
 
 
 @torch.no_grad()
-def encode_sentences(model: nn.Module, tokenizer, sentences: list[str], batch_size: int = 64) -> torch.Tensor:
+def encode_sentences(model: nn.Module, tokenizer, sentences: list[str], batch_size: int = 64,
+                     progress: bool = False) -> torch.Tensor:
     """L2-normalised CLIP text embeddings [len(sentences), embed_dim]."""
-    chunks = [
-        model.encode_text(tokenizer(sentences[start:start + batch_size]))
-        for start in range(0, len(sentences), batch_size)
-    ]
+    starts = tqdm(range(0, len(sentences), batch_size), desc="encode text", unit="batch", disable=not progress)
+    chunks = [model.encode_text(tokenizer(sentences[start:start + batch_size])) for start in starts]
     return F.normalize(torch.cat(chunks).float(), dim=-1)
 
 

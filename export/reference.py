@@ -24,11 +24,12 @@ class ReferenceDetector(DetectionPipeline):
     """Mirrors runtime.Detector stage by stage with torch modules (eager fp32 by default)."""
 
     def __init__(self, manifest: Manifest, encoder: nn.Module, heads_module: nn.Module,
-                 device: str = "cpu") -> None:
+                 fnn_module: nn.Module | None = None, device: str = "cpu") -> None:
         super().__init__(manifest)
         self.device = torch.device(device)
         self.encoder = encoder.eval().to(self.device)
         self.heads_module = heads_module.eval().to(self.device)
+        self.fnn_module = fnn_module.eval().to(self.device) if fnn_module is not None else None
         self._bank_tokens: torch.Tensor | None = None
 
     def attach_memory_bank(self, bank: MemoryBank) -> None:
@@ -50,6 +51,8 @@ class ReferenceDetector(DetectionPipeline):
     @torch.no_grad()
     def heads(self, features: tuple[torch.Tensor, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         anomaly_map, text_score = self.heads_module(*features)
+        if self.fnn_module is not None:
+            anomaly_map, text_score = self.fuse_fnn((anomaly_map, text_score), self.fnn_module(*features))
         if self.memory_bank is not None:
             anomaly_map = anomaly_map + self._few_shot_map(features[1])
         return anomaly_map.cpu().numpy(), text_score.cpu().numpy()

@@ -16,7 +16,8 @@ from .pipeline import ENCODER, DetectionPipeline
 from .smoothing import gaussian_smooth
 
 HEADS = "heads"
-SUPPORTED_METHODS = ("aprilgan_zero_shot", "sdp", "sdpplus")
+FNN = "fnn"
+SUPPORTED_METHODS = ("aprilgan_zero_shot", "sdp", "sdpplus", "fnn")
 
 
 def _check_input_size(encoder: OrtComponent, input_size: tuple[int, int]) -> None:
@@ -30,16 +31,18 @@ def _check_input_size(encoder: OrtComponent, input_size: tuple[int, int]) -> Non
 
 
 class Detector(DetectionPipeline):
-    """Runs a bundle's image encoder and heads graphs.
+    """Runs a bundle's image encoder and heads graphs (and the FNN graph of the FNN method).
 
     Usage: `Detector.from_bundle("bundle/")(image)` -> DetectionResult.
     """
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, encoder: OrtComponent, heads: OrtComponent) -> None:
+    def __init__(self, bundle_dir: Path, manifest: Manifest, encoder: OrtComponent, heads: OrtComponent,
+                 fnn: OrtComponent | None = None) -> None:
         super().__init__(manifest)
         self.bundle_dir = bundle_dir
         self.encoder = encoder
         self.heads_graph = heads
+        self.fnn_graph = fnn
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, backend: str = "auto", verify: bool = True,
@@ -50,15 +53,13 @@ class Detector(DetectionPipeline):
         method = manifest.method.get("name")
         if method not in SUPPORTED_METHODS:
             raise BundleError(f"bundle method {method!r} is not supported by this runtime ({', '.join(SUPPORTED_METHODS)})")
-        for name in (ENCODER, HEADS):
+        names = (ENCODER, HEADS, FNN) if method == "fnn" else (ENCODER, HEADS)
+        for name in names:
             if name not in manifest.components:
                 raise BundleError(f"bundle has no {name!r} component; {REBUILD_HINT}")
-        encoder, heads = (
-            OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads)
-            for name in (ENCODER, HEADS)
-        )
-        _check_input_size(encoder, manifest.preprocess.input_size)
-        return cls(bundle_dir, manifest, encoder, heads)
+        graphs = [OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads) for name in names]
+        _check_input_size(graphs[0], manifest.preprocess.input_size)
+        return cls(bundle_dir, manifest, *graphs)
 
     @property
     def providers(self) -> list[str]:
@@ -73,11 +74,14 @@ class Detector(DetectionPipeline):
 
     def heads(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         out = self.heads_graph.run(features)
-        maps = out["anomaly_map"]
+        maps, scores = out["anomaly_map"], out["image_score"]
+        if self.fnn_graph is not None:
+            fnn = self.fnn_graph.run(features)
+            maps, scores = self.fuse_fnn((maps, scores), (fnn["anomaly_map"], fnn["image_score"]))
         if self.memory_bank is not None:
             grid = self.memory_bank.distances(features["taps"]).reshape(-1, *self.manifest.patch_grid)
             maps = maps + upsample_align_corners(grid, self.manifest.preprocess.input_size)
-        return maps, out["image_score"]
+        return maps, scores
 
     def smooth(self, maps: np.ndarray) -> np.ndarray:
         return gaussian_smooth(maps, self.gaussian_sigma)

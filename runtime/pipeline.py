@@ -72,7 +72,9 @@ class DetectionPipeline(ABC):
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
         self.memory_bank: MemoryBank | None = None
-        self.gaussian_sigma = float(manifest.method.get("params", {}).get("gaussian_sigma", 0.0))
+        params = manifest.method.get("params", {})
+        self.gaussian_sigma = float(params.get("gaussian_sigma", 0.0))
+        self.fusion_weight = float(params.get("fusion_weight", 0.0))
         self._use_scoring(manifest.scoring)
 
     def _use_scoring(self, scoring: dict) -> None:
@@ -127,6 +129,11 @@ class DetectionPipeline(ABC):
     @abstractmethod
     def heads(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
         """Features -> (anomaly maps [B, H_in, W_in] at model input size, prompt scores [B])."""
+
+    def fuse_fnn(self, prompt: tuple[np.ndarray, np.ndarray], fnn: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """FNN method: weighted mean of the prompt and FNN (map, score) pairs, both probabilities."""
+        weight = self.fusion_weight
+        return tuple((1.0 - weight) * p + weight * f for p, f in zip(prompt, fnn))
 
     @abstractmethod
     def smooth(self, maps: np.ndarray) -> np.ndarray:

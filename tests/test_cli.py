@@ -140,3 +140,13 @@ def test_sdp_cli_build_calibrate_detect(tmp_path):
     assert result["score"] <= 2.0 and {"text_score", "map_peak"} <= set(result)
     proc = _zsad("fit-normal", tmp_path / "sdp", normals, "--out", tmp_path / "bank.npz")
     assert proc.returncode == 2 and "few-shot memory banks work with aprilgan_zero_shot" in _error_lines(proc.stderr)[0]
+
+
+def test_fnn_cli_build_trains_with_a_progress_bar(tmp_path):
+    proc = _run([sys.executable, str(REPO / "export" / "build_engines.py"), "--method", "fnn", "--arch", "zsad-tiny-vit",
+                 "--random-init", "--image-size", "224", "--fnn-pairs", "100", "--fnn-epochs", "2",
+                 "--out", str(tmp_path / "fnn")])
+    assert proc.returncode == 0, proc.stderr
+    assert "train FNN" in proc.stderr and "encode text" in proc.stderr  # tqdm progress bars
+    info = json.loads(_zsad("info", tmp_path / "fnn").stdout)
+    assert info["method"] == "fnn" and set(info["components"]) == {"image_encoder", "heads", "fnn"}
