@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import Manifest
-from .image_io import read_image, to_rgb_float
 from .errors import BundleError
+from .image_io import read_image, to_rgb_float
 from .memory_bank import MemoryBank, default_map_max_range
 from .preprocess import preprocess_batch
 from .scoring import score_rule

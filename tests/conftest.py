@@ -7,6 +7,7 @@ import os
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -38,6 +39,34 @@ def battery_weld() -> Path:
     if not BATTERY_WELD.is_dir():
         pytest.skip("../shared/data/battery_weld is absent")
     return BATTERY_WELD
+
+
+def write_image(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), array)
+
+
+@pytest.fixture
+def quirky_set(tmp_path):
+    """One category with every deviation the reader must tolerate."""
+    root = tmp_path / "parts"
+    rng = np.random.default_rng(0)
+    part = lambda: (rng.random((40, 60)) * 255).astype(np.uint8)  # noqa: E731
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 15:30] = 255
+    for i in range(3):
+        write_image(root / "train" / "good" / f"t{i}.png", part())
+        write_image(root / "test" / "good" / f"g{i}.png", part())
+    write_image(root / "test" / "scratch" / "a+-1.png", part())
+    write_image(root / "ground_truth" / "scratch" / "a+-1_mask.png", mask)  # MVTec naming
+    write_image(root / "test" / "scratch" / "b.png", part())
+    write_image(root / "ground_truth" / "scratch" / "b.png", mask)  # same-name mask
+    write_image(root / "test" / "scratch" / "no_mask.png", part())  # defective without mask
+    write_image(root / "test" / "scratch" / "wrong_size.png", part())
+    write_image(root / "ground_truth" / "scratch" / "wrong_size.png", np.zeros((10, 10), np.uint8))
+    write_image(root / "ground_truth" / "scratch" / "orphan.png", mask)  # mask without image
+    (root / "test" / "scratch" / "corrupt.png").write_bytes(b"junk")
+    return root
 
 
 @pytest.fixture

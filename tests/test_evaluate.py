@@ -4,41 +4,13 @@ import json
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
 
+from conftest import write_image
 from zsad_edge.benchmarks.evaluate import METRICS, evaluate
 from zsad_edge.runtime.dataset import scan_dataset
 from zsad_edge.runtime.errors import ZsadEdgeError
-
-
-def _write(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), array)
-
-
-@pytest.fixture
-def quirky_set(tmp_path):
-    """One category with every deviation the reader must tolerate."""
-    root = tmp_path / "parts"
-    rng = np.random.default_rng(0)
-    part = lambda: (rng.random((40, 60)) * 255).astype(np.uint8)  # noqa: E731
-    mask = np.zeros((40, 60), np.uint8)
-    mask[10:20, 15:30] = 255
-    for i in range(3):
-        _write(root / "train" / "good" / f"t{i}.png", part())
-        _write(root / "test" / "good" / f"g{i}.png", part())
-    _write(root / "test" / "scratch" / "a+-1.png", part())
-    _write(root / "ground_truth" / "scratch" / "a+-1_mask.png", mask)  # MVTec naming
-    _write(root / "test" / "scratch" / "b.png", part())
-    _write(root / "ground_truth" / "scratch" / "b.png", mask)  # same-name mask
-    _write(root / "test" / "scratch" / "no_mask.png", part())  # defective without mask
-    _write(root / "test" / "scratch" / "wrong_size.png", part())
-    _write(root / "ground_truth" / "scratch" / "wrong_size.png", np.zeros((10, 10), np.uint8))
-    _write(root / "ground_truth" / "scratch" / "orphan.png", mask)  # mask without image
-    (root / "test" / "scratch" / "corrupt.png").write_bytes(b"junk")
-    return root
 
 
 def test_reader_finds_both_mask_namings_and_lists_problems(quirky_set):
@@ -68,7 +40,7 @@ def test_partial_report_names_what_was_skipped(quirky_set, tiny_built, tiny_dete
 
 
 def test_no_defective_images_gives_nan_and_a_note(tmp_path, tiny_detector):
-    _write(tmp_path / "only_good" / "test" / "good" / "g.png", np.zeros((30, 30), np.uint8))
+    write_image(tmp_path / "only_good" / "test" / "good" / "g.png", np.zeros((30, 30), np.uint8))
     report = evaluate({"runtime": tiny_detector}, scan_dataset(tmp_path / "only_good"), progress=False)
     entry = report["categories"]["only_good"]
     assert np.isnan(entry["metrics"]["runtime"]["image_auroc"]) and np.isnan(entry["metrics"]["runtime"]["aupro"])

@@ -82,3 +82,14 @@ def test_few_shot_is_refused(sdp_built, rng):
     runtime = Detector.from_bundle(sdp_built.path)
     with pytest.raises(BundleError, match="few-shot memory banks work with aprilgan_zero_shot bundles"):
         runtime.fit_normal(_images(rng, 2))
+
+
+def test_eval_runtime_and_rebuilt_reference_agree(sdp_built, quirky_set):
+    """`zsad-edge eval --reference` for SDP bundles: metrics of both sides match."""
+    from zsad_edge.benchmarks.evaluate import METRICS, evaluate
+    from zsad_edge.runtime.dataset import scan_dataset
+
+    detectors = {"runtime": Detector.from_bundle(sdp_built.path), "reference": reference_from_bundle(sdp_built.path)}
+    metrics = evaluate(detectors, scan_dataset(quirky_set), progress=False)["categories"]["parts"]["metrics"]
+    for metric in METRICS:
+        assert metrics["runtime"][metric] == pytest.approx(metrics["reference"][metric], abs=1e-4)

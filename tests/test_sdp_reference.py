@@ -97,3 +97,23 @@ def test_text_probability_and_prompt_counts():
     normal, abnormal = PromptSet.load("clipad").sentences("weld")
     assert (len(normal), len(abnormal)) == (9 * 22, 10 * 22)
     assert "a photo of a weld with crack for visual inspection." in abnormal
+
+
+@torch.no_grad()
+def test_sdpplus_map_is_the_sdp_map_plus_the_linear_head_maps():
+    """SDP+ = feature-surgery map + sum over taps of the APRIL-GAN head maps (both checked by hand elsewhere)."""
+    from zsad_edge.export.aprilgan import AprilGanHeads, randomize_heads
+    from zsad_edge.export.sdp import SdpHeads
+
+    text = F.normalize(torch.randn(6, 2, generator=torch.Generator().manual_seed(0)), dim=0)
+    linear = AprilGanHeads(2, 8, 6, text, (4, 4), (2, 2))
+    randomize_heads(linear, seed=3)
+    surgery, taps = torch.randn(1, 2, 5, 6), torch.randn(1, 2, 4, 8)
+    embedding = torch.randn(1, 6)
+    plain_map, plain_score = SdpHeads(text, (2, 2), (4, 4))(embedding, surgery)
+    plus_map, plus_score = SdpHeads(text, (2, 2), (4, 4), linear)(embedding, surgery, taps)
+    expected = feature_surgery_map(surgery, text, (2, 2), (4, 4)) + linear.tap_probabilities(taps).sum(dim=1)
+    torch.testing.assert_close(plus_map, expected)
+    torch.testing.assert_close(plain_map, feature_surgery_map(surgery, text, (2, 2), (4, 4)))
+    torch.testing.assert_close(plus_score, plain_score)
+    torch.testing.assert_close(plain_score, text_probability(embedding, text))
