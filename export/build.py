@@ -20,7 +20,7 @@ from zsad_edge.runtime.errors import ModelLoadError
 from zsad_edge.runtime.preprocess import PreprocessSpec
 
 from .aprilgan import AprilGanHeads, load_head_weights, randomize_heads
-from .bundle_writer import finalize_manifest, staged_bundle
+from .bundle_writer import finalize_manifest, refuse_existing, staged_bundle
 from .clip_backbone import ClipSpec, LoadedClip, default_taps, load_clip, validate_taps
 from .export_attention import lean_attention_copy
 from .fnn import FnnTrainConfig, load_classifier, save_classifier, train_fnn_on_clip_text
@@ -91,6 +91,7 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
     if config.method not in METHODS_WITH_HEADS and config.heads_checkpoint is not None:
         raise ModelLoadError(f"{config.method} is training-free and takes no --heads-checkpoint "
                              f"(methods with trained heads: {', '.join(METHODS_WITH_HEADS)})")
+    refuse_existing(config.out_dir, config.overwrite)
     clip = load_clip(config.clip)
     taps = validate_taps(config.taps, clip.num_layers) if config.taps else default_taps(clip.num_layers)
     params = method_params(config.method, config.object_name, config.prompt_set, config.gaussian_sigma, config.dbscan,

@@ -18,12 +18,17 @@ from zsad_edge.runtime.bundle import MANIFEST_NAME, Manifest, hash_bundle_files
 from zsad_edge.runtime.errors import ZsadEdgeError
 
 
+def refuse_existing(out_dir: Path, overwrite: bool) -> None:
+    """Fail before any slow work (FNN text encoding can take minutes) if the bundle may not be replaced."""
+    if Path(out_dir).exists() and not overwrite:
+        raise ZsadEdgeError(f"output folder exists: {out_dir} (pass --overwrite to replace it)")
+
+
 @contextmanager
 def staged_bundle(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """Yield an empty staging folder; on normal exit it replaces `out_dir`, on error it is removed."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ZsadEdgeError(f"output folder exists: {out_dir} (pass --overwrite to replace it)")
+    refuse_existing(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:

@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
-from zsad_edge.export.build import build_bundle
+from zsad_edge.export.build import BuildConfig, build_bundle
 from zsad_edge.export.bundle_writer import staged_bundle
+from zsad_edge.export.clip_backbone import ClipSpec
 from zsad_edge.export.demo import demo_config
 from zsad_edge.runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, load_manifest
 from zsad_edge.runtime.detector import Detector
@@ -128,3 +129,16 @@ def test_reference_rebuild_needs_the_recorded_checkpoint(bundle_copy, tmp_path):
     (tmp_path / "other.pt").write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="is not the checkpoint the bundle was built from"):
         reference_from_bundle(bundle_copy, clip_checkpoint=tmp_path / "other.pt")
+
+
+def test_existing_output_is_refused_before_any_slow_work(tmp_path, monkeypatch):
+    """An FNN build spends minutes on text encoding: an existing folder must be refused before that."""
+    import zsad_edge.export.build as build_module
+
+    def must_not_load(spec):
+        raise AssertionError("CLIP was loaded before the output folder was checked")
+
+    monkeypatch.setattr(build_module, "load_clip", must_not_load)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ZsadEdgeError, match="output folder exists"):
+        build_bundle(BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True), method="fnn", out_dir=tmp_path / "b"))
