@@ -78,7 +78,7 @@ def evaluate(detectors: dict[str, DetectionPipeline], categories: Sequence[Categ
                 store.labels.append(sample.is_anomalous)
                 store.scores.append(result.score)
                 if mask is not None:
-                    resized_map, resized_mask = _resize_pair(result.anomaly_map, mask, pixel_size)
+                    resized_map, resized_mask = _resize_pair(result.final_map, mask, pixel_size)
                     store.maps.append(resized_map)
                     store.masks.append(resized_mask)
         notes = []

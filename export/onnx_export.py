@@ -41,11 +41,18 @@ class ParityReport:
 
 
 def export_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path,
-                  input_names: list[str], output_names: list[str]) -> ComponentSpec:
-    """Export with a dynamic leading batch dimension on every input; returns the manifest entry."""
+                  input_names: list[str], output_names: list[str],
+                  dynamic_shapes: tuple[dict, ...] | None = None) -> ComponentSpec:
+    """Export and check a module; returns the manifest entry.
+
+    By default every input gets one shared dynamic leading batch dimension; `dynamic_shapes`
+    (torch.export's per-input {axis: Dim} form) overrides that, e.g. for SAM's decoder whose
+    prompt and point counts vary but whose image embedding does not.
+    """
     module = module.eval()
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+    if dynamic_shapes is None:
+        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+        dynamic_shapes = tuple({0: batch} for _ in example_inputs)
     with torch.no_grad():
         torch.onnx.export(module, example_inputs, str(path), input_names=input_names, output_names=output_names,
                           dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=OPSET, verbose=False)

@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="also run the PyTorch reference rebuilt from the manifest (needs zsad-edge[export])")
     evaluate.add_argument("--clip-checkpoint", type=Path, help="with --reference: the bundle's CLIP checkpoint")
     evaluate.add_argument("--heads-checkpoint", type=Path, help="with --reference: the bundle's heads checkpoint")
+    evaluate.add_argument("--sam-checkpoint", type=Path, help="with --reference: the bundle's SAM checkpoint")
     evaluate.add_argument("--pixel-size", type=int, default=256, help="pixel metrics at this square size (0: original)")
     evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
     evaluate.add_argument("--memory-bank", type=Path, help="few-shot: evaluate with this memory bank")
@@ -97,8 +98,12 @@ def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str 
             name = _unique_name(path, used_names)
             summary = {"image": str(path), **result.summary()}
             write_bytes_atomic(out_dir / f"{name}.json", (json.dumps(summary, indent=2) + "\n").encode())
-            overlay = render_overlay(image, result.anomaly_map, result.mask, detector.manifest.scoring["map_max"])
+            sam_mask = result.refinement.mask if result.refinement is not None else None
+            overlay = render_overlay(image, result.anomaly_map, result.mask, detector.manifest.scoring["map_max"],
+                                     sam_mask=sam_mask)
             write_image_atomic(out_dir / f"{name}_overlay.png", overlay)
+            if sam_mask is not None:
+                write_image_atomic(out_dir / f"{name}_sam_mask.png", sam_mask.astype(np.uint8) * 255)
             results[str(path)] = summary
         pending.clear()
 
@@ -137,6 +142,7 @@ def _print_info(bundle: Path) -> None:
         "input_size": manifest.preprocess.input_size,
         "taps": manifest.taps,
         "components": {k: v.file for k, v in manifest.components.items()},
+        "sam": manifest.method.get("params", {}).get("sam", {}).get("kind"),
         "scoring": manifest.scoring,
     }, indent=2))
 
@@ -156,7 +162,8 @@ def run_eval(args: argparse.Namespace) -> dict:
             from zsad_edge.export.build import reference_from_bundle
         except ImportError as exc:
             raise ZsadEdgeError(f"--reference needs the torch side ({exc.name} missing): pip install 'zsad-edge[export]'") from None
-        detectors["reference"] = reference_from_bundle(args.bundle, args.clip_checkpoint, args.heads_checkpoint)
+        detectors["reference"] = reference_from_bundle(args.bundle, args.clip_checkpoint, args.heads_checkpoint,
+                                                       sam_checkpoint=args.sam_checkpoint)
         if args.memory_bank is not None:
             detectors["reference"].load_memory_bank(args.memory_bank)
     report = evaluate(detectors, categories, pixel_size=args.pixel_size or None)

@@ -13,10 +13,12 @@ from .errors import BundleError
 from .interpolation import upsample_align_corners
 from .ort_backend import OrtComponent
 from .pipeline import ENCODER, DetectionPipeline
+from .sam_predictor import SamGeometry, SamPredictor
 from .smoothing import gaussian_smooth
 
 HEADS = "heads"
 FNN = "fnn"
+SAM_COMPONENTS = ("sam_encoder", "sam_decoder")
 SUPPORTED_METHODS = ("aprilgan_zero_shot", "sdp", "sdpplus", "fnn")
 
 
@@ -59,7 +61,15 @@ class Detector(DetectionPipeline):
                 raise BundleError(f"bundle has no {name!r} component; {REBUILD_HINT}")
         graphs = [OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads) for name in names]
         _check_input_size(graphs[0], manifest.preprocess.input_size)
-        return cls(bundle_dir, manifest, *graphs)
+        detector = cls(bundle_dir, manifest, *graphs)
+        sam_params = manifest.method.get("params", {}).get("sam")
+        if sam_params is not None:
+            if any(name not in manifest.components for name in SAM_COMPONENTS):
+                raise BundleError(f"CLIP-SAM bundle lacks {' or '.join(SAM_COMPONENTS)}; {REBUILD_HINT}")
+            encoder, decoder = (OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads)
+                                for name in SAM_COMPONENTS)
+            detector.sam = SamPredictor(encoder, decoder, SamGeometry.from_params(sam_params))
+        return detector
 
     @property
     def providers(self) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import Manifest
+from .clip_sam import CascadeConfig, Predictor, SamRefinement, refine
 from .errors import BundleError
 from .image_io import read_image, to_rgb_float
 from .memory_bank import MemoryBank, default_map_max_range
@@ -38,6 +39,7 @@ class DetectionResult:
     map threshold; score: image-level anomaly score; is_anomalous: score > image threshold.
     Strict comparisons: a threshold calibrated as the largest normal value flags no normal image.
     text_score and map_peak are the raw parts the score was combined from (calibration uses them).
+    refinement: CLIP-SAM bundles only, for images flagged anomalous: SAM's mask and the fused map.
     """
 
     score: float
@@ -46,6 +48,12 @@ class DetectionResult:
     is_anomalous: bool
     text_score: float
     map_peak: float
+    refinement: SamRefinement | None = None
+
+    @property
+    def final_map(self) -> np.ndarray:
+        """The map to judge pixels by: SAM-refined where the bundle refines, else CLIP's."""
+        return self.refinement.anomaly_map if self.refinement is not None else self.anomaly_map
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers (no arrays) for reports."""
@@ -57,6 +65,8 @@ class DetectionResult:
             "map_max": float(self.anomaly_map.max()),
             "map_mean": float(self.anomaly_map.mean()),
             "mask_fraction": float(self.mask.mean()),
+            **({"sam_mask_fraction": float(self.refinement.mask.mean()), "sam_regions": self.refinement.regions}
+               if self.refinement is not None else {}),
             "height": int(self.anomaly_map.shape[0]),
             "width": int(self.anomaly_map.shape[1]),
         }
@@ -76,6 +86,8 @@ class DetectionPipeline(ABC):
         self.gaussian_sigma = float(params.get("gaussian_sigma", 0.0))
         self.fusion_weight = float(params.get("fusion_weight", 0.0))
         self._use_scoring(manifest.scoring)
+        self.sam: Predictor | None = None  # CLIP-SAM bundles: set by the subclass from the bundle
+        self.cascade = CascadeConfig.from_params(params["sam"]["cascade"]) if "sam" in params else None
 
     def _use_scoring(self, scoring: dict) -> None:
         self.scoring = scoring
@@ -117,9 +129,14 @@ class DetectionPipeline(ABC):
             raise BundleError(f"few-shot memory banks work with {', '.join(FEW_SHOT_METHODS)} bundles, "
                               f"not {method!r}")
 
+    @staticmethod
+    def load(images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """Images (arrays of any layout, or paths) -> float32 RGB in [0, 1]."""
+        return [to_rgb_float(read_image(im) if isinstance(im, (str, os.PathLike)) else im) for im in images]
+
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Images (arrays or paths) -> normalised NCHW batch and each image's original (H, W)."""
-        rgb = [to_rgb_float(read_image(im) if isinstance(im, (str, os.PathLike)) else im) for im in images]
+        rgb = self.load(images)
         return preprocess_batch(rgb, self.manifest.preprocess), [im.shape[:2] for im in rgb]
 
     @abstractmethod
@@ -164,11 +181,23 @@ class DetectionPipeline(ABC):
             for full, score, text, peak in zip(self.resize_maps(maps, sizes), scores, text_scores, peaks)
         ]
 
+    def refine(self, results: list[DetectionResult], rgb: Sequence[np.ndarray]) -> None:
+        """CLIP-SAM: run the SAM cascade on every image flagged anomalous (the rest need no outline)."""
+        threshold = self.cascade.region_threshold
+        threshold = self.map_threshold if threshold is None else threshold
+        for result, image in zip(results, rgb):
+            if result.is_anomalous:
+                result.refinement = refine(self.sam, image, result.anomaly_map, threshold, self.cascade)
+
     def detect_batch(self, images: Sequence[ImageInput]) -> list[DetectionResult]:
         """Run a batch of images of any sizes through all stages in one model call."""
-        batch, sizes = self.preprocess(images)
+        rgb = self.load(images)
+        batch, sizes = self.preprocess(rgb)
         maps, text_scores = self.heads(self.encode(batch))
-        return self.postprocess(maps, text_scores, sizes)
+        results = self.postprocess(maps, text_scores, sizes)
+        if self.sam is not None:
+            self.refine(results, rgb)
+        return results
 
     def __call__(self, image: ImageInput) -> DetectionResult:
         return self.detect_batch([image])[0]
