@@ -1,0 +1,110 @@
+"""SAM quality and CLIP-SAM refinement on an MVTec-layout folder, through the exported ONNX graphs.
+
+Two numbers per data set, from ground-truth masks (no CLIP needed, so real SAM weights measure
+SAM itself):
+1. box IoU: SAM prompted with the box of every connected ground-truth component; mean IoU of the
+   union against the mask, per image.
+2. cascade: a CLIP-like map stands in for CLIP (the ground-truth mask blurred with a Gaussian of
+   `--blur` px and scaled to peak 1); pixel F1-max of that map alone vs of the map refined by
+   the CLIP-SAM cascade (region threshold 0.5), over all defective images.
+
+  python benchmarks/sam_refinement.py ../shared/data/battery_weld
+  python benchmarks/sam_refinement.py ../shared/data/battery_weld --sam vit_b --sam-checkpoint sam_vit_b.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from zsad_edge.benchmarks.metrics import f1_max
+from zsad_edge.export.defaults import SAM_KINDS
+from zsad_edge.runtime.clip_sam import CascadeConfig, refine
+from zsad_edge.runtime.dataset import load_mask, scan_dataset
+from zsad_edge.runtime.image_io import read_image, to_rgb_float
+from zsad_edge.runtime.ort_backend import OrtComponent
+from zsad_edge.runtime.sam_predictor import SamGeometry, SamPredictor
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def component_box_iou(predictor: SamPredictor, image, mask: np.ndarray) -> float:
+    """IoU of the union of SAM's answers to the box of each ground-truth component."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    union = np.zeros_like(mask)
+    for x, y, width, height, _ in stats[1:count]:
+        union |= predictor.predict_box(image, np.array([x, y, x + width, y + height], np.float32))[0]
+    return float((union & mask).sum() / max((union | mask).sum(), 1))
+
+
+def stand_in_map(mask: np.ndarray, blur: float) -> np.ndarray:
+    """The ground truth blurred into a coarse CLIP-like map with peak 1."""
+    blurred = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), blur)
+    return blurred / max(float(blurred.max()), 1e-12)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("--sam", choices=SAM_KINDS, default="litemedsam")
+    parser.add_argument("--sam-checkpoint", type=Path)
+    parser.add_argument("--prompt-mode", choices=["box", "points"], help="default: the SAM kind's")
+    parser.add_argument("--blur", type=float, default=16.0, help="stand-in map: Gaussian sigma in px")
+    parser.add_argument("--max-images", type=int, help="first N defective images with masks")
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/sam_refinement_<sam>.json)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    from zsad_edge.export.sam import SamSpec, default_prompt_mode, load_sam
+    from zsad_edge.export.sam_export import export_sam_graphs
+
+    sam = load_sam(SamSpec(args.sam, checkpoint=args.sam_checkpoint))
+    mode = args.prompt_mode or default_prompt_mode(args.sam)
+    samples = [s for c in scan_dataset(args.dataset) for s in c.samples if s.mask is not None][:args.max_images]
+    with tempfile.TemporaryDirectory() as scratch:
+        export_sam_graphs(sam, Path(scratch), tolerance=1e-4)
+        predictor = SamPredictor(OrtComponent(Path(scratch) / "sam_encoder.onnx"),
+                                 OrtComponent(Path(scratch) / "sam_decoder.onnx"),
+                                 SamGeometry(sam.input_size, sam.pixel_mean, sam.pixel_std, sam.embedding_grid))
+        ious, maps, refined, truths = [], [], [], []
+        for sample in tqdm(samples, desc="images", unit="img"):
+            rgb = to_rgb_float(read_image(sample.image))
+            mask = load_mask(sample, rgb.shape[:2])
+            if mask is None or not mask.any():
+                continue
+            ious.append(component_box_iou(predictor, predictor.encode(rgb), mask))
+            coarse = stand_in_map(mask, args.blur)
+            refined.append(refine(predictor, rgb, coarse, 0.5, CascadeConfig(prompt_mode=mode)).anomaly_map.ravel())
+            maps.append(coarse.ravel())
+            truths.append(mask.ravel())
+    truth = np.concatenate(truths)
+    report = {
+        "benchmark": "sam_refinement", "dataset": str(args.dataset), "sam": args.sam,
+        "weights": sam.weights_origin, "prompt_mode": mode, "images": len(ious), "blur_sigma_px": args.blur,
+        "box_iou_mean": float(np.mean(ious)), "box_iou_median": float(np.median(ious)),
+        "pixel_f1_max": {"stand_in_map": f1_max(truth, np.concatenate(maps)),
+                         "cascade_refined": f1_max(truth, np.concatenate(refined))},
+    }
+    f1 = report["pixel_f1_max"]
+    print(f"{args.sam} ({mode} prompts) on {report['images']} defective images of {args.dataset}:")
+    print(f"  ground-truth component boxes -> mean IoU {report['box_iou_mean']:.3f} (median {report['box_iou_median']:.3f})")
+    print(f"  pixel F1-max: stand-in map (GT blurred, sigma {args.blur:g}) {f1['stand_in_map']:.4f}, "
+          f"after the cascade {f1['cascade_refined']:.4f}")
+    out = args.out or RESULTS_DIR / f"sam_refinement_{args.sam}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
