@@ -27,7 +27,11 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from .errors import BundleError
 from .sam_predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE, SamGeometry, SamImage
+
+
+PROMPT_MODES = ("points", "box")
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,23 @@ class CascadeConfig:
     ring_width: float = 0.03
     fusion_weight: float = 0.5
 
+    def __post_init__(self) -> None:
+        problems = []
+        if self.prompt_mode not in PROMPT_MODES:
+            problems.append(f"prompt_mode {self.prompt_mode!r} is not one of {', '.join(PROMPT_MODES)}")
+        if min(self.max_regions, self.positive_points) < 1 or self.negative_points < 0:
+            problems.append("max_regions and positive_points must be >= 1, negative_points >= 0")
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            problems.append(f"fusion_weight {self.fusion_weight} is outside [0, 1]")
+        if problems:
+            raise BundleError(f"invalid CLIP-SAM cascade settings: {'; '.join(problems)}")
+
     @classmethod
     def from_params(cls, params: dict) -> "CascadeConfig":
-        return cls(**params)
+        try:
+            return cls(**params)
+        except TypeError as exc:
+            raise BundleError(f"invalid CLIP-SAM cascade settings in the manifest: {exc}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,7 +16,7 @@ from zsad_edge.export.sam import SamDecoderGraph, SamSpec, load_sam
 from zsad_edge.export.sam_export import export_sam_graphs
 from zsad_edge.export.sam_reference import ReferenceSamPredictor
 from zsad_edge.runtime.clip_sam import CascadeConfig, refine, select_masks, top_peaks
-from zsad_edge.runtime.errors import ModelLoadError
+from zsad_edge.runtime.errors import BundleError, ModelLoadError
 from zsad_edge.runtime.ort_backend import OrtComponent
 from zsad_edge.runtime.sam_predictor import SamGeometry, SamPredictor
 
@@ -260,3 +260,12 @@ def test_sam_weights_errors_are_named(tmp_path):
         load_sam(SamSpec("litemedsam", checkpoint=tmp_path / "other.pth"))
     with pytest.raises(ModelLoadError, match="unknown SAM kind"):
         load_sam(SamSpec("vit_x"))
+
+
+def test_invalid_cascade_settings_are_named():
+    with pytest.raises(BundleError, match="prompt_mode 'clicks' is not one of points, box"):
+        CascadeConfig(prompt_mode="clicks")
+    with pytest.raises(BundleError, match="fusion_weight 2 is outside"):
+        CascadeConfig(fusion_weight=2)
+    with pytest.raises(BundleError, match="invalid CLIP-SAM cascade settings in the manifest"):
+        CascadeConfig.from_params({"spacing": 3})
