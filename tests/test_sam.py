@@ -269,3 +269,25 @@ def test_invalid_cascade_settings_are_named():
         CascadeConfig(fusion_weight=2)
     with pytest.raises(BundleError, match="invalid CLIP-SAM cascade settings in the manifest"):
         CascadeConfig.from_params({"spacing": 3})
+
+
+@pytest.mark.slow
+def test_segment_anything_vit_b_from_a_checkpoint_exports_and_matches(tmp_path):
+    """segment_anything's vit_b (1024 px, random weights saved as a local checkpoint): load, export, parity."""
+    random_sam = load_sam(SamSpec("vit_b", random_init=True, seed=3))
+    checkpoint = tmp_path / "sam_vit_b_random.pth"
+    state = {f"{part}.{key}": value for part in ("image_encoder", "prompt_encoder", "mask_decoder")
+             for key, value in getattr(random_sam, part).state_dict().items()}
+    torch.save(state, checkpoint)
+    sam = load_sam(SamSpec("vit_b", checkpoint=checkpoint))
+    assert sam.weights_origin["kind"] == "checkpoint" and (sam.input_size, sam.embedding_grid) == (1024, (64, 64))
+    torch.testing.assert_close(sam.mask_decoder.iou_token.weight, random_sam.mask_decoder.iou_token.weight)
+    runtime = _predictor(sam, tmp_path)
+    reference = ReferenceSamPredictor(sam, runtime.geometry)
+    rgb = _textured(_shape("square"))
+    got, want = runtime.encode(rgb), reference.encode(rgb)
+    assert np.abs(got.embedding - want.embedding).max() <= 1e-4 * np.abs(want.embedding).max()
+    box = runtime.geometry.to_model_coords(_box(_shape("square")).reshape(2, 2), got.original_size)[None]
+    labels = np.array([[2.0, 3.0]], np.float32)
+    got_masks, want_masks = runtime.decode(got, box, labels)[1], reference.decode(got, box, labels)[1]
+    assert np.abs(got_masks - want_masks).max() <= 1e-4 * np.abs(want_masks).max()
