@@ -14,9 +14,7 @@ training, decides its speed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import platform
 import sys
 import tempfile
 import warnings
@@ -28,13 +26,11 @@ from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.image_io import list_images, read_image, to_rgb_float
 from zsad_edge.runtime.ort_backend import BACKENDS
 
+from zsad_edge.benchmarks.reports import machine_info, write_report
 from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
 from zsad_edge.export.defaults import METHOD_DEFAULTS
 
 METHODS = tuple(METHOD_DEFAULTS)
-
-RESULTS_DIR = Path(__file__).parent / "results"
-
 
 def _images(paths: list[str], batch_size: int) -> list[np.ndarray]:
     """The given images (cycled to fill the batch) or synthetic 8-bit 400x256 scans."""
@@ -43,20 +39,6 @@ def _images(paths: list[str], batch_size: int) -> list[np.ndarray]:
         return [to_rgb_float(read_image(files[i % len(files)])) for i in range(batch_size)]
     rng = np.random.default_rng(0)
     return [to_rgb_float((rng.random((256, 400)) * 255).astype(np.uint8)) for _ in range(batch_size)]
-
-
-def _machine() -> dict:
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-            "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,15 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "latency", "method": args.method, "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
         "runs": args.runs, "warmup": args.warmup, "weights": "random", "onnxruntime_providers": providers,
-        "machine": _machine(),
+        "machine": machine_info(),
         "median_ms": {name: t.medians() for name, t in times.items()},
         "iqr_ms": {name: t.spreads() for name, t in times.items()},
     }
     suffix = "" if args.method == "aprilgan" else f"_{args.method}"
-    out = args.out or RESULTS_DIR / f"latency_{args.arch}_{args.image_size}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten {out}")
+    write_report(report, args.out, f"latency_{args.arch}_{args.image_size}{suffix}")
     return 0
 
 

@@ -11,7 +11,6 @@ runs in alternating blocks after warm-up (see timing.py); medians are reported.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -22,13 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from zsad_edge.benchmarks.reports import machine_info, write_report
 from zsad_edge.export.defaults import SAM_KINDS
 from zsad_edge.runtime.clip_sam import CascadeConfig, refine
 from zsad_edge.runtime.ort_backend import OrtComponent
 from zsad_edge.runtime.sam_predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, SamGeometry, SamPredictor
-
-RESULTS_DIR = Path(__file__).parent / "results"
-
 
 def _scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A 400x256 textured part with two bright defects, and a coarse map of them."""
@@ -64,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    import torch
-
     from zsad_edge.export.sam import SamSpec, default_prompt_mode, load_sam
     from zsad_edge.export.sam_export import export_sam_graphs
     from zsad_edge.export.sam_reference import ReferenceSamPredictor
@@ -101,12 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {stage} | {base[stage]:.1f} | {ort:.1f} | {base[stage] / ort:.2f}x |")
     report = {"benchmark": "sam_latency", "sam": args.sam, "weights": sam.weights_origin["kind"],
               "input_size": sam.input_size, "prompt_mode": config.prompt_mode, "regions": regions,
-              "runs": args.runs, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-              "median_ms": results}
-    out = args.out or RESULTS_DIR / f"sam_latency_{args.sam}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten {out}")
+              "runs": args.runs, "machine": machine_info(), "median_ms": results}
+    write_report(report, args.out, f"sam_latency_{args.sam}")
     return 0
 
 

@@ -15,7 +15,6 @@ SAM itself):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -27,15 +26,13 @@ import numpy as np
 from tqdm import tqdm
 
 from zsad_edge.benchmarks.metrics import f1_max
+from zsad_edge.benchmarks.reports import write_report
 from zsad_edge.export.defaults import SAM_KINDS
 from zsad_edge.runtime.clip_sam import CascadeConfig, refine
 from zsad_edge.runtime.dataset import load_mask, scan_dataset
 from zsad_edge.runtime.image_io import read_image, to_rgb_float
 from zsad_edge.runtime.ort_backend import OrtComponent
 from zsad_edge.runtime.sam_predictor import SamGeometry, SamPredictor
-
-RESULTS_DIR = Path(__file__).parent / "results"
-
 
 def component_box_iou(predictor: SamPredictor, image, mask: np.ndarray) -> float:
     """IoU of the union of SAM's answers to the box of each ground-truth component."""
@@ -99,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ground-truth component boxes -> mean IoU {report['box_iou_mean']:.3f} (median {report['box_iou_median']:.3f})")
     print(f"  pixel F1-max: stand-in map (GT blurred, sigma {args.blur:g}) {f1['stand_in_map']:.4f}, "
           f"after the cascade {f1['cascade_refined']:.4f}")
-    out = args.out or RESULTS_DIR / f"sam_refinement_{args.sam}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written {out}")
+    write_report(report, args.out, f"sam_refinement_{args.sam}")
     return 0
 
 

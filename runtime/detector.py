@@ -55,20 +55,17 @@ class Detector(DetectionPipeline):
         method = manifest.method.get("name")
         if method not in SUPPORTED_METHODS:
             raise BundleError(f"bundle method {method!r} is not supported by this runtime ({', '.join(SUPPORTED_METHODS)})")
-        names = (ENCODER, HEADS, FNN) if method == "fnn" else (ENCODER, HEADS)
+        sam_params = manifest.method.get("params", {}).get("sam")  # CLIP-SAM bundles
+        names = [ENCODER, HEADS] + ([FNN] if method == "fnn" else []) + (list(SAM_COMPONENTS) if sam_params else [])
         for name in names:
             if name not in manifest.components:
                 raise BundleError(f"bundle has no {name!r} component; {REBUILD_HINT}")
-        graphs = [OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads) for name in names]
-        _check_input_size(graphs[0], manifest.preprocess.input_size)
-        detector = cls(bundle_dir, manifest, *graphs)
-        sam_params = manifest.method.get("params", {}).get("sam")
-        if sam_params is not None:
-            if any(name not in manifest.components for name in SAM_COMPONENTS):
-                raise BundleError(f"CLIP-SAM bundle lacks {' or '.join(SAM_COMPONENTS)}; {REBUILD_HINT}")
-            encoder, decoder = (OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads)
-                                for name in SAM_COMPONENTS)
-            detector.sam = SamPredictor(encoder, decoder, SamGeometry.from_params(sam_params))
+        graphs = {name: OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads)
+                  for name in names}
+        _check_input_size(graphs[ENCODER], manifest.preprocess.input_size)
+        detector = cls(bundle_dir, manifest, graphs[ENCODER], graphs[HEADS], graphs.get(FNN))
+        if sam_params:
+            detector.sam = SamPredictor(*(graphs[name] for name in SAM_COMPONENTS), SamGeometry.from_params(sam_params))
         return detector
 
     @property
