@@ -4,7 +4,7 @@ The torch side is the reference predictor (segment_anything's modules through th
 runtime side the exported graphs; both see the same preprocessed image and prompts. Each stage
 runs in alternating blocks after warm-up (see timing.py); medians are reported.
 
-  python benchmarks/sam_latency.py                      # LiteMedSAM (packaged weights)
+  python benchmarks/sam_latency.py --prompt-mode box   # LiteMedSAM (packaged weights)
   python benchmarks/sam_latency.py --sam vit_b --random-sam --runs 5
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from zsad_edge.benchmarks.reports import machine_info, write_report
 from zsad_edge.export.defaults import SAM_KINDS
-from zsad_edge.runtime.clip_sam import CascadeConfig, refine
+from zsad_edge.runtime.clip_sam import PROMPT_MODES, CascadeConfig, refine
 from zsad_edge.runtime.ort_backend import OrtComponent
 from zsad_edge.runtime.sam_predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, SamGeometry, SamPredictor
 
@@ -55,20 +55,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sam", choices=SAM_KINDS, default="litemedsam")
     parser.add_argument("--sam-checkpoint", type=Path)
     parser.add_argument("--random-sam", action="store_true", help="random weights (speed does not depend on them)")
+    parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="points")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/sam_latency_<sam>.json)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    from zsad_edge.export.sam import SamSpec, default_prompt_mode, load_sam
+    from zsad_edge.export.sam import SamSpec, load_sam
     from zsad_edge.export.sam_export import export_sam_graphs
     from zsad_edge.export.sam_reference import ReferenceSamPredictor
 
     sam = load_sam(SamSpec(args.sam, checkpoint=args.sam_checkpoint, random_init=args.random_sam))
     geometry = SamGeometry(sam.input_size, sam.pixel_mean, sam.pixel_std, sam.embedding_grid)
     rgb, coarse = _scene()
-    config = CascadeConfig(prompt_mode=default_prompt_mode(args.sam))
+    config = CascadeConfig(prompt_mode=args.prompt_mode)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         export_sam_graphs(sam, Path(scratch), tolerance=1e-4)

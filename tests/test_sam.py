@@ -216,7 +216,7 @@ def test_clipsam_bundle_runtime_matches_reference(clipsam_bundle):
 
     manifest = clipsam_bundle.manifest
     assert {"sam_encoder", "sam_decoder"} <= set(manifest.components)
-    assert manifest.method["params"]["sam"]["cascade"]["prompt_mode"] == "box"  # LiteMedSAM's default
+    assert manifest.method["params"]["sam"]["cascade"]["prompt_mode"] == "points"  # CLIP-SAM as published
     runtime, reference = Detector.from_bundle(clipsam_bundle.path), reference_from_bundle(clipsam_bundle.path)
     for detector in (runtime, reference):  # flag every image, outline every positive pixel
         detector.image_threshold, detector.map_threshold = -np.inf, 0.0
