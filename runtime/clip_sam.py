@@ -8,10 +8,9 @@ decoder passes on one SAM encoder run, in one of two prompt modes:
   feature is LEAST similar (cosine) to the region's mean SAM feature. Passes: (1) points;
   (2) points + pass-1 mask logits; (3) points + the box of the pass-2 mask + pass-2 logits.
 - "box" (an option for SAMs trained on box prompts only, like LiteMedSAM): (1) the CLIP region's
-  box; (2) that box + pass-1 logits; (3) the box of the pass-2 mask + pass-2 logits. Its first
-  pass beats the points' with LiteMedSAM, yet end to end on battery_weld the published points
-  cascade scored higher (pixel F1 0.789 vs 0.738, benchmarks/sam_refinement.py), so "points"
-  stays the default for every SAM.
+  box; (2) that box + pass-1 logits; (3) the box of the pass-2 mask + pass-2 logits. End to end
+  on battery_weld with LiteMedSAM the published points cascade scored higher (pixel F1 0.789 vs
+  0.738, benchmarks/sam_refinement.py), so "points" is the default for every SAM.
 Regions with the same number of points run together as one decoder batch. A region whose final
 SAM mask is empty keeps its CLIP pixels.
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import relative_map_error
 from zsad_edge.export.sam import SamDecoderGraph, SamSpec, load_sam
 from zsad_edge.export.sam_export import export_sam_graphs
 from zsad_edge.export.sam_reference import ReferenceSamPredictor
@@ -223,8 +222,12 @@ def test_clipsam_bundle_runtime_matches_reference(clipsam_bundle):
     images = [_textured(_shape(kind))[::2, ::2] for kind in ("disk", "square")]
     for got, want in zip(runtime.detect_batch(images), reference.detect_batch(images)):
         assert got.refinement is not None and len(got.refinement.regions) == len(want.refinement.regions)
-        assert relative_map_error(got.refinement.anomaly_map, want.refinement.anomaly_map) <= 1e-4
-        assert np.mean(got.refinement.mask != want.refinement.mask) < 1e-3
+        # The fused map steps at SAM's mask edge, so a pixel whose logit sits on the threshold may
+        # flip; such pixels must be rare, and everywhere else the maps agree to 1e-4 of their range.
+        agree = got.refinement.mask == want.refinement.mask
+        assert np.mean(~agree) < 1e-3
+        difference = np.abs(got.refinement.anomaly_map - want.refinement.anomaly_map)[agree]
+        assert difference.max() <= 1e-4 * np.ptp(want.refinement.anomaly_map)
 
 
 def test_clipsam_cli_writes_sam_masks(clipsam_bundle, tmp_path):
