@@ -45,7 +45,7 @@ def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quanti
         except ImageReadError as exc:
             skipped.append(str(exc))
             continue
-        result = detector(rgb)
+        result = detector.detect_batch([rgb], refine=False)[0]  # SAM outlines do not change the scores
         text_scores.append(result.text_score)
         map_peaks.append(result.map_peak)
         flat = result.anomaly_map.ravel()

@@ -119,20 +119,26 @@ def select_masks(iou: np.ndarray, low_res: np.ndarray, ambiguous: bool) -> tuple
     return iou[rows, index], low_res[rows, index]
 
 
-def _feature_similarity(image: SamImage, geometry: SamGeometry, region: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every pixel's SAM feature to the region's mean feature, at original size."""
-    height, width = image.original_size
-    new_h, new_w = geometry.resized_size(height, width)
-    cell = geometry.input_size / geometry.embedding_grid[0]  # model pixels per embedding cell
-    # the embedding cell under each original pixel centre
-    cols = np.minimum((np.arange(width) + 0.5) * new_w / width // cell, geometry.embedding_grid[1] - 1).astype(int)
-    rows = np.minimum((np.arange(height) + 0.5) * new_h / height // cell, geometry.embedding_grid[0] - 1).astype(int)
-    features = image.embedding[0]  # [C, g, g]
-    region_rows, region_cols = np.nonzero(region)
-    mean = features[:, rows[region_rows], cols[region_cols]].mean(axis=1)
-    unit = features / np.maximum(np.linalg.norm(features, axis=0, keepdims=True), 1e-12)
-    similarity = np.tensordot(mean / max(float(np.linalg.norm(mean)), 1e-12), unit, axes=1)  # [g, g]
-    return similarity[rows[:, None], cols[None, :]]
+class _FeatureLookup:
+    """One image's unit SAM features and the embedding cell under each original pixel, built once
+    per image and shared by every region's negative-point search."""
+
+    def __init__(self, image: SamImage, geometry: SamGeometry) -> None:
+        height, width = image.original_size
+        new_h, new_w = geometry.resized_size(height, width)
+        cell = geometry.input_size / geometry.embedding_grid[0]  # model pixels per embedding cell
+        self.cols = np.minimum((np.arange(width) + 0.5) * new_w / width // cell, geometry.embedding_grid[1] - 1).astype(int)
+        self.rows = np.minimum((np.arange(height) + 0.5) * new_h / height // cell, geometry.embedding_grid[0] - 1).astype(int)
+        features = image.embedding[0]  # [C, g, g]
+        self.features = features
+        self.unit = features / np.maximum(np.linalg.norm(features, axis=0, keepdims=True), 1e-12)
+
+    def similarity(self, region: np.ndarray) -> np.ndarray:
+        """Cosine similarity of every pixel's SAM feature to the region's mean feature, at original size."""
+        region_rows, region_cols = np.nonzero(region)
+        mean = self.features[:, self.rows[region_rows], self.cols[region_cols]].mean(axis=1)
+        similarity = np.tensordot(mean / max(float(np.linalg.norm(mean)), 1e-12), self.unit, axes=1)  # [g, g]
+        return similarity[self.rows[:, None], self.cols[None, :]]
 
 
 def _mask_box(low_res: np.ndarray, geometry: SamGeometry) -> np.ndarray | None:
@@ -159,6 +165,7 @@ def refine(predictor: Predictor, rgb: np.ndarray, anomaly_map: np.ndarray, regio
     spacing = max(1, round(config.point_spacing * longer))
     ring_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * max(1, round(config.ring_width * longer)) + 1,) * 2)
 
+    lookup = _FeatureLookup(image, geometry) if config.prompt_mode == "points" else None
     prompts = []
     for r in regions:
         region = labels == r
@@ -169,8 +176,7 @@ def refine(predictor: Predictor, rgb: np.ndarray, anomaly_map: np.ndarray, regio
             ring = cv2.dilate(region.astype(np.uint8), ring_kernel).astype(bool) & ~anomalous
             negatives = np.zeros((0, 2), np.float32)
             if ring.any() and config.negative_points > 0:
-                similarity = _feature_similarity(image, geometry, region)
-                negatives = top_peaks(-similarity, ring, config.negative_points, spacing)
+                negatives = top_peaks(-lookup.similarity(region), ring, config.negative_points, spacing)
             points = geometry.to_model_coords(np.concatenate([positives, negatives]), image.original_size)
             point_labels = np.array([POSITIVE] * len(positives) + [NEGATIVE] * len(negatives), np.float32)
         prompts.append((r, region, points, point_labels))

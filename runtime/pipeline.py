@@ -189,13 +189,16 @@ class DetectionPipeline(ABC):
             if result.is_anomalous:
                 result.refinement = refine(self.sam, image, result.anomaly_map, threshold, self.cascade)
 
-    def detect_batch(self, images: Sequence[ImageInput]) -> list[DetectionResult]:
-        """Run a batch of images of any sizes through all stages in one model call."""
+    def detect_batch(self, images: Sequence[ImageInput], refine: bool = True) -> list[DetectionResult]:
+        """Run a batch of images of any sizes through all stages in one model call.
+
+        refine=False skips CLIP-SAM refinement (calibration needs only the CLIP scores).
+        """
         rgb = self.load(images)
         batch, sizes = self.preprocess(rgb)
         maps, text_scores = self.heads(self.encode(batch))
         results = self.postprocess(maps, text_scores, sizes)
-        if self.sam is not None:
+        if refine and self.sam is not None:
             self.refine(results, rgb)
         return results
 
