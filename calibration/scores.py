@@ -11,15 +11,14 @@ taken, so one pass suffices even when the score depends on the ranges being cali
 
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from zsad_edge.runtime.bundle import MANIFEST_NAME, Manifest
+from zsad_edge.runtime.bundle import Manifest, load_manifest, write_manifest
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
-from zsad_edge.runtime.image_io import read_image, to_rgb_float, write_bytes_atomic
+from zsad_edge.runtime.image_io import read_image, to_rgb_float
 from zsad_edge.runtime.pipeline import DetectionPipeline
 from zsad_edge.runtime.scoring import calibrated_ranges
 
@@ -67,14 +66,17 @@ def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quanti
     }
 
 
-def write_scoring(bundle_dir, manifest: Manifest, scoring: dict) -> None:
-    """Merge `scoring` into the manifest and replace manifest.json in one rename.
+def write_scoring(bundle_dir, scoring: dict) -> Manifest:
+    """Merge `scoring` into the bundle's manifest on disk and replace manifest.json in one rename.
 
-    Only the manifest changes (it is not itself hashed), so graph hashes stay valid.
+    Read from disk, not taken from a detector: a detector running a precision variant holds a
+    manifest with the variant's components in place of the fp32 ones. Only the manifest changes
+    (it is not itself hashed), so graph hashes stay valid.
     """
+    manifest = load_manifest(bundle_dir, verify_hashes=False)
     manifest.scoring = {**manifest.scoring, **scoring}
-    text = json.dumps(manifest.to_dict(), indent=2) + "\n"
-    write_bytes_atomic(bundle_dir / MANIFEST_NAME, text.encode("utf-8"))
+    write_manifest(bundle_dir, manifest)
+    return manifest
 
 
 def calibrate_memory_bank(detector: DetectionPipeline, images: Sequence, image_quantile: float = 1.0,

@@ -16,6 +16,11 @@ Examples:
   python export/build_engines.py --method clipsam --clip-method sdp --sam litemedsam --out bundles/weld_sam
   python export/build_engines.py --method clipsam --sam vit_b --sam-checkpoint sam_vit_b_01ec64.pth --out bundles/weld_samb
   python export/build_engines.py --arch ViT-B-16 --random-init --random-heads --image-size 224 --out bundles/vitb16
+  python export/build_engines.py --add-to bundles/vitb16 --precision int8 fp16 --calibration-images normal/
+
+Precision variants (--precision int8 | int8-dynamic | fp16, calibration/precision.py) are added
+to a new bundle after its build, or to an existing one with --add-to; each is measured against
+fp32 on the calibration images and refused if it drifts beyond the --min-* bounds.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from zsad_edge.calibration.drift import DriftTolerance
+from zsad_edge.calibration.precision import CALIBRATION_METHODS, PRECISIONS
 from zsad_edge.export.cli_args import add_clip_arguments, clip_spec_from_args, configure_logging
 from zsad_edge.export.defaults import METHOD_DEFAULTS, SAM_KINDS
 from zsad_edge.runtime.errors import ZsadEdgeError
@@ -59,6 +66,19 @@ def _parser() -> argparse.ArgumentParser:
     sources = sam.add_mutually_exclusive_group()
     sources.add_argument("--sam-checkpoint", type=Path, help="local SAM weights (vit_h/vit_l/vit_b need one)")
     sources.add_argument("--random-sam", action="store_true", help="random SAM weights (tests and timing only)")
+    precision = parser.add_argument_group("precision variants of the image encoder (calibration/precision.py)")
+    precision.add_argument("--precision", nargs="+", choices=PRECISIONS, default=[],
+                           help="variants to add beside fp32: int8 (static Q/DQ, for onnxruntime and TensorRT), "
+                                "int8-dynamic (onnxruntime CPU), fp16")
+    precision.add_argument("--add-to", type=Path, metavar="BUNDLE", help="add --precision variants to this existing bundle")
+    precision.add_argument("--calibration-images", nargs="+", default=[], help="normal images and/or folders")
+    precision.add_argument("--calibration-count", type=int, default=32, help="use the first N calibration images")
+    precision.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="percentile",
+                           help="int8 activation ranges")
+    precision.add_argument("--min-map-pearson", type=float, default=DriftTolerance.min_map_pearson,
+                           help="drift gate: mean anomaly-map Pearson vs fp32")
+    precision.add_argument("--min-score-spearman", type=float, default=DriftTolerance.min_score_spearman,
+                           help="drift gate: image-score rank agreement vs fp32")
     parser.add_argument("--out", type=Path, help="bundle folder to write (atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     parser.add_argument("--parity-tolerance", type=float, default=1e-4,
@@ -118,18 +138,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.demo:
             return _run_demo(args.out or Path("demo_bundle"), overwrite=True)
-        from zsad_edge.export.build import build_bundle
-
-        built = build_bundle(_config_from_args(args))
+        images = _calibration_images(args)
+        bundle = args.add_to or _build(args)
+        _add_precisions(bundle, args, images)
     except ZsadEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _build(args: argparse.Namespace) -> Path:
+    from zsad_edge.export.build import build_bundle
+
+    built = build_bundle(_config_from_args(args))
     worst = max(r for p in built.manifest.parity.values() for r in p["relative_error"].values())
     print(f"bundle written to {built.path} (worst graph-vs-PyTorch relative error {worst:.2e})")
     heads = built.manifest.method["params"].get("heads", {})
     if built.manifest.clip["weights"]["kind"] == "random" or heads.get("kind") == "random":
         print("note: this bundle has random weights: for tests and timing only, never for inspection")
-    return 0
+    return built.path
+
+
+def _calibration_images(args: argparse.Namespace) -> list:
+    """Read before any build, so a wrong folder fails in seconds rather than after the export."""
+    from zsad_edge.calibration.variants import load_calibration_images
+
+    if args.add_to and not args.precision:
+        raise ZsadEdgeError("--add-to needs --precision (the variants to add)")
+    if not args.precision:
+        return []
+    if not args.calibration_images:
+        raise ZsadEdgeError("--precision needs --calibration-images (normal images: INT8 ranges and the drift gate)")
+    return load_calibration_images(args.calibration_images, args.calibration_count)
+
+
+def _add_precisions(bundle: Path, args: argparse.Namespace, images: list) -> None:
+    from zsad_edge.calibration.variants import add_precision
+
+    tolerance = DriftTolerance(args.min_map_pearson, args.min_score_spearman)
+    for precision in args.precision:
+        drift = add_precision(bundle, precision, images, args.calibration_method, tolerance)["drift"]
+        print(f"{precision} variant added to {bundle}: map Pearson {drift['map_pearson_mean']:.4f} "
+              f"(min {drift['map_pearson_min']:.4f}), score Spearman {drift['score_spearman']:.4f} vs fp32 "
+              f"on {drift['images']} calibration images")
 
 
 if __name__ == "__main__":

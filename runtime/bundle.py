@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .image_io import write_bytes_atomic
 from .preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REBUILD_HINT = "rebuild it with `python export/build_engines.py`"
+BASE_PRECISION = "fp32"
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
@@ -69,6 +71,9 @@ class Manifest:
 
     method: {"name": ..., "params": {...}}; clip: architecture and weights origin;
     scoring: thresholds used for `mask` and `is_anomalous`; parity: export-time measurements.
+    precisions: reduced-precision variants beside the fp32 graphs, by name ("int8", "fp16", ...):
+    {"components": {name: ComponentSpec}, "drift": measured vs fp32, "calibration": how it was made}.
+    A variant replaces only the components it lists; the rest run in fp32.
     """
 
     method: dict[str, Any]
@@ -80,6 +85,7 @@ class Manifest:
     scoring: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
+    precisions: dict[str, dict[str, Any]] = field(default_factory=dict)
     producer: str = "zsad-edge"
     schema_version: int = SCHEMA_VERSION
 
@@ -88,6 +94,17 @@ class Manifest:
         component = self.components[name]
         joined = "".join(self.files[f] for f in [component.file, *component.external_data])
         return hashlib.sha256(joined.encode("ascii")).hexdigest()
+
+    def with_precision(self, precision: str) -> "Manifest":
+        """This manifest with a variant's components in place of the fp32 ones ("fp32": unchanged)."""
+        if precision == BASE_PRECISION:
+            return self
+        if precision not in self.precisions:
+            available = ", ".join([BASE_PRECISION, *self.precisions])
+            raise BundleError(f"bundle has no {precision!r} variant (available: {available}); add it with "
+                              f"`python export/build_engines.py --add-to BUNDLE --precision {precision} "
+                              "--calibration-images NORMAL_IMAGES`")
+        return replace(self, components={**self.components, **self.precisions[precision]["components"]})
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -107,6 +124,9 @@ class Manifest:
                 scoring=dict(data["scoring"]),
                 files=dict(data["files"]),
                 parity=dict(data.get("parity", {})),
+                precisions={name: {**variant, "components": {c: ComponentSpec.from_dict(spec)
+                                                             for c, spec in variant["components"].items()}}
+                            for name, variant in data.get("precisions", {}).items()},
                 producer=data.get("producer", "unknown"),
                 schema_version=int(data["schema_version"]),
             )
@@ -151,6 +171,12 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
     return manifest
 
 
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
+    """Replace manifest.json in one rename: a reader sees the old or the new manifest, never half."""
+    text = json.dumps(manifest.to_dict(), indent=2) + "\n"
+    write_bytes_atomic(Path(bundle_dir) / MANIFEST_NAME, text.encode("utf-8"))
+
+
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
     """Refuse missing or modified files: a tampered graph must never run silently."""
     for relative, expected in manifest.files.items():
@@ -163,7 +189,8 @@ def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
                 f"bundle file {relative} does not match its manifest sha256 "
                 f"(expected {expected[:12]}..., found {actual[:12]}...): tampered or partly copied; {REBUILD_HINT}"
             )
-    for name, component in manifest.components.items():
+    variants = [(f"{precision}/{name}", c) for precision, v in manifest.precisions.items() for name, c in v["components"].items()]
+    for name, component in [*manifest.components.items(), *variants]:
         for relative in [component.file, *component.external_data]:
             if relative not in manifest.files:
                 raise BundleError(f"component {name!r} file {relative} is not hashed in the manifest; {REBUILD_HINT}")

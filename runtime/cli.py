@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .bundle import BASE_PRECISION
 from .detector import Detector
 from .errors import ImageReadError, ZsadEdgeError
 from .image_io import list_images, read_image, to_rgb_float, write_bytes_atomic, write_image_atomic
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     detect.add_argument("--out", type=Path, required=True, help="output folder for <name>.json, <name>_overlay.png")
     detect.add_argument("--backend", choices=BACKENDS, default="auto")
+    detect.add_argument("--precision", default=BASE_PRECISION, help="fp32 or a variant the bundle holds (see `info`)")
     detect.add_argument("--batch-size", type=int, default=1, help="images per model call")
     detect.add_argument("--no-verify", action="store_true", help="skip the sha256 check of bundle files")
     detect.add_argument("--memory-bank", type=Path, help="few-shot: a bank written by `zsad-edge fit-normal`")
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sam-checkpoint", type=Path, help="with --reference: the bundle's SAM checkpoint")
     evaluate.add_argument("--pixel-size", type=int, default=256, help="pixel metrics at this square size (0: original)")
     evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
+    evaluate.add_argument("--precision", default=BASE_PRECISION, help="fp32 or a variant the bundle holds (see `info`)")
     evaluate.add_argument("--memory-bank", type=Path, help="few-shot: evaluate with this memory bank")
     calibrate = sub.add_parser("calibrate", help="set score ranges and thresholds from normal images")
     calibrate.add_argument("bundle", type=Path)
@@ -70,17 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _detector(bundle: Path, backend: str, memory_bank: Path | None = None, verify: bool = True) -> Detector:
-    detector = Detector.from_bundle(bundle, backend=backend, verify=verify)
+def _detector(bundle: Path, backend: str, memory_bank: Path | None = None, verify: bool = True,
+              precision: str = BASE_PRECISION) -> Detector:
+    detector = Detector.from_bundle(bundle, backend=backend, verify=verify, precision=precision)
     if memory_bank is not None:
         detector.load_memory_bank(memory_bank)
     return detector
 
 
 def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str = "auto", batch_size: int = 1,
-               verify: bool = True, memory_bank: Path | None = None) -> dict:
+               verify: bool = True, memory_bank: Path | None = None, precision: str = BASE_PRECISION) -> dict:
     """Detect on every image; returns the summary written to out_dir/summary.json."""
-    detector = _detector(bundle, backend, memory_bank, verify)
+    detector = _detector(bundle, backend, memory_bank, verify, precision)
     weights = detector.manifest.clip.get("weights", {})
     if weights.get("kind") == "random":
         print(f"warning: {bundle} was built with {weights.get('warning', 'random weights')}", file=sys.stderr)
@@ -118,7 +122,8 @@ def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str 
             flush()
     if pending:
         flush()
-    summary = {"bundle": str(bundle), "providers": detector.providers, "results": results, "failures": failures}
+    summary = {"bundle": str(bundle), "precision": precision, "providers": detector.providers, "results": results,
+               "failures": failures}
     write_bytes_atomic(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
@@ -143,6 +148,7 @@ def _print_info(bundle: Path) -> None:
         "taps": manifest.taps,
         "components": {k: v.file for k, v in manifest.components.items()},
         "sam": manifest.method.get("params", {}).get("sam", {}).get("kind"),
+        "precisions": {BASE_PRECISION: "as exported", **{name: variant["drift"] for name, variant in manifest.precisions.items()}},
         "scoring": manifest.scoring,
     }, indent=2))
 
@@ -156,7 +162,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     from .dataset import scan_dataset
 
     categories = scan_dataset(args.dataset)
-    detectors = {"runtime": _detector(args.bundle, args.backend, args.memory_bank)}
+    detectors = {"runtime": _detector(args.bundle, args.backend, args.memory_bank, precision=args.precision)}
     if args.reference:
         try:
             from zsad_edge.export.build import reference_from_bundle
@@ -191,7 +197,7 @@ def run_calibrate(args: argparse.Namespace) -> dict:
         target = args.memory_bank
     else:
         scoring = calibrate_scores(detector, paths, **options)
-        write_scoring(args.bundle, detector.manifest, scoring)
+        write_scoring(args.bundle, scoring)
         target = args.bundle
     print(f"calibrated on {scoring['calibration']['images']} normal image(s): image threshold "
           f"{scoring['image_threshold']:.6g}, map threshold {scoring['map_threshold']:.6g}; written to {target}")
@@ -230,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise ZsadEdgeError("--batch-size must be at least 1")
         summary = run_detect(args.bundle, args.inputs, args.out, args.backend, args.batch_size, not args.no_verify,
-                             args.memory_bank)
+                             args.memory_bank, args.precision)
     except ZsadEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

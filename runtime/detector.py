@@ -8,7 +8,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .bundle import REBUILD_HINT, Manifest, load_manifest
+from .bundle import BASE_PRECISION, REBUILD_HINT, Manifest, load_manifest
 from .errors import BundleError
 from .interpolation import upsample_align_corners
 from .ort_backend import OrtComponent
@@ -48,10 +48,13 @@ class Detector(DetectionPipeline):
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, backend: str = "auto", verify: bool = True,
-                    intra_op_threads: int | None = None) -> "Detector":
-        """Load a bundle; verify=True checks every file's sha256 against the manifest first."""
+                    intra_op_threads: int | None = None, precision: str = BASE_PRECISION) -> "Detector":
+        """Load a bundle; verify=True checks every file's sha256 against the manifest first.
+
+        precision: "fp32" or one of the bundle's variants (`manifest.precisions`, e.g. "int8").
+        """
         bundle_dir = Path(bundle_dir)
-        manifest = load_manifest(bundle_dir, verify_hashes=verify)
+        manifest = load_manifest(bundle_dir, verify_hashes=verify).with_precision(precision)
         method = manifest.method.get("name")
         if method not in SUPPORTED_METHODS:
             raise BundleError(f"bundle method {method!r} is not supported by this runtime ({', '.join(SUPPORTED_METHODS)})")
@@ -60,7 +63,8 @@ class Detector(DetectionPipeline):
         for name in names:
             if name not in manifest.components:
                 raise BundleError(f"bundle has no {name!r} component; {REBUILD_HINT}")
-        graphs = {name: OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads)
+        graphs = {name: OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads,
+                                     manifest.components[name].precision)
                   for name in names}
         _check_input_size(graphs[ENCODER], manifest.preprocess.input_size)
         detector = cls(bundle_dir, manifest, graphs[ENCODER], graphs[HEADS], graphs.get(FNN))

@@ -52,13 +52,21 @@ def select_providers(backend: str, available: list[str]) -> list[str]:
     return [p for p in wanted if p in available]
 
 
+def optimization_level(ort, precision: str):
+    """ORT_ENABLE_ALL, except for fp16 graphs: onnxruntime 1.32's layout optimisations crash on the
+    fp16 ViT encoder with fp32 LayerNorm islands (measured), while ORT_ENABLE_EXTENDED runs it."""
+    levels = ort.GraphOptimizationLevel
+    return levels.ORT_ENABLE_EXTENDED if precision == "fp16" else levels.ORT_ENABLE_ALL
+
+
 class OrtComponent:
     """One exported graph loaded in an onnxruntime session."""
 
-    def __init__(self, onnx_path: Path, backend: str = "auto", intra_op_threads: int | None = None) -> None:
+    def __init__(self, onnx_path: Path, backend: str = "auto", intra_op_threads: int | None = None,
+                 precision: str = "fp32") -> None:
         ort = import_onnxruntime()
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = optimization_level(ort, precision)
         options.log_severity_level = 3
         # Spinning worker threads keep burning cores after a run; with two graphs per frame
         # (encoder, then heads) on a small CPU they steal time from the next graph.

@@ -34,7 +34,7 @@ def test_calibrated_bundle_flags_no_calibration_image_and_stays_verifiable(tiny_
     bundle = tmp_path / "b"
     shutil.copytree(tiny_built.path, bundle)
     detector = Detector.from_bundle(bundle)
-    write_scoring(bundle, detector.manifest, calibrate_scores(detector, normal_images, progress=False))
+    write_scoring(bundle, calibrate_scores(detector, normal_images, progress=False))
     reloaded = Detector.from_bundle(bundle)  # hashes still verify
     assert load_manifest(bundle).scoring["calibrated"] is True
     assert not any(reloaded(im).is_anomalous for im in normal_images)

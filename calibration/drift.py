@@ -1,0 +1,75 @@
+"""How far a reduced-precision detector drifts from the fp32 one, and the gate that refuses too much.
+
+INT8 ViTs can collapse silently (the graph runs, the maps are noise), so a variant is trusted only
+after it is compared with fp32 on real images: per-image anomaly-map Pearson correlation (the map's
+shape is what localisation uses), the largest map error relative to the fp32 map range, and the
+Spearman rank agreement of image scores (what a threshold sees). The numbers go into the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+
+from zsad_edge.runtime.errors import ParityError, ZsadEdgeError
+from zsad_edge.runtime.pipeline import DetectionPipeline
+
+MIN_DRIFT_IMAGES = 3
+
+
+@dataclass(frozen=True)
+class DriftTolerance:
+    """Defaults: the map must keep its shape (mean Pearson 0.97) and scores their order (Spearman 0.9).
+
+    Spearman over normal images alone is the harsh case (their scores are close together), hence a
+    looser bound than the map's; None disables a check.
+    """
+
+    min_map_pearson: float | None = 0.97
+    min_score_spearman: float | None = 0.9
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_drift(reference: DetectionPipeline, candidate: DetectionPipeline, images: Sequence,
+                  batch_size: int = 4) -> dict:
+    """Drift numbers of `candidate` against `reference` on the same images (paths or arrays)."""
+    if len(images) < MIN_DRIFT_IMAGES:
+        raise ZsadEdgeError(f"measuring precision drift needs at least {MIN_DRIFT_IMAGES} images, got {len(images)}")
+    pearson, relative_error, ref_scores, cand_scores = [], [], [], []
+    for start in range(0, len(images), batch_size):
+        chunk = reference.load(images[start:start + batch_size])
+        for ref, cand in zip(reference.detect_batch(chunk, refine=False), candidate.detect_batch(chunk, refine=False)):
+            a, b = ref.anomaly_map.ravel(), cand.anomaly_map.ravel()
+            pearson.append(1.0 if np.ptp(a) == 0 and np.ptp(b) == 0 else float(pearsonr(a, b).statistic))
+            relative_error.append(float(np.abs(a - b).max() / max(float(np.ptp(a)), 1e-12)))
+            ref_scores.append(ref.score)
+            cand_scores.append(cand.score)
+    return {
+        "images": len(pearson),
+        "map_pearson_mean": float(np.mean(pearson)),
+        "map_pearson_min": float(np.min(pearson)),
+        "map_max_error_of_range": float(np.max(relative_error)),
+        "score_spearman": float(spearmanr(ref_scores, cand_scores).statistic),
+        "score_max_abs_error": float(np.max(np.abs(np.subtract(ref_scores, cand_scores)))),
+    }
+
+
+def check_drift(drift: dict, tolerance: DriftTolerance, label: str) -> None:
+    """Raise ParityError naming every number that misses its bound."""
+    problems = []
+    if tolerance.min_map_pearson is not None and not drift["map_pearson_mean"] >= tolerance.min_map_pearson:
+        problems.append(f"map Pearson {drift['map_pearson_mean']:.4f} < {tolerance.min_map_pearson}")
+    if tolerance.min_score_spearman is not None and not drift["score_spearman"] >= tolerance.min_score_spearman:
+        problems.append(f"score Spearman {drift['score_spearman']:.4f} < {tolerance.min_score_spearman}")
+    if problems:
+        raise ParityError(
+            f"{label} drifts too far from fp32 on {drift['images']} images: {'; '.join(problems)} "
+            f"(map max error {drift['map_max_error_of_range']:.3f} of the range, min Pearson "
+            f"{drift['map_pearson_min']:.4f}); try another --calibration-method or precision, or loosen "
+            "--min-map-pearson / --min-score-spearman knowingly"
+        )

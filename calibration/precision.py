@@ -1,0 +1,155 @@
+"""Reduced-precision ONNX graphs: INT8 as explicit Q/DQ, onnxruntime dynamic INT8, fp16.
+
+Precision lives in the ONNX itself, so one calibration serves onnxruntime here and TensorRT on the
+device (TensorRT 11 has no FP16/INT8 builder flags: it takes precision from Q/DQ nodes and fp16
+tensors of a strongly typed network).
+
+ViT rules (the anchors' issue trackers: INT8 ViTs collapse otherwise, fp16 LayerNorm overflows):
+- INT8 covers only the nodes that carry weights: Conv (patch embedding) and the MatMul/Gemm of
+  every linear layer, weights per output channel. LayerNorm, residual Adds, Softmax, GELU and the
+  activation x activation MatMuls of attention stay in float.
+- Static INT8 is symmetric (zero point 0) for weights and activations, the only form TensorRT
+  accepts; activation ranges come from a folder of normal images (minmax, entropy or percentile).
+- fp16 keeps LayerNormalization, Softmax and the reductions in fp32, and the graph's inputs and
+  outputs in fp32 so the runtime feeds it the same arrays.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from zsad_edge.runtime.errors import ZsadEdgeError
+
+PRECISIONS = ("int8", "int8-dynamic", "fp16")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
+FP16_KEPT_FP32 = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "Pow", "Sqrt")
+# Past this many weight nodes ORT's static calibration keeps every activation of every image in
+# memory; MinMax can reduce them as it goes, every this many images.
+MINMAX_REDUCE_EVERY = 4
+
+
+@dataclass(frozen=True)
+class QuantizationPlan:
+    """What a conversion did, recorded in the manifest next to the graph."""
+
+    precision: str
+    weight_nodes: int
+    kept_float_ops: tuple[str, ...]
+    calibration_method: str | None = None
+    calibration_images: int = 0
+
+    def to_dict(self) -> dict:
+        return {"precision": self.precision, "weight_nodes": self.weight_nodes, "kept_float_ops": list(self.kept_float_ops),
+                "calibration_method": self.calibration_method, "calibration_images": self.calibration_images}
+
+
+def _import_onnx():
+    try:
+        import onnx
+        from onnxruntime import quantization
+    except ImportError:
+        raise ZsadEdgeError("precision conversion needs onnx and onnxruntime: pip install 'zsad-edge[cpu,export]'") from None
+    return onnx, quantization
+
+
+def weight_node_names(model) -> list[str]:
+    """Names of the nodes INT8 may touch: Conv/MatMul/Gemm with a weight initializer."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in WEIGHT_OPS and any(i in initializers for i in n.input[1:])]
+
+
+def _kept_float(model, quantized: set[str]) -> tuple[str, ...]:
+    return tuple(sorted({n.op_type for n in model.graph.node if n.name not in quantized}))
+
+
+class _FeedReader:
+    """onnxruntime's CalibrationDataReader protocol over an iterator of input feeds."""
+
+    def __init__(self, feeds: Iterator[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+        self.count = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        feed = next(self._feeds, None)
+        self.count += feed is not None
+        return feed
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """onnxruntime.quantization warns through the root logger on every call ("consider pre-processing")
+    and prints calibration progress to stdout; a build prints its own summary instead."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        with redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def save_with_external_data(model, path: Path) -> list[str]:
+    """Write `path` plus one `<name>.data` side file (TensorRT parses from the path); returns the side files."""
+    onnx, _ = _import_onnx()
+    data_name = f"{path.name}.data"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
+    return [data_name] if (path.parent / data_name).exists() else []
+
+
+def convert(source: Path, target: Path, precision: str,
+            calibration_feeds: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+            calibration_method: str = "percentile") -> tuple[QuantizationPlan, list[str]]:
+    """Write `source` (fp32 ONNX) at `precision` to `target`; returns the plan and side files.
+
+    calibration_feeds: for "int8" only, a callable returning the input feeds of normal images.
+    """
+    if precision not in PRECISIONS:
+        raise ZsadEdgeError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    onnx, quantization = _import_onnx()
+    model = onnx.load(str(source))
+    weights = weight_node_names(model)
+    if precision == "fp16":
+        from onnxconverter_common import float16
+
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_KEPT_FP32),
+                                                     disable_shape_infer=True)
+        return QuantizationPlan(precision, 0, FP16_KEPT_FP32), save_with_external_data(converted, target)
+    with _quiet_quantizer(), tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        quantized = Path(scratch) / "quantized.onnx"
+        if precision == "int8-dynamic":
+            quantization.quantize_dynamic(model, str(quantized), nodes_to_quantize=weights, per_channel=True,
+                                          weight_type=quantization.QuantType.QInt8)
+            plan = QuantizationPlan(precision, len(weights), _kept_float(model, set(weights)))
+        else:
+            plan = _quantize_static(model, quantized, weights, calibration_feeds, calibration_method, quantization)
+        return plan, save_with_external_data(onnx.load(str(quantized)), target)
+
+
+def _quantize_static(model, out: Path, weights: list[str], calibration_feeds, method: str, quantization) -> QuantizationPlan:
+    if method not in CALIBRATION_METHODS:
+        raise ZsadEdgeError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
+    if calibration_feeds is None:
+        raise ZsadEdgeError("int8 (static Q/DQ) needs calibration images: pass --calibration-images DIR")
+    reader = _FeedReader(iter(calibration_feeds()))
+    methods = {"minmax": quantization.CalibrationMethod.MinMax, "entropy": quantization.CalibrationMethod.Entropy,
+               "percentile": quantization.CalibrationMethod.Percentile}
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    if method == "minmax":
+        extra["CalibMaxIntermediateOutputs"] = MINMAX_REDUCE_EVERY
+    quantization.quantize_static(model, str(out), reader, quant_format=quantization.QuantFormat.QDQ,
+                                 nodes_to_quantize=weights, per_channel=True,
+                                 activation_type=quantization.QuantType.QInt8,
+                                 weight_type=quantization.QuantType.QInt8,
+                                 calibrate_method=methods[method], extra_options=extra)
+    return QuantizationPlan("int8", len(weights), _kept_float(model, set(weights)), method, reader.count)

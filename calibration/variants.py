@@ -1,0 +1,87 @@
+"""Add a reduced-precision variant of the image encoder to an existing bundle, behind the drift gate.
+
+Steps: convert the fp32 encoder (calibration/precision.py) into a hidden staging folder inside the
+bundle, run the variant and the fp32 detector side by side on the calibration images
+(calibration/drift.py), refuse the variant if it drifts beyond tolerance, and only then move its
+files in and rewrite the manifest in one rename. A failed or interrupted build leaves the bundle as
+it was. Only the image encoder is converted: it is nearly all of a frame's compute (heads, FNN and
+post-processing are a few per cent), and it is the one graph that takes the image itself, so
+its calibration feeds are simply preprocessed normal images.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from zsad_edge.runtime.bundle import REBUILD_HINT, ComponentSpec, load_manifest, sha256_file, write_manifest
+from zsad_edge.runtime.detector import Detector
+from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
+from zsad_edge.runtime.image_io import list_images, read_image, to_rgb_float
+from zsad_edge.runtime.ort_backend import OrtComponent
+from zsad_edge.runtime.pipeline import ENCODER
+from zsad_edge.runtime.preprocess import preprocess_batch
+
+from .drift import DriftTolerance, check_drift, measure_drift
+from .precision import convert
+
+MIN_CALIBRATION_IMAGES = 4
+
+
+def load_calibration_images(inputs: Sequence[str | os.PathLike], limit: int | None) -> list:
+    """Readable normal images (float RGB) from files/folders, the first `limit`; unreadable ones are named."""
+    images, unreadable = [], []
+    for path in list_images(inputs)[:limit]:
+        try:
+            images.append(to_rgb_float(read_image(path)))
+        except ImageReadError as exc:
+            unreadable.append(str(exc))
+    if len(images) < MIN_CALIBRATION_IMAGES:
+        raise ZsadEdgeError(f"precision calibration needs at least {MIN_CALIBRATION_IMAGES} readable normal images, "
+                            f"got {len(images)}" + (f" ({'; '.join(unreadable)})" if unreadable else ""))
+    return images
+
+
+def add_precision(bundle_dir: str | os.PathLike, precision: str, calibration_images: Sequence,
+                  calibration_method: str = "percentile", tolerance: DriftTolerance = DriftTolerance()) -> dict:
+    """Convert, gate and add one variant; returns its manifest record (plan, drift, files).
+
+    calibration_images: float RGB arrays of normal images (load_calibration_images); they calibrate
+    INT8 activation ranges and are the images the drift gate is measured on.
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest = load_manifest(bundle_dir)
+    base = manifest.components.get(ENCODER)
+    if base is None:
+        raise ZsadEdgeError(f"bundle {bundle_dir} has no {ENCODER!r} component; {REBUILD_HINT}")
+    reference = Detector.from_bundle(bundle_dir, backend="cpu", verify=False)
+
+    def feeds():
+        for image in calibration_images:
+            yield {"image": preprocess_batch([image], manifest.preprocess)}
+
+    name = f"{Path(base.file).stem}.{precision}.onnx"
+    staging = Path(tempfile.mkdtemp(prefix=f".{precision}-", dir=bundle_dir))
+    try:
+        plan, side_files = convert(bundle_dir / base.file, staging / name, precision, feeds, calibration_method)
+        candidate = Detector(bundle_dir, manifest,
+                             OrtComponent(staging / name, "cpu", precision=precision),
+                             reference.heads_graph, reference.fnn_graph)
+        drift = measure_drift(reference, candidate, calibration_images)
+        check_drift(drift, tolerance, f"the {precision} image encoder")
+        for file in [name, *side_files]:
+            os.replace(staging / file, bundle_dir / file)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for file in [name, *side_files]:
+        manifest.files[file] = sha256_file(bundle_dir / file)
+    component = ComponentSpec(file=name, inputs=base.inputs, outputs=base.outputs, precision=precision,
+                              opset=base.opset, external_data=side_files)
+    record = {"components": {ENCODER: component}, "plan": plan.to_dict(), "drift": drift,
+              "tolerance": tolerance.to_dict()}
+    manifest.precisions[precision] = record
+    write_manifest(bundle_dir, manifest)
+    return record
