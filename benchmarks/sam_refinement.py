@@ -31,7 +31,7 @@ from tqdm import tqdm
 from zsad_edge.benchmarks.metrics import f1_max
 from zsad_edge.benchmarks.reports import write_report
 from zsad_edge.export.defaults import SAM_KINDS
-from zsad_edge.runtime.clip_sam import PROMPT_MODES, CascadeConfig, refine
+from zsad_edge.runtime.clip_sam import PROMPT_MODES, CascadeConfig, mask_iou, refine
 from zsad_edge.runtime.dataset import load_mask, scan_dataset
 from zsad_edge.runtime.image_io import read_image, to_rgb_float
 from zsad_edge.runtime.ort_backend import OrtComponent
@@ -43,11 +43,7 @@ def component_box_iou(predictor: SamPredictor, image, mask: np.ndarray) -> float
     union = np.zeros_like(mask)
     for x, y, width, height, _ in stats[1:count]:
         union |= predictor.predict_box(image, np.array([x, y, x + width, y + height], np.float32))[0]
-    return float((union & mask).sum() / max((union | mask).sum(), 1))
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(int((a | b).sum()), 1))
+    return mask_iou(union, mask)
 
 
 def stand_in_map(mask: np.ndarray, blur: float) -> np.ndarray:
@@ -92,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             coarse = stand_in_map(mask, args.blur)
             result = refine(predictor, rgb, coarse, 0.5, config)
             refined.append(result.anomaly_map.ravel())
-            mask_ious.append(_iou(result.mask, mask))
-            region_ious.append(_iou(coarse > 0.5, mask))
+            mask_ious.append(mask_iou(result.mask, mask))
+            region_ious.append(mask_iou(coarse > 0.5, mask))
             maps.append(coarse.ravel())
             truths.append(mask.ravel())
     truth = np.concatenate(truths)

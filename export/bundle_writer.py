@@ -6,7 +6,6 @@ half-written folder under the requested name.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -14,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from zsad_edge.runtime.bundle import MANIFEST_NAME, Manifest, hash_bundle_files
+from zsad_edge.runtime.bundle import Manifest, hash_bundle_files, write_manifest
 from zsad_edge.runtime.errors import ZsadEdgeError
 
 
@@ -48,5 +47,4 @@ def staged_bundle(out_dir: Path, overwrite: bool) -> Iterator[Path]:
 def finalize_manifest(staging: Path, manifest: Manifest) -> None:
     """Hash every file in the staging folder into the manifest and write manifest.json last."""
     manifest.files = hash_bundle_files(staging)
-    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False)
-    (staging / MANIFEST_NAME).write_text(text + "\n", encoding="utf-8")
+    write_manifest(staging, manifest)

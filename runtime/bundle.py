@@ -72,7 +72,8 @@ class Manifest:
     method: {"name": ..., "params": {...}}; clip: architecture and weights origin;
     scoring: thresholds used for `mask` and `is_anomalous`; parity: export-time measurements.
     precisions: reduced-precision variants beside the fp32 graphs, by name ("int8", "fp16", ...):
-    {"components": {name: ComponentSpec}, "drift": measured vs fp32, "calibration": how it was made}.
+    {"components": {name: ComponentSpec}, "plan": how it was converted, "drift": measured vs fp32,
+    "tolerance": the gate it passed}.
     A variant replaces only the components it lists; the rest run in fp32.
     """
 
