@@ -24,7 +24,7 @@ import numpy as np
 
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.image_io import list_images, read_image, to_rgb_float
-from zsad_edge.runtime.ort_backend import BACKENDS
+from zsad_edge.runtime.components import BACKENDS
 
 from zsad_edge.benchmarks.reports import machine_info, write_report
 from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--images", nargs="*", default=[], help="image files/folders (default: synthetic)")
-    parser.add_argument("--backend", choices=BACKENDS, default="cpu", help="onnxruntime backend")
+    parser.add_argument("--backend", choices=BACKENDS, default="cpu", help="runtime backend (onnxruntime, or tensorrt engines)")
     parser.add_argument("--torch-device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/latency_<arch>_<size>.json)")
     args = parser.parse_args(argv)

@@ -68,6 +68,20 @@ def weight_node_names(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in WEIGHT_OPS and any(i in initializers for i in n.input[1:])]
 
 
+def graph_precision_counts(model) -> dict[str, int]:
+    """Q/DQ nodes and fp16 tensors (initializers and Casts to fp16) of an ONNX graph: the precision
+    TensorRT will build it at, since precision lives in the graph (keys as runtime.trt_engine counts
+    them on the parsed network)."""
+    onnx, _ = _import_onnx()
+    fp16 = onnx.TensorProto.FLOAT16
+    return {
+        "quantize": sum(n.op_type == "QuantizeLinear" for n in model.graph.node),
+        "dequantize": sum(n.op_type == "DequantizeLinear" for n in model.graph.node),
+        "fp16_tensors": sum(i.data_type == fp16 for i in model.graph.initializer)
+        + sum(n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node),
+    }
+
+
 def _kept_float(model, quantized: set[str]) -> tuple[str, ...]:
     return tuple(sorted({n.op_type for n in model.graph.node if n.name not in quantized}))
 

@@ -17,10 +17,15 @@ Examples:
   python export/build_engines.py --method clipsam --sam vit_b --sam-checkpoint sam_vit_b_01ec64.pth --out bundles/weld_samb
   python export/build_engines.py --arch ViT-B-16 --random-init --random-heads --image-size 224 --out bundles/vitb16
   python export/build_engines.py --add-to bundles/vitb16 --precision int8 fp16 --calibration-images normal/
+  python export/build_engines.py --add-to bundles/vitb16 --target trt --precision fp32 fp16 int8
 
 Precision variants (--precision int8 | int8-dynamic | fp16, calibration/precision.py) are added
 to a new bundle after its build, or to an existing one with --add-to; each is measured against
 fp32 on the calibration images and refused if it drifts beyond the --min-* bounds.
+
+--target trt builds TensorRT engines for --precision fp32 | fp16 | int8 (default fp32) on this
+machine's GPU into <bundle>.engines/ (export/trt_target.py), adding any missing fp16/int8 variant
+first; the equivalent trtexec commands are written there as well, even without TensorRT.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from zsad_edge.calibration.drift import DriftTolerance
 from zsad_edge.calibration.precision import CALIBRATION_METHODS, PRECISIONS
 from zsad_edge.export.cli_args import add_clip_arguments, clip_spec_from_args, configure_logging
 from zsad_edge.export.defaults import METHOD_DEFAULTS, SAM_KINDS
+from zsad_edge.runtime.bundle import BASE_PRECISION, load_manifest
+from zsad_edge.runtime.trt_engine import DEFAULT_WORKSPACE_GB
 from zsad_edge.runtime.errors import ZsadEdgeError
 
 CLIP_SAM = "clipsam"
@@ -67,9 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     sources.add_argument("--sam-checkpoint", type=Path, help="local SAM weights (vit_h/vit_l/vit_b need one)")
     sources.add_argument("--random-sam", action="store_true", help="random SAM weights (tests and timing only)")
     precision = parser.add_argument_group("precision variants of the image encoder (calibration/precision.py)")
-    precision.add_argument("--precision", nargs="+", choices=PRECISIONS, default=[],
+    precision.add_argument("--precision", nargs="+", choices=(BASE_PRECISION, *PRECISIONS), default=[],
                            help="variants to add beside fp32: int8 (static Q/DQ, for onnxruntime and TensorRT), "
-                                "int8-dynamic (onnxruntime CPU), fp16")
+                                "int8-dynamic (onnxruntime CPU), fp16; with --target trt: the engines to build")
     precision.add_argument("--add-to", type=Path, metavar="BUNDLE", help="add --precision variants to this existing bundle")
     precision.add_argument("--calibration-images", nargs="+", default=[], help="normal images and/or folders")
     precision.add_argument("--calibration-count", type=int, default=32, help="use the first N calibration images")
@@ -79,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
                            help="drift gate: mean anomaly-map Pearson vs fp32")
     precision.add_argument("--min-score-spearman", type=float, default=DriftTolerance.min_score_spearman,
                            help="drift gate: image-score rank agreement vs fp32")
+    engines = parser.add_argument_group("TensorRT engines (--target trt, on the GPU machine; export/trt_target.py)")
+    engines.add_argument("--target", choices=["onnx", "trt"], default="onnx",
+                         help="onnx: the bundle only; trt: also TensorRT engines for --precision")
+    engines.add_argument("--max-batch", type=int, default=8, help="largest batch the engines accept")
+    engines.add_argument("--workspace-gb", type=float, default=DEFAULT_WORKSPACE_GB, help="TensorRT builder workspace limit")
+    engines.add_argument("--engine-cache", type=Path, help="engine folder (default: <bundle>.engines beside the bundle)")
     parser.add_argument("--out", type=Path, help="bundle folder to write (atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     parser.add_argument("--parity-tolerance", type=float, default=1e-4,
@@ -138,9 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.demo:
             return _run_demo(args.out or Path("demo_bundle"), overwrite=True)
-        images = _calibration_images(args)
+        variants = _variants_to_add(args)
+        images = _calibration_images(args, variants)
         bundle = args.add_to or _build(args)
-        _add_precisions(bundle, args, images)
+        _add_precisions(bundle, args, variants, images)
+        if args.target == "trt":
+            _build_trt_engines(bundle, args)
     except ZsadEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -159,28 +175,56 @@ def _build(args: argparse.Namespace) -> Path:
     return built.path
 
 
-def _calibration_images(args: argparse.Namespace) -> list:
+def _variants_to_add(args: argparse.Namespace) -> list[str]:
+    """The ONNX variants to convert: every non-fp32 --precision, except, for engines only, those the
+    bundle already holds (an engine build does not recalibrate)."""
+    if args.target == "trt":
+        _check_engine_args(args)
+    elif args.add_to and not args.precision:
+        raise ZsadEdgeError("--add-to needs --precision (the variants to add)")
+    existing = set(load_manifest(args.add_to, verify_hashes=False).precisions) if args.add_to and args.target == "trt" else set()
+    return [p for p in args.precision if p != BASE_PRECISION and p not in existing]
+
+
+def _check_engine_args(args: argparse.Namespace) -> None:
+    from zsad_edge.export.trt_target import check_engine_precisions
+
+    check_engine_precisions(args.precision)
+    if args.max_batch < 1 or args.workspace_gb <= 0:
+        raise ZsadEdgeError("--max-batch must be >= 1 and --workspace-gb > 0")
+
+
+def _calibration_images(args: argparse.Namespace, variants: list[str]) -> list:
     """Read before any build, so a wrong folder fails in seconds rather than after the export."""
     from zsad_edge.calibration.variants import load_calibration_images
 
-    if args.add_to and not args.precision:
-        raise ZsadEdgeError("--add-to needs --precision (the variants to add)")
-    if not args.precision:
+    if not variants:
         return []
     if not args.calibration_images:
         raise ZsadEdgeError("--precision needs --calibration-images (normal images: INT8 ranges and the drift gate)")
     return load_calibration_images(args.calibration_images, args.calibration_count)
 
 
-def _add_precisions(bundle: Path, args: argparse.Namespace, images: list) -> None:
+def _add_precisions(bundle: Path, args: argparse.Namespace, variants: list[str], images: list) -> None:
     from zsad_edge.calibration.variants import add_precision
 
     tolerance = DriftTolerance(args.min_map_pearson, args.min_score_spearman)
-    for precision in args.precision:
+    for precision in variants:
         drift = add_precision(bundle, precision, images, args.calibration_method, tolerance)["drift"]
         print(f"{precision} variant added to {bundle}: map Pearson {drift['map_pearson_mean']:.4f} "
               f"(min {drift['map_pearson_min']:.4f}), score Spearman {drift['score_spearman']:.4f} vs fp32 "
               f"on {drift['images']} calibration images")
+
+
+def _build_trt_engines(bundle: Path, args: argparse.Namespace) -> None:
+    from zsad_edge.export.trt_target import build_trt_engines
+    from zsad_edge.runtime.components import EngineOptions
+    from zsad_edge.runtime.trt_profiles import ProfileConfig
+
+    options = EngineOptions(args.engine_cache, ProfileConfig().with_max_batch(args.max_batch), args.workspace_gb)
+    for built in build_trt_engines(bundle, args.precision or [BASE_PRECISION], options):
+        print(f"{built['component']} {built['precision']} engine ready: {built['engine']} "
+              f"({built['gpu']}, TensorRT {built['tensorrt']})")
 
 
 if __name__ == "__main__":

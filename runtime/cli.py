@@ -20,7 +20,7 @@ from .bundle import BASE_PRECISION
 from .detector import Detector
 from .errors import ImageReadError, ZsadEdgeError
 from .image_io import list_images, read_image, to_rgb_float, write_bytes_atomic, write_image_atomic
-from .ort_backend import BACKENDS
+from .components import BACKENDS
 from .overlay import render_overlay
 
 EXIT_ERROR = 2

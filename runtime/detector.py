@@ -11,7 +11,7 @@ import numpy as np
 from .bundle import BASE_PRECISION, REBUILD_HINT, Manifest, load_manifest
 from .errors import BundleError
 from .interpolation import upsample_align_corners
-from .ort_backend import OrtComponent
+from .components import EngineOptions, GraphComponent, open_components
 from .pipeline import ENCODER, DetectionPipeline
 from .sam_predictor import SamGeometry, SamPredictor
 from .smoothing import gaussian_smooth
@@ -22,7 +22,7 @@ SAM_COMPONENTS = ("sam_encoder", "sam_decoder")
 SUPPORTED_METHODS = ("aprilgan_zero_shot", "sdp", "sdpplus", "fnn")
 
 
-def _check_input_size(encoder: OrtComponent, input_size: tuple[int, int]) -> None:
+def _check_input_size(encoder: GraphComponent, input_size: tuple[int, int]) -> None:
     """The graph must take the image size the manifest preprocesses to, or every frame would fail."""
     graph_size = tuple(encoder.input_shapes.get("image", [])[2:])
     if graph_size != tuple(input_size):
@@ -38,8 +38,8 @@ class Detector(DetectionPipeline):
     Usage: `Detector.from_bundle("bundle/")(image)` -> DetectionResult.
     """
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, encoder: OrtComponent, heads: OrtComponent,
-                 fnn: OrtComponent | None = None) -> None:
+    def __init__(self, bundle_dir: Path, manifest: Manifest, encoder: GraphComponent, heads: GraphComponent,
+                 fnn: GraphComponent | None = None) -> None:
         super().__init__(manifest)
         self.bundle_dir = bundle_dir
         self.encoder = encoder
@@ -48,9 +48,12 @@ class Detector(DetectionPipeline):
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, backend: str = "auto", verify: bool = True,
-                    intra_op_threads: int | None = None, precision: str = BASE_PRECISION) -> "Detector":
+                    intra_op_threads: int | None = None, precision: str = BASE_PRECISION,
+                    engines: EngineOptions | None = None) -> "Detector":
         """Load a bundle; verify=True checks every file's sha256 against the manifest first.
 
+        backend: an onnxruntime backend (auto, cpu, cuda, ort-tensorrt) or "tensorrt" (native
+        engines, built from the bundle's ONNX into `engines.cache_folder` on first use).
         precision: "fp32" or one of the bundle's variants (`manifest.precisions`, e.g. "int8").
         """
         bundle_dir = Path(bundle_dir)
@@ -63,9 +66,7 @@ class Detector(DetectionPipeline):
         for name in names:
             if name not in manifest.components:
                 raise BundleError(f"bundle has no {name!r} component; {REBUILD_HINT}")
-        graphs = {name: OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads,
-                                     manifest.components[name].precision)
-                  for name in names}
+        graphs = open_components(bundle_dir, manifest, names, backend, intra_op_threads, engines)
         _check_input_size(graphs[ENCODER], manifest.preprocess.input_size)
         detector = cls(bundle_dir, manifest, graphs[ENCODER], graphs[HEADS], graphs.get(FNN))
         if sam_params:

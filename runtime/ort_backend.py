@@ -63,7 +63,9 @@ class OrtComponent:
     """One exported graph loaded in an onnxruntime session."""
 
     def __init__(self, onnx_path: Path, backend: str = "auto", intra_op_threads: int | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", provider_options: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        """provider_options: per provider name, options for the providers this build offers
+        (e.g. TensorrtExecutionProvider's engine cache and profile shapes)."""
         ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.graph_optimization_level = optimization_level(ort, precision)
@@ -77,7 +79,8 @@ class OrtComponent:
             options.intra_op_num_threads = intra_op_threads
         requested = select_providers(backend, ort.get_available_providers())
         try:
-            self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=requested)
+            providers = [(p, dict(provider_options[p])) if p in (provider_options or {}) else p for p in requested]
+            self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BundleError(f"onnxruntime cannot load {onnx_path.name}: {str(exc).splitlines()[0]}") from None
         self.providers = self.session.get_providers()

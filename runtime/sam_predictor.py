@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .errors import ZsadEdgeError
-from .ort_backend import OrtComponent
+from .components import GraphComponent
 
 # Point labels understood by the decoder graph (segment_anything's prompt encoder conventions).
 PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
@@ -83,7 +83,7 @@ class SamImage:
 class SamPredictor:
     """Runs a bundle's SAM encoder and decoder graphs with onnxruntime."""
 
-    def __init__(self, encoder: OrtComponent, decoder: OrtComponent, geometry: SamGeometry) -> None:
+    def __init__(self, encoder: GraphComponent, decoder: GraphComponent, geometry: SamGeometry) -> None:
         self.encoder = encoder
         self.decoder = decoder
         self.geometry = geometry

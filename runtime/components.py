@@ -1,0 +1,88 @@
+"""Opening a bundle's graphs on the chosen backend: onnxruntime (CPU, CUDA, its TensorRT provider)
+or native TensorRT engines. Both give components with the same `run(feeds) -> outputs` interface,
+so the detector and the SAM predictor never know which one runs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+
+from .bundle import Manifest
+from .ort_backend import BACKENDS as ORT_BACKENDS
+from .ort_backend import OrtComponent
+from .trt_engine import DEFAULT_WORKSPACE_GB, default_cache_folder
+from .trt_profiles import ProfileConfig, profile_shapes, shape_string
+
+TENSORRT = "tensorrt"
+BACKENDS = (*ORT_BACKENDS, TENSORRT)
+_ORT_TRT_PROVIDER = "TensorrtExecutionProvider"
+
+
+class GraphComponent(Protocol):
+    """What the pipelines need of one graph, whichever backend runs it."""
+
+    name: str
+    providers: list[str]
+    input_shapes: dict[str, list]
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """TensorRT settings, for the native backend and for onnxruntime's TensorRT provider.
+
+    cache_folder: where engines live (default `<bundle>.engines/` beside the bundle).
+    allow_build: build missing, stale or corrupt engines from the bundle's ONNX (takes minutes).
+    """
+
+    cache_folder: Path | None = None
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    workspace_gb: float = DEFAULT_WORKSPACE_GB
+    allow_build: bool = True
+
+
+def _ort_trt_options(manifest: Manifest, name: str, cache: Path, profile: ProfileConfig) -> dict[str, dict[str, str]]:
+    """onnxruntime's TensorRT provider: its engines and timing cache in the same folder, our profile."""
+    folder = str(cache / "onnxruntime")
+    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": folder,
+               "trt_timing_cache_enable": "True", "trt_timing_cache_path": folder}
+    shapes = profile_shapes(manifest.components[name].inputs, profile)
+    if shapes:
+        options.update({f"trt_profile_{which}_shapes": shape_string(shapes, which) for which in ("min", "opt", "max")})
+    return {_ORT_TRT_PROVIDER: options}
+
+
+def open_components(bundle_dir: Path, manifest: Manifest, names: Sequence[str], backend: str,
+                    intra_op_threads: int | None = None, engines: EngineOptions | None = None) -> dict[str, GraphComponent]:
+    """Each named component of the (precision-resolved) manifest, ready to run on `backend`."""
+    engines = engines or EngineOptions()
+    cache = engines.cache_folder or default_cache_folder(bundle_dir)
+    if backend == TENSORRT:
+        return _open_engines(bundle_dir, manifest, names, engines, cache)
+    return {name: OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads,
+                               manifest.components[name].precision,
+                               _ort_trt_options(manifest, name, cache, engines.profile))
+            for name in names}
+
+
+def _open_engines(bundle_dir: Path, manifest: Manifest, names: Sequence[str], engines: EngineOptions,
+                  cache: Path) -> dict[str, GraphComponent]:
+    from .trt_backend import TrtComponent
+    from .trt_engine import BuildOptions, EngineCache, current_device, load_or_build
+
+    device = current_device()
+    options = BuildOptions(engines.profile, engines.workspace_gb)
+    components = {}
+    for name in names:
+        spec = manifest.components[name]
+        loaded = load_or_build(name, bundle_dir, spec, manifest.component_digest(name), EngineCache(cache), options,
+                               device, engines.allow_build)
+        components[name] = TrtComponent(name, loaded, spec, engines.profile)
+    return components
