@@ -102,7 +102,7 @@ def build_trt_engines(bundle_dir: Path, precisions: Sequence[str], options: Engi
     try:
         device = current_device()
     except ZsadEdgeError as exc:
-        raise ZsadEdgeError(f"{exc}. The equivalent trtexec commands are in {script}") from None
+        raise type(exc)(f"{exc}. The equivalent trtexec commands are in {script}") from None
     cache = EngineCache(cache_folder)
     build = BuildOptions(options.profile, options.workspace_gb)
     summaries = []

@@ -46,8 +46,7 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise BackendUnavailableError(f"TensorRT is not installed: {_TRT_INSTALL}; or use the trtexec commands "
-                                      "that `build_engines.py --target trt` writes") from None
+        raise BackendUnavailableError(f"TensorRT is not installed: {_TRT_INSTALL}") from None
     return tensorrt
 
 

@@ -46,6 +46,18 @@ def write_image(path, array):
     cv2.imwrite(str(path), array)
 
 
+@pytest.fixture(scope="session")
+def normal_folder(tmp_path_factory) -> Path:
+    """Smooth synthetic 'parts' with a little texture, varied enough to calibrate ranges."""
+    folder = tmp_path_factory.mktemp("normal")
+    rng = np.random.default_rng(3)
+    ys, xs = np.mgrid[0:96, 0:128]
+    for i in range(6):
+        part = 120 + 60 * np.sin(xs / (9 + i)) * np.cos(ys / 13) + rng.normal(0, 6, xs.shape)
+        write_image(folder / f"n{i}.png", np.clip(part, 0, 255).astype(np.uint8))
+    return folder
+
+
 @pytest.fixture
 def quirky_set(tmp_path):
     """One category with every deviation the reader must tolerate."""

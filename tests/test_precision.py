@@ -23,18 +23,6 @@ from zsad_edge.runtime.preprocess import preprocess_batch
 LOOSE = DriftTolerance(min_map_pearson=0.9, min_score_spearman=None)  # random tiny weights: scores are noise
 
 
-@pytest.fixture(scope="module")
-def normal_folder(tmp_path_factory) -> Path:
-    """Smooth synthetic 'parts' with a little texture, varied enough to calibrate ranges."""
-    folder = tmp_path_factory.mktemp("normal")
-    rng = np.random.default_rng(3)
-    ys, xs = np.mgrid[0:96, 0:128]
-    for i in range(6):
-        part = 120 + 60 * np.sin(xs / (9 + i)) * np.cos(ys / 13) + rng.normal(0, 6, xs.shape)
-        write_image(folder / f"n{i}.png", np.clip(part, 0, 255).astype(np.uint8))
-    return folder
-
-
 @pytest.fixture
 def bundle(tiny_built, tmp_path) -> Path:
     """A private copy of the session's tiny bundle, so variants never leak into other tests."""
