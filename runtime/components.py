@@ -13,7 +13,7 @@ import numpy as np
 
 from .bundle import Manifest
 from .ort_backend import BACKENDS as ORT_BACKENDS
-from .ort_backend import OrtComponent
+from .ort_backend import OrtComponent, import_onnxruntime
 from .trt_engine import DEFAULT_WORKSPACE_GB, default_cache_folder
 from .trt_profiles import ProfileConfig, profile_shapes, shape_string
 
@@ -48,11 +48,13 @@ class EngineOptions:
     allow_build: bool = True
 
 
-def _ort_trt_options(manifest: Manifest, name: str, cache: Path, profile: ProfileConfig) -> dict[str, dict[str, str]]:
-    """onnxruntime's TensorRT provider: its engines and timing cache in the same folder, our profile."""
-    folder = str(cache / "onnxruntime")
-    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": folder,
-               "trt_timing_cache_enable": "True", "trt_timing_cache_path": folder}
+def ort_tensorrt_options(manifest: Manifest, name: str, cache: Path, profile: ProfileConfig) -> dict[str, dict[str, str]]:
+    """onnxruntime's TensorRT provider: its engines and timing cache in `<cache>/onnxruntime`
+    (created here), and the same profile as the native engines."""
+    folder = cache / "onnxruntime"
+    folder.mkdir(parents=True, exist_ok=True)
+    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder),
+               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(folder)}
     shapes = profile_shapes(manifest.components[name].inputs, profile)
     if shapes:
         options.update({f"trt_profile_{which}_shapes": shape_string(shapes, which) for which in ("min", "opt", "max")})
@@ -66,9 +68,10 @@ def open_components(bundle_dir: Path, manifest: Manifest, names: Sequence[str], 
     cache = engines.cache_folder or default_cache_folder(bundle_dir)
     if backend == TENSORRT:
         return _open_engines(bundle_dir, manifest, names, engines, cache)
+    wants_trt = backend in ("auto", "ort-tensorrt") and _ORT_TRT_PROVIDER in import_onnxruntime().get_available_providers()
     return {name: OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads,
                                manifest.components[name].precision,
-                               _ort_trt_options(manifest, name, cache, engines.profile))
+                               ort_tensorrt_options(manifest, name, cache, engines.profile) if wants_trt else None)
             for name in names}
 
 

@@ -25,7 +25,7 @@ from zsad_edge.calibration.variants import add_precision, load_calibration_image
 from zsad_edge.export.trt_target import TRTEXEC_SCRIPT, build_trt_engines, engine_jobs, trtexec_commands
 from zsad_edge.runtime import trt_backend, trt_engine
 from zsad_edge.runtime.bundle import TensorSpec, load_manifest
-from zsad_edge.runtime.components import EngineOptions
+from zsad_edge.runtime.components import EngineOptions, ort_tensorrt_options
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import BackendUnavailableError, ZsadEdgeError
 from zsad_edge.runtime.trt_engine import (BuildOptions, DeviceInfo, EngineCache, EngineError, EngineKey,
@@ -139,6 +139,14 @@ def test_engine_jobs_share_fp32_graphs_and_write_trtexec_lines(variant_bundle):
     assert "--maxShapes=image_embedding:4x32,taps:4x4x196x64" in lines[1]
     with pytest.raises(ZsadEdgeError, match="not 'int8-dynamic' .onnxruntime's CPU format"):
         engine_jobs(variant_bundle, manifest, ["int8-dynamic"])
+
+
+def test_onnxruntime_tensorrt_provider_gets_engine_cache_and_profile(variant_bundle, tmp_path):
+    manifest = load_manifest(variant_bundle)
+    options = ort_tensorrt_options(manifest, "heads", tmp_path, ProfileConfig().with_max_batch(3))["TensorrtExecutionProvider"]
+    assert options["trt_engine_cache_path"] == str(tmp_path / "onnxruntime") and (tmp_path / "onnxruntime").is_dir()
+    assert options["trt_profile_max_shapes"] == "image_embedding:3x32,taps:3x4x196x64"
+    assert options["trt_profile_opt_shapes"] == "image_embedding:1x32,taps:1x4x196x64"
 
 
 @pytest.mark.skipif(TENSORRT_INSTALLED, reason="tests the refusal where tensorrt is absent")
