@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from conftest import write_image
 from zsad_edge.calibration.drift import DriftTolerance, measure_drift
+from zsad_edge.calibration.ort_fusion import fuse_for_onnxruntime, fuse_self_attention
 from zsad_edge.calibration.precision import convert, weight_node_names
 from zsad_edge.calibration.variants import add_precision, load_calibration_images
 from zsad_edge.runtime.bundle import load_manifest
@@ -72,6 +73,44 @@ def test_fp16_graph_keeps_layernorm_and_io_in_fp32(bundle, tmp_path):
         assert by_output[node.input[0]].op_type == "Cast"
     assert "LayerNormalization" in plan.kept_float_ops
     assert all(t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for t in [*model.graph.input, *model.graph.output])
+
+
+def _run_encoder(model_or_path, image: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"image": image})
+
+
+def test_onnxruntime_fusions_are_exact_and_int8_dynamic_quantizes_the_fused_attention(bundle, rng, tmp_path):
+    source = bundle / "image_encoder.onnx"
+    layers = 4  # zsad-tiny-vit
+    fused, counts = fuse_for_onnxruntime(onnx.load(str(source)))
+    assert counts == {"Attention": layers, "BiasGelu": layers}
+    assert not [n for n in fused.graph.node if n.op_type in ("Softmax", "Erf")]  # nothing left unfused
+    image = rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
+    for got, want in zip(_run_encoder(fused, image), _run_encoder(source, image)):
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+    plan, _ = convert(source, tmp_path / "enc.int8-dynamic.onnx", "int8-dynamic")
+    quantized = onnx.load(str(tmp_path / "enc.int8-dynamic.onnx"))
+    ops = [n.op_type for n in quantized.graph.node]
+    assert ops.count("QAttention") == layers and "Conv" in ops and "ConvInteger" not in ops  # Conv stays fp32
+    assert plan.fused_ops == counts and plan.weight_nodes == layers * 4 + 1  # qkv, out, fc1, fc2 per layer + proj
+    for got, want in zip(_run_encoder(quantized, image), _run_encoder(source, image)):
+        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_attention_fusion_leaves_a_block_alone_when_its_pieces_are_used_elsewhere(bundle, rng):
+    model = onnx.load(str(bundle / "image_encoder.onnx"))
+    first_softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    model.graph.output.append(onnx.helper.make_tensor_value_info(first_softmax.output[0], onnx.TensorProto.FLOAT, None))
+    assert fuse_self_attention(model) == 3  # of 4 blocks: the one whose attention weights leave the graph stays
+    assert sum(n.op_type == "Softmax" for n in model.graph.node) == 1
+    image = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    got, want = _run_encoder(model, image), _run_encoder(bundle / "image_encoder.onnx", image)
+    for a, b in zip(got, want):  # the extra output comes last
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
 
 def test_identical_detectors_have_no_drift(tiny_detector, normal_folder):

@@ -93,3 +93,20 @@ def test_eval_runtime_and_rebuilt_reference_agree(sdp_built, quirky_set):
     metrics = evaluate(detectors, scan_dataset(quirky_set), progress=False)["categories"]["parts"]["metrics"]
     for metric in METRICS:
         assert metrics["runtime"][metric] == pytest.approx(metrics["reference"][metric], abs=1e-4)
+
+
+def test_onnxruntime_fusions_keep_the_surgery_encoder_exact(sdp_built, rng):
+    """int8-dynamic fuses the original path's attention; the v-v path has no q/k split and stays as it is."""
+    import onnxruntime as ort
+
+    from zsad_edge.calibration.ort_fusion import fuse_for_onnxruntime
+
+    path = sdp_built.path / "image_encoder.onnx"
+    fused, counts = fuse_for_onnxruntime(onnx.load(str(path)))
+    layers = 4  # zsad-tiny-vit
+    assert counts == {"Attention": layers, "BiasGelu": layers}
+    assert sum(n.op_type == "Softmax" for n in fused.graph.node) == layers  # the surgery path's own softmax
+    image = rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
+    run = lambda source: ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"image": image})  # noqa: E731
+    for got, want in zip(run(fused.SerializeToString()), run(str(path))):
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
