@@ -44,7 +44,6 @@ class _Graph:
     """Producer/consumer lookups over a GraphProto's nodes."""
 
     def __init__(self, graph) -> None:
-        self.graph = graph
         self.producer = {name: node for node in graph.node for name in node.output}
         self.consumers: dict[str, list] = {}
         for node in graph.node:
@@ -91,8 +90,8 @@ def _match_attention(g: _Graph, softmax) -> _AttentionMatch:
     split_heads = g.produced_by(heads_first.input[0], "Reshape")
     biased = g.produced_by(split_heads.input[0], "Add")
     projection = g.produced_by(biased.input[0], "MatMul")
-    merged = g.sole_consumer(g.sole_consumer(weighted.output[0], "Transpose").output[0], "Reshape")
-    heads_back = g.producer[merged.input[0]]
+    heads_back = g.sole_consumer(weighted.output[0], "Transpose")
+    merged = g.sole_consumer(heads_back.output[0], "Reshape")
 
     shape = g.constant(split_heads.input[1])
     if shape.size != 5 or shape[2] != 3 or _attribute(heads_first, "perm") != [2, 0, 3, 1, 4]:
@@ -130,9 +129,10 @@ def _projection_weight(g: _Graph, projection) -> tuple[str, np.ndarray | None, t
     if name in g.initializers:
         return name, None, ()
     transpose = g.produced_by(name, "Transpose")
-    if _attribute(transpose, "perm", [1, 0]) != [1, 0]:
+    parameter = g.constant(transpose.input[0])
+    if parameter.ndim != 2 or _attribute(transpose, "perm", [1, 0]) != [1, 0]:
         raise LookupError("q/k/v projection weight is not a 2-D transpose")
-    return f"{name}_qkv", g.constant(transpose.input[0]).T.copy(), (transpose,)
+    return f"{name}_qkv", parameter.T.copy(), (transpose,)
 
 
 def fuse_self_attention(model) -> int:
