@@ -40,8 +40,8 @@ from zsad_edge.calibration.precision import CALIBRATION_METHODS, PRECISIONS
 from zsad_edge.export.cli_args import add_clip_arguments, clip_spec_from_args, configure_logging
 from zsad_edge.export.defaults import METHOD_DEFAULTS, SAM_KINDS
 from zsad_edge.runtime.bundle import BASE_PRECISION, load_manifest
-from zsad_edge.runtime.trt_engine import DEFAULT_WORKSPACE_GB
 from zsad_edge.runtime.errors import ZsadEdgeError
+from zsad_edge.runtime.trt_engine import DEFAULT_WORKSPACE_GB
 
 CLIP_SAM = "clipsam"
 

@@ -112,4 +112,3 @@ def build_trt_engines(bundle_dir: Path, precisions: Sequence[str], options: Engi
                           "engine": str(cache.engine_path(loaded.key)), "gpu": device.gpu_name,
                           "tensorrt": device.tensorrt_version})
     return summaries
-
