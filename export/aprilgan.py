@@ -53,10 +53,9 @@ class AprilGanHeads(nn.Module):
         Training uses these per-tap maps for its per-tap focal + dice loss.
         """
         batch = taps.shape[0]
-        # All taps' linear layers as one broadcast MatMul (onnxruntime's Einsum kernel is ~10x slower).
-        weight_t = torch.stack([linear.weight.T for linear in self.fc])  # [T, width, E]
-        bias = torch.stack([linear.bias for linear in self.fc])  # [T, E]
-        tokens = F.normalize(taps @ weight_t + bias[:, None], dim=-1)
+        # One plain linear layer per tap: each exports as a MatMul with a 2-D weight, which
+        # onnxruntime's INT8 quantizer can take (a stacked [T, width, E] weight it cannot).
+        tokens = F.normalize(torch.stack([linear(taps[:, i]) for i, linear in enumerate(self.fc)], dim=1), dim=-1)
         class_difference = self.text_features[:, 1] - self.text_features[:, 0]  # [E]
         logit_difference = LOGIT_SCALE * tokens @ class_difference  # [B, T, N]
         logit_difference = logit_difference.reshape(batch, len(self.fc), *self.patch_grid)

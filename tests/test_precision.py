@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from conftest import write_image
 from zsad_edge.calibration.drift import DriftTolerance, measure_drift
 from zsad_edge.calibration.ort_fusion import fuse_for_onnxruntime, fuse_self_attention
-from zsad_edge.calibration.precision import convert, weight_node_names
+from zsad_edge.calibration.precision import convert, input_linear_layers, quantize_input_linear_layers, weight_node_names
 from zsad_edge.calibration.variants import add_precision, load_calibration_images
 from zsad_edge.runtime.bundle import load_manifest
 from zsad_edge.runtime.detector import Detector
@@ -113,6 +113,27 @@ def test_attention_fusion_leaves_a_block_alone_when_its_pieces_are_used_elsewher
         assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
 
+def test_heads_int8_takes_only_the_linear_layers_on_the_taps(bundle, rng, tmp_path):
+    source = bundle / "heads.onnx"
+    model = onnx.load(str(source))
+    layers = input_linear_layers(model)
+    initializers = {i.name: list(i.dims) for i in model.graph.initializer}
+    weights = sorted(initializers[n.input[1]] for n in model.graph.node if n.name in layers)
+    assert weights == [[64, 32]] * 4  # one Linear(width 64 -> embed 32) per tap; text vectors and upsampling stay float
+    plan, _ = quantize_input_linear_layers(source, tmp_path / "heads.int8-dynamic.onnx")
+    assert plan.weight_nodes == 4
+    quantized = onnx.load(str(tmp_path / "heads.int8-dynamic.onnx"))
+    assert sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in quantized.graph.node) == 4
+    import onnxruntime as ort
+
+    feeds = {"image_embedding": rng.standard_normal((2, 32)).astype(np.float32),
+             "taps": rng.standard_normal((2, 4, 196, 64)).astype(np.float32)}
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)  # noqa: E731
+    (got_map, got_score), (want_map, want_score) = run(tmp_path / "heads.int8-dynamic.onnx"), run(source)
+    assert np.corrcoef(got_map.ravel(), want_map.ravel())[0, 1] > 0.99
+    np.testing.assert_array_equal(got_score, want_score)  # the image score path has no linear layer: untouched
+
+
 def test_identical_detectors_have_no_drift(tiny_detector, normal_folder):
     drift = measure_drift(tiny_detector, tiny_detector, sorted(map(str, normal_folder.iterdir())))
     assert drift["images"] == 6 and drift["map_pearson_mean"] == pytest.approx(1.0) and drift["map_pearson_min"] == pytest.approx(1.0)
@@ -138,6 +159,9 @@ def test_variants_join_the_bundle_with_drift_and_run_in_the_runtime(bundle, norm
         assert drift["map_pearson_mean"] >= min_pearson, (precision, drift)
         assert drift == pytest.approx(manifest.precisions[precision]["drift"], rel=1e-5)  # the manifest tells the truth
     assert measure_drift(fp32, Detector.from_bundle(bundle, backend="cpu", precision="fp16"), images)["map_max_error_of_range"] < 0.01
+    dynamic = manifest.precisions["int8-dynamic"]  # int8-dynamic also carries int8 heads; the others keep fp32 heads
+    assert dynamic["components"]["heads"].file == "heads.int8-dynamic.onnx" and dynamic["heads_plan"]["weight_nodes"] == 4
+    assert "heads" not in manifest.precisions["int8"]["components"] and "heads_plan" not in manifest.precisions["int8"]
     (bundle / "image_encoder.int8.onnx.data").write_bytes(b"tampered")
     with pytest.raises(BundleError, match="image_encoder.int8.onnx.data does not match"):
         load_manifest(bundle)
@@ -145,7 +169,7 @@ def test_variants_join_the_bundle_with_drift_and_run_in_the_runtime(bundle, norm
 
 def test_drift_gate_refuses_a_variant_and_leaves_the_bundle_as_it_was(bundle, normal_folder):
     before = {p.name: p.read_bytes() for p in bundle.iterdir()}
-    with pytest.raises(ParityError, match=r"int8-dynamic image encoder drifts too far from fp32 on 6 images: map Pearson [01]\.\d{4} < 1\.01 \(map max error"):
+    with pytest.raises(ParityError, match=r"int8-dynamic image encoder \+ heads drifts too far from fp32 on 6 images: map Pearson [01]\.\d{4} < 1\.01 \(map max error"):
         add_precision(bundle, "int8-dynamic", load_calibration_images([normal_folder], None), tolerance=DriftTolerance(1.01, None))
     assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
 

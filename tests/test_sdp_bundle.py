@@ -110,3 +110,10 @@ def test_onnxruntime_fusions_keep_the_surgery_encoder_exact(sdp_built, rng):
     run = lambda source: ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"image": image})  # noqa: E731
     for got, want in zip(run(fused.SerializeToString()), run(str(path))):
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_heads_int8_finds_the_linear_heads_of_sdpplus_only(sdp_built):
+    from zsad_edge.calibration.precision import input_linear_layers
+
+    layers = input_linear_layers(onnx.load(str(sdp_built.path / "heads.onnx")))
+    assert len(layers) == (4 if sdp_built.manifest.method["name"] == "sdpplus" else 0)  # feature surgery has none
