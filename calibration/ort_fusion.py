@@ -4,8 +4,10 @@ Why: dynamic INT8 only speeds up the linear layers, so what stays float sets the
 attention block fused into com.microsoft.Attention (which quantize_dynamic turns into QAttention:
 the q/k/v projection in int8 and the attention core in one kernel) and GELU with its bias into
 BiasGelu, ViT-B-16 at 224 px on this project's 2-core AVX2 CPU goes from ~125 ms to ~115 ms
-(fp32: ~213 ms). Fusing the residual Adds into SkipLayerNormalization made it slower here
-(~11 ms against ~4 ms for LayerNorm + Add, onnxruntime 1.32), so that fusion stays off.
+(fp32: ~213 ms; encoder alone, timed by hand; benchmarks/precision.py gives the end-to-end
+numbers). Fusing the residual Adds into SkipLayerNormalization made it slower here (~11 ms
+against ~4 ms for LayerNorm + Add in an onnxruntime 1.32 session profile, by hand), so that
+fusion stays off.
 
 Only for the `int8-dynamic` variant: com.microsoft operators run on onnxruntime alone, and that
 variant is onnxruntime-only anyway (MatMulInteger). The fp32, fp16 and Q/DQ graphs stay plain ONNX

@@ -20,8 +20,8 @@ ViT rules (the anchors' issue trackers: INT8 ViTs collapse otherwise, fp16 Layer
   fused attention's q/k/v projection. The patch-embedding Conv stays fp32 there: onnxruntime's
   ConvInteger took 4.8 ms against 2.2 ms for the fp32 Conv (ViT-B-16, session profile by hand).
 - int8-dynamic also quantizes the heads graph's linear layers (`input_linear_layers`: those applied
-  to the graph's input features, e.g. APRIL-GAN's per-tap Linear on the taps): 5.1 -> 3.4 ms for
-  ViT-B-16's heads. Its other constant products stay float: the text-class vectors, whose
+  to the graph's input features, e.g. APRIL-GAN's per-tap Linear on the taps): 5.2 -> 3.6 ms for
+  ViT-B-16's heads (benchmarks/precision.py). Its other constant products stay float: the text-class vectors, whose
   products are scaled by 100 before the softmax, and the bilinear upsampling matrices.
 - fp16 keeps LayerNormalization, Softmax and the reductions in fp32, and the graph's inputs and
   outputs in fp32 so the runtime feeds it the same arrays.

@@ -64,14 +64,18 @@ def profile_shapes(inputs: Sequence[TensorSpec], config: ProfileConfig) -> dict[
         if unknown:
             raise ZsadEdgeError(f"input {spec.name!r} has dynamic dimension {unknown[0]!r} with no profile range "
                                 f"(known: {', '.join(sorted(config.ranges))})")
-        shapes[spec.name] = InputProfile(*(
-            tuple(config.ranges[d][i] if isinstance(d, str) else int(d) for d in spec.shape) for i in range(3)))
+        shapes[spec.name] = InputProfile(*(_shape_at(spec, config, i) for i in range(3)))
     return shapes
+
+
+def _shape_at(spec: TensorSpec, config: ProfileConfig, which: int) -> Shape:
+    """The tensor's shape with every named dimension at its min (0), opt (1) or max (2)."""
+    return tuple(config.ranges[d][which] if isinstance(d, str) else int(d) for d in spec.shape)
 
 
 def max_shape(spec: TensorSpec, config: ProfileConfig) -> Shape:
     """The largest shape a tensor takes under the profile: what device buffers are sized for."""
-    return tuple(config.ranges[d][2] if isinstance(d, str) else int(d) for d in spec.shape)
+    return _shape_at(spec, config, 2)
 
 
 def shape_string(shapes: dict[str, InputProfile], which: str) -> str:

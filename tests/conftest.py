@@ -86,6 +86,14 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
+def run_onnx(model_or_path, feeds: dict) -> list[np.ndarray]:
+    """Run an ONNX graph (a path or an in-memory ModelProto) on onnxruntime's CPU provider."""
+    import onnxruntime as ort
+
+    source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path.SerializeToString()
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
 def relative_map_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """Max abs error relative to the reference map's range (the issue's parity measure)."""
     return float(np.abs(actual - expected).max() / max(np.ptp(expected), 1e-12))

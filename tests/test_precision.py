@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import write_image
+from conftest import run_onnx, write_image
 from zsad_edge.calibration.drift import DriftTolerance, measure_drift
 from zsad_edge.calibration.ort_fusion import fuse_for_onnxruntime, fuse_self_attention
 from zsad_edge.calibration.precision import convert, input_linear_layers, quantize_input_linear_layers, weight_node_names
@@ -75,13 +75,6 @@ def test_fp16_graph_keeps_layernorm_and_io_in_fp32(bundle, tmp_path):
     assert all(t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for t in [*model.graph.input, *model.graph.output])
 
 
-def _run_encoder(model_or_path, image: np.ndarray) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
-    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"image": image})
-
-
 def test_onnxruntime_fusions_are_exact_and_int8_dynamic_quantizes_the_fused_attention(bundle, rng, tmp_path):
     source = bundle / "image_encoder.onnx"
     layers = 4  # zsad-tiny-vit
@@ -89,7 +82,7 @@ def test_onnxruntime_fusions_are_exact_and_int8_dynamic_quantizes_the_fused_atte
     assert counts == {"Attention": layers, "BiasGelu": layers}
     assert not [n for n in fused.graph.node if n.op_type in ("Softmax", "Erf")]  # nothing left unfused
     image = rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
-    for got, want in zip(_run_encoder(fused, image), _run_encoder(source, image)):
+    for got, want in zip(run_onnx(fused, {"image": image}), run_onnx(source, {"image": image})):
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
     plan, _ = convert(source, tmp_path / "enc.int8-dynamic.onnx", "int8-dynamic")
@@ -97,7 +90,7 @@ def test_onnxruntime_fusions_are_exact_and_int8_dynamic_quantizes_the_fused_atte
     ops = [n.op_type for n in quantized.graph.node]
     assert ops.count("QAttention") == layers and "Conv" in ops and "ConvInteger" not in ops  # Conv stays fp32
     assert plan.fused_ops == counts and plan.weight_nodes == layers * 4 + 1  # qkv, out, fc1, fc2 per layer + proj
-    for got, want in zip(_run_encoder(quantized, image), _run_encoder(source, image)):
+    for got, want in zip(run_onnx(quantized, {"image": image}), run_onnx(source, {"image": image})):
         assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
 
 
@@ -108,7 +101,7 @@ def test_attention_fusion_leaves_a_block_alone_when_its_pieces_are_used_elsewher
     assert fuse_self_attention(model) == 3  # of 4 blocks: the one whose attention weights leave the graph stays
     assert sum(n.op_type == "Softmax" for n in model.graph.node) == 1
     image = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
-    got, want = _run_encoder(model, image), _run_encoder(bundle / "image_encoder.onnx", image)
+    got, want = run_onnx(model, {"image": image}), run_onnx(bundle / "image_encoder.onnx", {"image": image})
     for a, b in zip(got, want):  # the extra output comes last
         assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
@@ -124,12 +117,9 @@ def test_heads_int8_takes_only_the_linear_layers_on_the_taps(bundle, rng, tmp_pa
     assert plan.weight_nodes == 4
     quantized = onnx.load(str(tmp_path / "heads.int8-dynamic.onnx"))
     assert sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in quantized.graph.node) == 4
-    import onnxruntime as ort
-
     feeds = {"image_embedding": rng.standard_normal((2, 32)).astype(np.float32),
              "taps": rng.standard_normal((2, 4, 196, 64)).astype(np.float32)}
-    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)  # noqa: E731
-    (got_map, got_score), (want_map, want_score) = run(tmp_path / "heads.int8-dynamic.onnx"), run(source)
+    (got_map, got_score), (want_map, want_score) = run_onnx(tmp_path / "heads.int8-dynamic.onnx", feeds), run_onnx(source, feeds)
     assert np.corrcoef(got_map.ravel(), want_map.ravel())[0, 1] > 0.99
     np.testing.assert_array_equal(got_score, want_score)  # the image score path has no linear layer: untouched
 

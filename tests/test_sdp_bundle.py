@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import relative_map_error
+from conftest import relative_map_error, run_onnx
 from zsad_edge.export.build import BuildConfig, build_bundle, reference_from_bundle
 from zsad_edge.export.clip_backbone import ClipSpec
 from zsad_edge.export.sdp import SurgeryEncoder
@@ -97,8 +97,6 @@ def test_eval_runtime_and_rebuilt_reference_agree(sdp_built, quirky_set):
 
 def test_onnxruntime_fusions_keep_the_surgery_encoder_exact(sdp_built, rng):
     """int8-dynamic fuses the original path's attention; the v-v path has no q/k split and stays as it is."""
-    import onnxruntime as ort
-
     from zsad_edge.calibration.ort_fusion import fuse_for_onnxruntime
 
     path = sdp_built.path / "image_encoder.onnx"
@@ -107,8 +105,7 @@ def test_onnxruntime_fusions_keep_the_surgery_encoder_exact(sdp_built, rng):
     assert counts == {"Attention": layers, "BiasGelu": layers}
     assert sum(n.op_type == "Softmax" for n in fused.graph.node) == layers  # the surgery path's own softmax
     image = rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
-    run = lambda source: ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"image": image})  # noqa: E731
-    for got, want in zip(run(fused.SerializeToString()), run(str(path))):
+    for got, want in zip(run_onnx(fused, {"image": image}), run_onnx(path, {"image": image})):
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
