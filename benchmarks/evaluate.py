@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from zsad_edge.runtime.dataset import Category, load_mask
 from zsad_edge.runtime.errors import ImageReadError
-from zsad_edge.runtime.image_io import read_image, to_rgb_float
+from zsad_edge.runtime.image_io import check_image, read_image
 from zsad_edge.runtime.pipeline import DetectionPipeline
 
 from .metrics import aupro, detection_metrics
@@ -63,7 +63,7 @@ def evaluate(detectors: dict[str, DetectionPipeline], categories: Sequence[Categ
         skipped = list(category.problems)
         for sample in tqdm(category.samples, desc=category.name, unit="img", disable=not progress):
             try:
-                image = to_rgb_float(read_image(sample.image))
+                image = check_image(read_image(sample.image))
             except ImageReadError as exc:
                 skipped.append(f"{exc}: image skipped")
                 continue

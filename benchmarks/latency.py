@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from zsad_edge.runtime.detector import Detector
-from zsad_edge.runtime.image_io import list_images, read_image, to_rgb_float
+from zsad_edge.runtime.image_io import list_images, read_image
 from zsad_edge.runtime.components import BACKENDS
 
 from zsad_edge.benchmarks.reports import machine_info, write_report
@@ -36,9 +36,9 @@ def _images(paths: list[str], batch_size: int) -> list[np.ndarray]:
     """The given images (cycled to fill the batch) or synthetic 8-bit 400x256 scans."""
     if paths:
         files = list_images(paths)
-        return [to_rgb_float(read_image(files[i % len(files)])) for i in range(batch_size)]
+        return [read_image(files[i % len(files)]) for i in range(batch_size)]
     rng = np.random.default_rng(0)
-    return [to_rgb_float((rng.random((256, 400)) * 255).astype(np.uint8)) for _ in range(batch_size)]
+    return [(rng.random((256, 400)) * 255).astype(np.uint8) for _ in range(batch_size)]
 
 
 def main(argv: list[str] | None = None) -> int:

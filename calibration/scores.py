@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from zsad_edge.runtime.bundle import Manifest, load_manifest, write_manifest
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
-from zsad_edge.runtime.image_io import read_image, to_rgb_float
+from zsad_edge.runtime.image_io import check_image, read_image
 from zsad_edge.runtime.pipeline import DetectionPipeline
 from zsad_edge.runtime.scoring import calibrated_ranges
 
@@ -40,11 +40,11 @@ def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quanti
     text_scores, map_peaks, pixels, skipped = [], [], [], []
     for image in tqdm(images, desc="calibrate", unit="img", disable=not progress):
         try:
-            rgb = to_rgb_float(read_image(image) if not isinstance(image, np.ndarray) else image)
+            loaded = check_image(read_image(image) if not isinstance(image, np.ndarray) else image)
         except ImageReadError as exc:
             skipped.append(str(exc))
             continue
-        result = detector.detect_batch([rgb], refine=False)[0]  # SAM outlines do not change the scores
+        result = detector.detect_batch([loaded], refine=False)[0]  # SAM outlines do not change the scores
         text_scores.append(result.text_score)
         map_peaks.append(result.map_peak)
         flat = result.anomaly_map.ravel()

@@ -21,7 +21,7 @@ from typing import Sequence
 from zsad_edge.runtime.bundle import REBUILD_HINT, ComponentSpec, load_manifest, sha256_file, write_manifest
 from zsad_edge.runtime.detector import HEADS, Detector
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
-from zsad_edge.runtime.image_io import list_images, read_image, to_rgb_float
+from zsad_edge.runtime.image_io import check_image, list_images, read_image
 from zsad_edge.runtime.ort_backend import OrtComponent
 from zsad_edge.runtime.pipeline import ENCODER
 from zsad_edge.runtime.preprocess import preprocess_batch
@@ -33,11 +33,11 @@ MIN_CALIBRATION_IMAGES = 4
 
 
 def load_calibration_images(inputs: Sequence[str | os.PathLike], limit: int | None) -> list:
-    """Readable normal images (float RGB) from files/folders, the first `limit`; unreadable ones are named."""
+    """Readable normal images (decoded arrays) from files/folders, the first `limit`; unreadable ones are named."""
     images, unreadable = [], []
     for path in list_images(inputs)[:limit]:
         try:
-            images.append(to_rgb_float(read_image(path)))
+            images.append(check_image(read_image(path)))
         except ImageReadError as exc:
             unreadable.append(str(exc))
     if len(images) < MIN_CALIBRATION_IMAGES:
@@ -50,7 +50,7 @@ def add_precision(bundle_dir: str | os.PathLike, precision: str, calibration_ima
                   calibration_method: str = "percentile", tolerance: DriftTolerance = DriftTolerance()) -> dict:
     """Convert, gate and add one variant; returns its manifest record (plan, drift, files).
 
-    calibration_images: float RGB arrays of normal images (load_calibration_images); they calibrate
+    calibration_images: decoded arrays of normal images (load_calibration_images); they calibrate
     INT8 activation ranges and are the images the drift gate is measured on.
     """
     bundle_dir = Path(bundle_dir)

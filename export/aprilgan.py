@@ -18,6 +18,10 @@ from zsad_edge.runtime.interpolation import align_corners_matrix
 
 LOGIT_SCALE = 100.0
 OFFICIAL_CHECKPOINT_KEY = "trainable_linearlayer"
+# Where the official code bases keep the heads' state dict in their checkpoints.
+CHECKPOINT_LAYOUTS = {OFFICIAL_CHECKPOINT_KEY: "APRIL-GAN", "linear_layers": "CLIP-AD SDP+"}
+ACCEPTED_LAYOUTS = ("{'trainable_linearlayer': state_dict} (APRIL-GAN, zsad-edge training), "
+                    "{'linear_layers': state_dict} (CLIP-AD SDP+), or a bare state dict of fc.{i}.weight/bias")
 
 
 class AprilGanHeads(nn.Module):
@@ -72,8 +76,8 @@ class AprilGanHeads(nn.Module):
 def load_head_weights(heads: AprilGanHeads, checkpoint: Path) -> str:
     """Load trained head weights into `heads`; returns the checkpoint's sha256 for the manifest.
 
-    Accepts the official APRIL-GAN format ({'trainable_linearlayer': state_dict}) and a bare
-    state dict of `fc.{i}.weight/bias` as written by zsad-edge training.
+    Accepts the official APRIL-GAN and CLIP-AD layouts and a bare state dict (ACCEPTED_LAYOUTS);
+    their state dicts all name the per-tap layers `fc.{i}`.
     """
     from zsad_edge.runtime.bundle import sha256_file
 
@@ -84,8 +88,7 @@ def load_head_weights(heads: AprilGanHeads, checkpoint: Path) -> str:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelLoadError(f"cannot read heads checkpoint {checkpoint}: {type(exc).__name__}: {str(exc)[:200]}") from None
-    if isinstance(state, dict) and OFFICIAL_CHECKPOINT_KEY in state:
-        state = state[OFFICIAL_CHECKPOINT_KEY]
+    state = _heads_state(state, checkpoint)
     try:
         heads.load_state_dict(state, strict=False)
         missing = [k for k in heads.state_dict() if k.startswith("fc.") and k not in state]
@@ -94,6 +97,21 @@ def load_head_weights(heads: AprilGanHeads, checkpoint: Path) -> str:
     if missing:
         raise ModelLoadError(f"heads checkpoint {checkpoint} lacks {missing[:4]} (wrong number of taps?)")
     return sha256_file(checkpoint)
+
+
+def _heads_state(loaded: object, checkpoint: Path) -> dict:
+    """The heads' state dict inside a loaded checkpoint, whichever accepted layout it has."""
+    if isinstance(loaded, dict):
+        for key in CHECKPOINT_LAYOUTS:
+            if isinstance(loaded.get(key), dict):
+                return loaded[key]
+        if any(isinstance(k, str) and k.startswith("fc.") for k in loaded):
+            return loaded
+        keys = ", ".join(sorted(map(str, loaded))[:6]) or "none"
+        raise ModelLoadError(f"heads checkpoint {checkpoint} has an unknown layout (top-level keys: {keys}); "
+                             f"accepted: {ACCEPTED_LAYOUTS}")
+    raise ModelLoadError(f"heads checkpoint {checkpoint} holds a {type(loaded).__name__}, not a dict; "
+                         f"accepted: {ACCEPTED_LAYOUTS}")
 
 
 def randomize_heads(heads: AprilGanHeads, seed: int) -> dict:

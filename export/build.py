@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 from torch import nn
 
@@ -18,7 +19,6 @@ from zsad_edge.runtime.bundle import Manifest, load_manifest, sha256_file
 from zsad_edge.runtime.detector import ENCODER, FNN, HEADS
 from zsad_edge.runtime.errors import ModelLoadError
 from zsad_edge.runtime.clip_sam import CascadeConfig
-from zsad_edge.runtime.preprocess import PreprocessSpec
 from zsad_edge.runtime.sam_predictor import SamGeometry
 
 from .aprilgan import AprilGanHeads, load_head_weights, randomize_heads
@@ -55,7 +55,8 @@ class BuildConfig:
     random_heads: bool = False
     prompt_set: str | None = None  # None: the method's own
     gaussian_sigma: float | None = None  # None: the method's own
-    dbscan: str = "mvtec"  # SDP representative text vectors: "mvtec" or "visa" settings
+    dbscan: str = "mvtec"  # CLIP-AD's data-set settings: "mvtec" or "visa" (DBSCAN, SDP+ smoothing)
+    clipad_mode: str | None = None  # sdp/sdpplus/fnn: "official" or "clean"; None: the method's default
     fusion_weight: float | None = None  # FNN method: weight of the FNN against the prompt score
     fnn: FnnTrainConfig = field(default_factory=FnnTrainConfig)
     sam: SamSpec | None = None  # CLIP-SAM: refine the CLIP map with this SAM
@@ -110,9 +111,9 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
     clip = load_clip(config.clip)
     taps = validate_taps(config.taps, clip.num_layers) if config.taps else default_taps(clip.num_layers)
     params = method_params(config.method, config.object_name, config.prompt_set, config.gaussian_sigma, config.dbscan,
-                           config.fusion_weight)
+                           config.fusion_weight, config.clipad_mode)
     text = text_features(config.method, clip, params)
-    modules = assemble(config.method, clip, taps, text)
+    modules = assemble(config.method, clip, taps, text, params)
     if modules.linear_heads is not None:
         params["heads"] = _init_heads(modules.linear_heads, config)
     if modules.fnn is not None:
@@ -136,7 +137,7 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
             method={"name": MANIFEST_NAMES[config.method],
                     "params": {**params, "text_embeddings": TEXT_EMBEDDINGS_FILE}},
             clip=_clip_record(config.clip, clip),
-            preprocess=PreprocessSpec(clip.input_size, clip.mean, clip.std, "stretch", clip.interpolation),
+            preprocess=clip.preprocess_spec(),
             taps=taps,
             patch_grid=list(clip.patch_grid),
             components=components,
@@ -176,19 +177,18 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
     manifest = load_manifest(bundle_dir)
     method = method_from_manifest(manifest.method["name"])
     weights = manifest.clip["weights"]
-    size = manifest.preprocess.input_size[0]
+    common = {"image_size": manifest.preprocess.input_size[0], "activation": _recorded_activation(manifest.clip)}
     architecture = manifest.clip["architecture"]
     if weights["kind"] == "pretrained":
-        spec = ClipSpec(architecture, pretrained=weights["tag"], image_size=size)
+        spec = ClipSpec(architecture, pretrained=weights["tag"], **common)
     elif weights["kind"] == "random":
-        spec = ClipSpec(architecture, random_init=True, image_size=size, seed=weights["seed"])
+        spec = ClipSpec(architecture, random_init=True, seed=weights["seed"], **common)
     else:
-        spec = ClipSpec(architecture, checkpoint=_matching_file(clip_checkpoint, weights, "--clip-checkpoint"),
-                        image_size=size)
+        spec = ClipSpec(architecture, checkpoint=_matching_file(clip_checkpoint, weights, "--clip-checkpoint"), **common)
     clip = load_clip(spec)
     params = manifest.method["params"]
     text = torch.from_numpy(np.load(Path(bundle_dir) / params["text_embeddings"]))
-    modules = assemble(method, clip, manifest.taps, text)
+    modules = assemble(method, clip, manifest.taps, text, params)
     if modules.linear_heads is not None:
         if params["heads"]["kind"] == "random":
             randomize_heads(modules.linear_heads, params["heads"]["seed"])
@@ -208,6 +208,19 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
                 checkpoint = litemedsam_asset()
             sam = load_sam(SamSpec(record["kind"], checkpoint=_matching_file(checkpoint, weights, "--sam-checkpoint")))
     return _reference(manifest, modules, sam, device)
+
+
+def _recorded_activation(clip_record: dict) -> str:
+    """The activation a bundle's graphs were built with.
+
+    Bundles from before it was recorded forced QuickGELU when their pretrained tag said so and
+    otherwise kept the architecture config's activation (what "auto" gives without a tag).
+    """
+    if "activation" in clip_record:
+        return clip_record["activation"]["name"]
+    weights = clip_record["weights"]
+    tagged = weights["kind"] == "pretrained" and open_clip.get_pretrained_cfg(clip_record["architecture"], weights["tag"])
+    return "quick_gelu" if tagged and tagged.get("quick_gelu") else "auto"
 
 
 def _matching_file(path: Path | None, record: dict, flag: str) -> Path:
@@ -255,6 +268,7 @@ def _clip_record(spec: ClipSpec, clip: LoadedClip) -> dict:
         "width": clip.width,
         "embed_dim": clip.embed_dim,
         "layers": clip.num_layers,
+        "activation": clip.activation,
     }
 
 

@@ -55,9 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     heads.add_argument("--heads-checkpoint", type=Path, help="trained linear heads (aprilgan, sdpplus)")
     heads.add_argument("--random-heads", action="store_true", help="random heads (tests and timing only)")
     parser.add_argument("--gaussian-sigma", type=float,
-                        help="map smoothing in px at input size (default: sdp/sdpplus 8 as for MVTec, 2 for VisA; aprilgan 0)")
-    parser.add_argument("--dbscan", choices=["mvtec", "visa"], default="mvtec",
-                        help="sdp/sdpplus: DBSCAN setting for the representative text vectors")
+                        help="map smoothing in px at input size (default: sdp/fnn 8; sdpplus 8, or 2 with --dbscan visa; "
+                             "aprilgan 0)")
     fnn = parser.add_argument_group("fnn method (defaults and their reasons: export/fnn.py)")
     fnn.add_argument("--fnn-pairs", type=int, default=10_000, help="random-word prompt pairs to train on")
     fnn.add_argument("--fnn-epochs", type=int, default=20)
@@ -117,6 +116,7 @@ def _config_from_args(args: argparse.Namespace):
         random_heads=args.random_heads,
         gaussian_sigma=args.gaussian_sigma,
         dbscan=args.dbscan,
+        clipad_mode=args.clipad_mode,
         fusion_weight=args.fusion_weight,
         fnn=FnnTrainConfig(epochs=args.fnn_epochs, words=RandomWordConfig(pairs=args.fnn_pairs)),
         sam=SamSpec(args.sam, checkpoint=args.sam_checkpoint, random_init=args.random_sam) if args.refine else None,

@@ -11,7 +11,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from .defaults import METHOD_DEFAULTS
+from .defaults import ACTIVATION_CHOICES, CLIPAD_MODES, METHOD_DEFAULTS
 
 
 def add_clip_arguments(parser: argparse.ArgumentParser, methods: tuple[str, ...]) -> None:
@@ -28,8 +28,20 @@ def add_clip_arguments(parser: argparse.ArgumentParser, methods: tuple[str, ...]
     weights.add_argument("--clip-checkpoint", type=Path, help="local open_clip checkpoint (.pt/.bin/.safetensors)")
     weights.add_argument("--random-init", action="store_true", help="random CLIP weights (tests and timing only)")
     parser.add_argument("--image-size", type=int, help="input size in px (aprilgan: 518, sdp: 240)")
-    parser.add_argument("--taps", type=int, nargs="+", help="1-based block indices (default: 4 evenly spaced)")
+    parser.add_argument("--activation", choices=ACTIVATION_CHOICES, default="auto",
+                        help="CLIP MLP activation; auto: as the official code builds it (GELU for APRIL-GAN at 518 px, "
+                             "QuickGELU for OpenAI tags at their own size); recorded in the manifest")
+    parser.add_argument("--taps", type=int, nargs="+",
+                        help="1-based block indices (default: 4 evenly spaced). sdp/sdpplus/fnn restart the surgery "
+                             "stream after each tap; the official code restarts every n_blocks/4 blocks, the same for "
+                             "the published taps 3 6 9 12")
     parser.add_argument("--object-name", default="object", help="fills {} in the prompts")
+    parser.add_argument("--dbscan", choices=["mvtec", "visa"], default="mvtec",
+                        help="data-set family of CLIP-AD's settings: DBSCAN of the text vectors (eps 0.5/15 or "
+                             "1.5/25) and SDP+'s smoothing (sigma 8, or 2 on VisA); use the same for training and export")
+    parser.add_argument("--clipad-mode", choices=CLIPAD_MODES,
+                        help="sdp/sdpplus/fnn: official reproduces CLIP-AD's in-place tap aliasing and float16 text "
+                             "vectors (default for sdp, sdpplus); clean takes block outputs and float32 (default for fnn)")
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -41,7 +53,8 @@ def clip_spec_from_args(args: argparse.Namespace):
     explicit = [args.pretrained is not None, args.clip_checkpoint is not None, args.random_init]
     pretrained = args.pretrained if any(explicit) else defaults["pretrained"]
     return ClipSpec(args.arch or defaults["arch"], pretrained=pretrained, checkpoint=args.clip_checkpoint,
-                    random_init=args.random_init, image_size=args.image_size or defaults["image_size"])
+                    random_init=args.random_init, image_size=args.image_size or defaults["image_size"],
+                    activation=args.activation)
 
 
 def configure_logging(verbose: bool) -> None:

@@ -4,6 +4,10 @@ Models are named as open_clip names them, (architecture, pretrained tag), or com
 checkpoint, or are randomly initialised for tests and timing. Running at another input size
 (APRIL-GAN runs ViT-L-14-336 at 518 px) uses open_clip's own `force_image_size`, which
 interpolates the position embedding when weights are loaded.
+
+The MLP activation (GELU or QuickGELU) is resolved once, by one rule for every weight source, and
+recorded in the manifest: the official APRIL-GAN code builds ViT-L-14-336 from its JSON config
+whenever the size is not 336, so its published results and heads ran OpenAI's weights with GELU.
 """
 
 from __future__ import annotations
@@ -15,15 +19,20 @@ from typing import Any
 
 import open_clip
 import torch
+from open_clip.transformer import QuickGELU
 from torch import nn
 
 from zsad_edge.runtime.bundle import sha256_file
 from zsad_edge.runtime.errors import ModelLoadError
+from zsad_edge.runtime.preprocess import PreprocessSpec, official_interpolation
+
+from .defaults import ACTIVATION_CHOICES
 
 # Small architectures for CI and the offline demo, registered next to open_clip's own configs.
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
 
 RANDOM_WEIGHTS_WARNING = "random weights: for tests and timing only, never for inspection"
+ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,7 @@ class ClipSpec:
     random_init: bool = False
     image_size: int | None = None
     seed: int = 0
+    activation: str = "auto"  # "gelu", "quick_gelu", or "auto" (resolve_activation)
 
     def __post_init__(self) -> None:
         sources = sum([self.pretrained is not None, self.checkpoint is not None, self.random_init])
@@ -43,6 +53,8 @@ class ClipSpec:
             raise ModelLoadError(
                 "choose exactly one CLIP weight source: --pretrained TAG, --clip-checkpoint PATH or --random-init"
             )
+        if self.activation not in ACTIVATION_CHOICES:
+            raise ModelLoadError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATION_CHOICES)}")
 
 
 @dataclass
@@ -55,6 +67,11 @@ class LoadedClip:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str
+    activation: dict[str, str]  # {"name": "gelu" | "quick_gelu", "rule": why}
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        """The official input rule: stretch to the input size with Pillow's kernel (runtime/preprocess.py)."""
+        return PreprocessSpec(self.input_size, self.mean, self.std, "stretch", official_interpolation(self.interpolation))
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -93,8 +110,6 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
         if not tag_cfg:
             tags = open_clip.list_pretrained_tags_by_model(spec.architecture)
             raise ModelLoadError(f"unknown pretrained tag {spec.pretrained!r} for {spec.architecture}; known tags: {tags}")
-        # The tag records whether the weights were trained with QuickGELU (OpenAI's were).
-        kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
         pretrained, origin = spec.pretrained, {"kind": "pretrained", "tag": spec.pretrained}
     elif spec.checkpoint is not None:
         checkpoint = Path(spec.checkpoint)
@@ -117,8 +132,10 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
         raise ModelLoadError(f"checkpoint {spec.checkpoint} does not fit {spec.architecture}: {str(exc)[:300]}") from None
     except Exception as exc:  # torch.load / safetensors errors on corrupt files
         raise ModelLoadError(f"cannot read CLIP weights for {spec.architecture}: {type(exc).__name__}: {str(exc)[:300]}") from None
+    activation = resolve_activation(spec)
+    set_activation(model, activation["name"])
     model.eval()
-    logging.getLogger(__name__).info("loaded %s (%s)", spec.architecture, origin["kind"])
+    logging.getLogger(__name__).info("loaded %s (%s, %s)", spec.architecture, origin["kind"], activation["name"])
     preprocess = getattr(model.visual, "preprocess_cfg", {})
     return LoadedClip(
         model=model,
@@ -127,7 +144,45 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
         mean=tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),
         interpolation=preprocess.get("interpolation", "bicubic"),
+        activation=activation,
     )
+
+
+def resolve_activation(spec: ClipSpec) -> dict[str, str]:
+    """The MLP activation to build with, and why; the same rule whatever the weight source.
+
+    "auto" follows the official code's factory: at a size other than the architecture's own it
+    builds the model from the JSON config (GELU unless the config says QuickGELU), which is how
+    APRIL-GAN ran OpenAI's ViT-L-14-336 at 518 px. At the architecture's own size a pretrained tag
+    decides (OpenAI's weights were trained with QuickGELU); a checkpoint keeps the config's.
+    """
+    if spec.activation != "auto":
+        return {"name": spec.activation, "rule": "chosen with --activation"}
+    config = open_clip.get_model_config(spec.architecture)
+    configured = "quick_gelu" if config.get("quick_gelu") else "gelu"
+    native = config["vision_cfg"]["image_size"]
+    size = spec.image_size or native
+    if size != native:
+        return {"name": configured, "rule": f"auto: {size} px is not the architecture's {native} px, so the official "
+                                            f"code builds the model from its config ({configured})"}
+    if spec.pretrained is not None:
+        tag_cfg = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
+        if tag_cfg.get("quick_gelu"):
+            return {"name": "quick_gelu", "rule": f"auto: tag {spec.pretrained!r} was trained with QuickGELU"}
+    elif spec.checkpoint is not None and "openai" in open_clip.list_pretrained_tags_by_model(spec.architecture):
+        logging.getLogger(__name__).warning(
+            "%s at its own size from a checkpoint: built with the config's %s; if these are OpenAI's weights "
+            "pass --activation quick_gelu", spec.architecture, configured)
+    return {"name": configured, "rule": f"auto: the architecture config's activation ({configured})"}
+
+
+def set_activation(model: nn.Module, name: str) -> None:
+    """Make every MLP activation of both towers `name` (both layers are stateless, so this is exact)."""
+    layer = ACTIVATION_LAYERS[name]
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, tuple(ACTIVATION_LAYERS.values())) and type(child) is not layer:
+                setattr(parent, child_name, layer())
 
 
 def default_taps(num_layers: int) -> list[int]:

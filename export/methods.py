@@ -17,10 +17,10 @@ from zsad_edge.runtime.errors import ModelLoadError
 
 from .aprilgan import LOGIT_SCALE, AprilGanHeads
 from .clip_backbone import ImageEncoderWithTaps, LoadedClip
-from .defaults import METHOD_DEFAULTS
+from .defaults import CLIPAD_MODES, METHOD_DEFAULTS
 from .fnn import FnnClassifier, FnnScorer, PromptProbabilityHeads
 from .prompts import PromptSet, class_text_features
-from .sdp import DBSCAN_SETTINGS, SdpHeads, SurgeryEncoder, representative_text_features
+from .sdp import DBSCAN_SETTINGS, LEGACY_CLIPAD_MODE, SdpHeads, SurgeryEncoder, representative_text_features
 
 METHODS = tuple(METHOD_DEFAULTS)
 # Methods with trained linear heads (APRIL-GAN recipe on the original taps).
@@ -54,24 +54,36 @@ def text_features(method: str, clip: LoadedClip, params: dict) -> torch.Tensor:
     if method == "aprilgan":
         return class_text_features(clip.model, clip.tokenizer, prompt_set, params["object_name"])
     eps, min_samples = params["dbscan"]["eps"], params["dbscan"]["min_samples"]
-    return representative_text_features(clip.model, clip.tokenizer, prompt_set, params["object_name"], eps, min_samples)
+    return representative_text_features(clip.model, clip.tokenizer, prompt_set, params["object_name"], eps, min_samples,
+                                        round_to_fp16=clipad_mode(params) == "official")
+
+
+def clipad_mode(params: dict) -> str:
+    """A bundle's CLIP-AD mode; bundles from before it was recorded computed the clean one."""
+    return params.get("clipad_mode", LEGACY_CLIPAD_MODE)
 
 
 def method_params(method: str, object_name: str, prompt_set: str | None, gaussian_sigma: float | None,
-                  dbscan: str, fusion_weight: float | None = None) -> dict:
+                  dbscan: str, fusion_weight: float | None = None, clipad: str | None = None) -> dict:
     """The manifest's method parameters: everything that changes the numbers, with defaults filled in."""
     defaults = METHOD_DEFAULTS[method]
+    if dbscan not in DBSCAN_SETTINGS:
+        raise ModelLoadError(f"unknown data-set setting {dbscan!r}; choose one of {', '.join(DBSCAN_SETTINGS)}")
     params: dict = {
         "object_name": object_name,
         "prompt_set": prompt_set or defaults["prompt_set"],
         "logit_scale": LOGIT_SCALE,
-        "gaussian_sigma": float(defaults["gaussian_sigma"] if gaussian_sigma is None else gaussian_sigma),
+        "gaussian_sigma": float(defaults["gaussian_sigma"][dbscan] if gaussian_sigma is None else gaussian_sigma),
     }
     if method != "aprilgan":
-        if dbscan not in DBSCAN_SETTINGS:
-            raise ModelLoadError(f"unknown DBSCAN setting {dbscan!r}; choose one of {', '.join(DBSCAN_SETTINGS)}")
         eps, min_samples = DBSCAN_SETTINGS[dbscan]
         params["dbscan"] = {"setting": dbscan, "eps": eps, "min_samples": min_samples}
+        mode = clipad or defaults["clipad_mode"]
+        if mode not in CLIPAD_MODES:
+            raise ModelLoadError(f"unknown CLIP-AD mode {mode!r}; choose one of {', '.join(CLIPAD_MODES)}")
+        params["clipad_mode"] = mode
+    elif clipad is not None:
+        raise ModelLoadError("--clipad-mode applies to the CLIP-AD encoder (sdp, sdpplus, fnn), not to aprilgan")
     if method == "fnn":
         weight = defaults["fusion_weight"] if fusion_weight is None else fusion_weight
         if not 0.0 <= weight <= 1.0:
@@ -80,8 +92,8 @@ def method_params(method: str, object_name: str, prompt_set: str | None, gaussia
     return params
 
 
-def assemble(method: str, clip: LoadedClip, taps: list[int], text: torch.Tensor) -> MethodModules:
-    """Encoder and heads modules of a method for a loaded CLIP (heads untrained)."""
+def assemble(method: str, clip: LoadedClip, taps: list[int], text: torch.Tensor, params: dict) -> MethodModules:
+    """Encoder and heads modules of a method for a loaded CLIP (heads untrained); params as in the manifest."""
     linear_heads = None
     if method in METHODS_WITH_HEADS:
         linear_heads = AprilGanHeads(len(taps), clip.width, clip.embed_dim, text, clip.input_size,
@@ -89,7 +101,8 @@ def assemble(method: str, clip: LoadedClip, taps: list[int], text: torch.Tensor)
     if method == "aprilgan":
         return MethodModules(ImageEncoderWithTaps(clip.model.visual, taps).eval(), linear_heads,
                              ["image_embedding", "taps"], linear_heads)
-    encoder = SurgeryEncoder(clip.model.visual, taps, patch_taps=linear_heads is not None).eval()
+    encoder = SurgeryEncoder(clip.model.visual, taps, patch_taps=linear_heads is not None,
+                             clipad_mode=clipad_mode(params)).eval()
     outputs = ["image_embedding", "surgery_taps"] + (["taps"] if linear_heads is not None else [])
     if method == "fnn":
         scorer = FnnScorer(FnnClassifier(clip.embed_dim), clip.patch_grid, clip.input_size).eval()

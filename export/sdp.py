@@ -14,6 +14,17 @@ and score normalisation happen after the graph, in the runtime.
 
 SDP+ adds APRIL-GAN-style linear heads (Linear(width -> embed_dim) per tap on the ORIGINAL
 path's patch tokens, sigmoid/softmax map per tap, summed) to the SDP map before smoothing.
+
+CLIP-AD modes (manifest: method.params.clipad_mode):
+- "official" reproduces two quirks of the published code, which its published numbers and SDP+
+  heads come from. (1) Its transformer adds the original path's attention residual in place into
+  the tensor it already stored as the previous tap, so a tap k before the last block holds block
+  k's output plus block k+1's attention residual; those tokens, and the CLS copied into the surgery
+  features, are what its heads saw. (2) It rounds the DBSCAN representative text vectors to float16
+  before normalising them.
+- "clean" takes the block outputs as they are and keeps the text vectors in float32.
+Stage restarts: the official code restarts the surgery stream every n_blocks / 4 blocks; here it
+restarts after each tap. The two agree for the published taps (3, 6, 9, 12 of 12 blocks).
 """
 
 from __future__ import annotations
@@ -25,16 +36,22 @@ from sklearn.cluster import DBSCAN
 from torch import nn
 
 from .aprilgan import LOGIT_SCALE, AprilGanHeads
+from .defaults import CLIPAD_MODES
 from .prompts import PromptSet, encode_sentences
 
 # DBSCAN settings of CLIP-AD per data set family: (eps, min_samples).
 DBSCAN_SETTINGS = {"mvtec": (0.5, 15), "visa": (1.5, 25)}
+# What bundles built before the mode was recorded computed.
+LEGACY_CLIPAD_MODE = "clean"
 
 
-def representative_vector(embeddings: torch.Tensor, eps: float, min_samples: int) -> torch.Tensor:
+def representative_vector(embeddings: torch.Tensor, eps: float, min_samples: int,
+                          round_to_fp16: bool = False) -> torch.Tensor:
     """Mean of the largest DBSCAN cluster of normalised prompt embeddings, re-normalised.
 
     Falls back to the plain mean when DBSCAN finds no cluster (every prompt is noise).
+    round_to_fp16: as the official code does, the mean is cast to float16 and normalised in
+    float16 (the result is returned as float32 holding those float16 values).
     """
     normalised = F.normalize(embeddings.float(), dim=-1)
     labels = DBSCAN(eps=eps, min_samples=min_samples).fit(normalised.numpy()).labels_
@@ -42,14 +59,18 @@ def representative_vector(embeddings: torch.Tensor, eps: float, min_samples: int
     if clustered.size:
         largest = np.bincount(clustered).argmax()
         normalised = normalised[torch.from_numpy(labels == largest)]
-    return F.normalize(normalised.mean(dim=0), dim=0)
+    mean = normalised.mean(dim=0)
+    if round_to_fp16:
+        mean = mean.half()
+        return (mean / mean.norm()).float()
+    return F.normalize(mean, dim=0)
 
 
 def representative_text_features(model: nn.Module, tokenizer, prompt_set: PromptSet, object_name: str,
-                                  eps: float, min_samples: int) -> torch.Tensor:
+                                  eps: float, min_samples: int, round_to_fp16: bool = False) -> torch.Tensor:
     """CLIP-AD class vectors T [embed_dim, 2] (column 0 normal, 1 abnormal), one DBSCAN per class."""
     columns = [
-        representative_vector(encode_sentences(model, tokenizer, sentences), eps, min_samples)
+        representative_vector(encode_sentences(model, tokenizer, sentences), eps, min_samples, round_to_fp16)
         for sentences in prompt_set.sentences(object_name)
     ]
     return torch.stack(columns, dim=1)
@@ -72,32 +93,53 @@ class SurgeryEncoder(nn.Module):
 
     forward(image) -> (image_embedding [B, E], surgery_taps [B, T, 1+N, E]) and, with
     `patch_taps=True` (SDP+), also taps [B, T, N, width]: the original path's patch tokens at the
-    taps, exactly what ImageEncoderWithTaps gives APRIL-GAN heads.
+    taps, what the SDP+ linear heads read.
+    clipad_mode "official": a tap before the last block is read after the next block's attention
+    residual has been added (the official in-place aliasing); "clean": the block output.
     """
 
-    def __init__(self, visual: nn.Module, taps: list[int], patch_taps: bool = False) -> None:
+    def __init__(self, visual: nn.Module, taps: list[int], patch_taps: bool = False,
+                 clipad_mode: str = "official") -> None:
         super().__init__()
+        if clipad_mode not in CLIPAD_MODES:
+            raise ValueError(f"unknown CLIP-AD mode {clipad_mode!r}; choose one of {', '.join(CLIPAD_MODES)}")
         self.visual = visual
         self.taps = sorted(taps)
         self.stage_starts = {0, *self.taps[:-1]}  # zero-based first block of each stage
         self.patch_taps = patch_taps
+        self.aliased_taps = clipad_mode == "official"
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         visual = self.visual
+        blocks = visual.transformer.resblocks
         x = visual._embeds(image)
         surgery = None
+        waiting = None  # official mode: a tap's surgery stream, read out after the next block's attention
         surgery_taps, original_taps = [], []
-        for index, block in enumerate(visual.transformer.resblocks):
-            out = vv_attention(block.attn, block.ln_1(x))
+        for index, block in enumerate(blocks):
+            normed = block.ln_1(x)
+            out = vv_attention(block.attn, normed)
+            # open_clip's block, in its two halves, so the stream between them can be read.
+            x = x + block.ls_1(block.attention(q_x=normed))
+            if waiting is not None:
+                self._read_tap(waiting, x, surgery_taps, original_taps)
+                waiting = None
             surgery = out if index in self.stage_starts else surgery + out
-            x = block(x)
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
             if index + 1 in self.taps:
-                with_cls = torch.cat([x[:, :1], surgery[:, 1:]], dim=1)
-                surgery_taps.append(visual.ln_post(with_cls) @ visual.proj)
-                original_taps.append(x[:, 1:])
+                if self.aliased_taps and index + 1 < len(blocks):
+                    waiting = surgery
+                else:
+                    self._read_tap(surgery, x, surgery_taps, original_taps)
         pooled, _ = visual._pool(x)
         outputs = (pooled @ visual.proj, torch.stack(surgery_taps, dim=1))
         return outputs + (torch.stack(original_taps, dim=1),) if self.patch_taps else outputs
+
+    def _read_tap(self, surgery: torch.Tensor, original: torch.Tensor, surgery_taps: list, original_taps: list) -> None:
+        """Surgery tokens with the original CLS, into the joint space; the original patch tokens as they are."""
+        with_cls = torch.cat([original[:, :1], surgery[:, 1:]], dim=1)
+        surgery_taps.append(self.visual.ln_post(with_cls) @ self.visual.proj)
+        original_taps.append(original[:, 1:])
 
 
 def feature_surgery_map(surgery_taps: torch.Tensor, text_features: torch.Tensor, patch_grid: tuple[int, int],

@@ -34,8 +34,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="default: aprilgan 3, sdpplus 5")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, help="default: aprilgan 1e-3, sdpplus 1e-4")
-    parser.add_argument("--dbscan", choices=["mvtec", "visa"], default="mvtec",
-                        help="sdpplus: DBSCAN setting of the text vectors (use the same when exporting)")
     parser.add_argument("--max-images", type=int, help="train on a random subset (CI-sized runs)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -45,30 +43,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.verbose)
     try:
-        from zsad_edge.export.aprilgan import AprilGanHeads, randomize_heads
-        from zsad_edge.export.clip_backbone import ImageEncoderWithTaps, default_taps, load_clip, validate_taps
-        from zsad_edge.export.methods import method_params, text_features
+        from zsad_edge.export.aprilgan import randomize_heads
+        from zsad_edge.export.clip_backbone import default_taps, load_clip, validate_taps
+        from zsad_edge.export.methods import assemble, method_params, text_features
         from zsad_edge.export.training import TrainConfig, load_training_data, save_heads_checkpoint, train_heads
-        from zsad_edge.runtime.preprocess import PreprocessSpec
 
         defaults = METHOD_DEFAULTS[args.method]
         epochs, learning_rate = args.epochs or defaults["epochs"], args.lr or defaults["learning_rate"]
         clip = load_clip(clip_spec_from_args(args))
         taps = validate_taps(args.taps, clip.num_layers) if args.taps else default_taps(clip.num_layers)
-        params = method_params(args.method, args.object_name, None, None, args.dbscan)
+        params = method_params(args.method, args.object_name, None, None, args.dbscan, clipad=args.clipad_mode)
         text = text_features(args.method, clip, params)
-        heads = AprilGanHeads(len(taps), clip.width, clip.embed_dim, text, clip.input_size, clip.patch_grid)
-        randomize_heads(heads, args.seed)
-        spec = PreprocessSpec(clip.input_size, clip.mean, clip.std, "stretch", clip.interpolation)
-        data = load_training_data(args.dataset, spec, args.max_images)
+        # The encoder the bundle will run: SDP+ heads learn on CLIP-AD's taps in the chosen mode.
+        modules = assemble(args.method, clip, taps, text, params)
+        randomize_heads(modules.linear_heads, args.seed)
+        data = load_training_data(args.dataset, clip.preprocess_spec(), args.max_images)
         print(f"training on {len(data)} image(s) from {args.dataset}; {len(data.skipped)} note(s)")
         for note in data.skipped:
             print(f"  {note}")
         config = TrainConfig(epochs=epochs, batch_size=args.batch_size, learning_rate=learning_rate, seed=args.seed)
-        losses = train_heads(ImageEncoderWithTaps(clip.model.visual, taps), heads, data, config)
-        save_heads_checkpoint(heads, args.out, {
+        losses = train_heads(modules.encoder, modules.linear_heads, data, config)
+        save_heads_checkpoint(modules.linear_heads, args.out, {
             "method": args.method, "architecture": clip_spec_from_args(args).architecture,
-            "weights": clip.weights_origin, "image_size": clip.input_size[0], "taps": taps,
+            "weights": clip.weights_origin, "activation": clip.activation, "image_size": clip.input_size[0], "taps": taps,
             "object_name": args.object_name, "text": params, "dataset": str(args.dataset), "images": len(data),
             "epochs": epochs, "learning_rate": learning_rate, "epoch_losses": losses,
         })

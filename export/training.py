@@ -16,15 +16,15 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from zsad_edge.runtime.dataset import Sample, load_mask, scan_dataset
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
-from zsad_edge.runtime.image_io import read_image, to_rgb_float
+from zsad_edge.runtime.image_io import check_image, read_image
 from zsad_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
 
 from .aprilgan import OFFICIAL_CHECKPOINT_KEY, AprilGanHeads
-from .clip_backbone import ImageEncoderWithTaps
 
 LOG = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ class TrainingData:
         images, masks = [], []
         for index in indices:
             sample = self.samples[index]
-            rgb = to_rgb_float(read_image(sample.image))
-            mask = load_mask(sample, rgb.shape[:2])
-            images.append(rgb)
+            image = check_image(read_image(sample.image))
+            mask = load_mask(sample, image.shape[:2])
+            images.append(image)
             masks.append(cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST))
         return (torch.from_numpy(preprocess_batch(images, self.spec)),
                 torch.from_numpy(np.stack(masks).astype(np.float32)))
@@ -98,9 +98,13 @@ def dice_loss(probability: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1 - (2 * intersection + smooth) / (probability.sum() + target.sum() + smooth)
 
 
-def train_heads(encoder: ImageEncoderWithTaps, heads: AprilGanHeads, data: TrainingData, config: TrainConfig,
+def train_heads(encoder: nn.Module, heads: AprilGanHeads, data: TrainingData, config: TrainConfig,
                 progress: bool = True) -> list[float]:
-    """Train heads.fc in place; returns the mean loss of each epoch. Reproducible for a seed."""
+    """Train heads.fc in place; returns the mean loss of each epoch. Reproducible for a seed.
+
+    encoder: the method's encoder module, whose last output is the taps the heads read
+    (ImageEncoderWithTaps for APRIL-GAN, SurgeryEncoder with patch taps for SDP+).
+    """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(heads.fc.parameters(), lr=config.learning_rate, betas=config.betas)
@@ -114,7 +118,7 @@ def train_heads(encoder: ImageEncoderWithTaps, heads: AprilGanHeads, data: Train
         for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress):
             images, target = data.batch(order[start:start + config.batch_size])
             with torch.no_grad():
-                _, taps = encoder(images)
+                taps = encoder(images)[-1]
             probabilities = heads.tap_probabilities(taps)  # [B, T, H, W]
             loss = sum(focal_loss(probabilities[:, t], target, config.focal_gamma) + dice_loss(probabilities[:, t], target)
                        for t in range(probabilities.shape[1]))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .bundle import BASE_PRECISION
 from .detector import Detector
 from .errors import ImageReadError, ZsadEdgeError
-from .image_io import list_images, read_image, to_rgb_float, write_bytes_atomic, write_image_atomic
+from .image_io import check_image, list_images, read_image, write_bytes_atomic, write_image_atomic
 from .components import BACKENDS
 from .overlay import render_overlay
 
@@ -113,7 +113,7 @@ def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str 
 
     for path in tqdm(paths, desc="detect", unit="img", disable=len(paths) < 2, file=sys.stderr):
         try:
-            pending.append((path, to_rgb_float(read_image(path))))
+            pending.append((path, check_image(read_image(path))))
         except ImageReadError as exc:
             failures[str(path)] = str(exc)
             tqdm.write(f"skipped: {exc}", file=sys.stderr)

@@ -41,11 +41,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-def to_rgb_float(image: np.ndarray) -> np.ndarray:
-    """Convert HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA) of uint8/uint16/float to float32 RGB in [0, 1].
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Validate an image array's layout and return it in its own dtype (HxWx1 squeezed to HxW).
 
-    Alpha is dropped rather than composited: inspection images with alpha are screenshots or
-    exports, where the colour channels already hold the part.
+    Accepted: HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA) of uint8, uint16 or float. The pixel values
+    are not converted here: the preprocessing rule decides how (8-bit images take the exact
+    Pillow path the official pipelines use, other depths a float path).
     """
     if not isinstance(image, np.ndarray):
         raise ImageReadError(f"expected a numpy image array, got {type(image).__name__}")
@@ -55,16 +56,26 @@ def to_rgb_float(image: np.ndarray) -> np.ndarray:
         raise ImageReadError(f"unsupported image shape {image.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
     if image.shape[0] < 2 or image.shape[1] < 2:
         raise ImageReadError(f"image too small: {image.shape[1]}x{image.shape[0]} pixels")
+    if image.dtype not in (np.uint8, np.uint16) and not np.issubdtype(image.dtype, np.floating):
+        raise ImageReadError(f"unsupported image dtype {image.dtype}: expected uint8, uint16 or float")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise ImageReadError("image contains NaN or infinite values")
+    return image
+
+
+def to_rgb_float(image: np.ndarray) -> np.ndarray:
+    """Convert HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA) of uint8/uint16/float to float32 RGB in [0, 1].
+
+    Alpha is dropped rather than composited: inspection images with alpha are screenshots or
+    exports, where the colour channels already hold the part.
+    """
+    image = check_image(image)
     if image.dtype == np.uint8:
         scaled = image.astype(np.float32) / 255.0
     elif image.dtype == np.uint16:
         scaled = image.astype(np.float32) / 65535.0
-    elif np.issubdtype(image.dtype, np.floating):
-        if not np.isfinite(image).all():
-            raise ImageReadError("image contains NaN or infinite values")
-        scaled = np.clip(image.astype(np.float32), 0.0, 1.0)
     else:
-        raise ImageReadError(f"unsupported image dtype {image.dtype}: expected uint8, uint16 or float")
+        scaled = np.clip(image.astype(np.float32), 0.0, 1.0)
     if scaled.ndim == 2:
         return np.repeat(scaled[:, :, None], 3, axis=2)
     return np.ascontiguousarray(scaled[:, :, :3])

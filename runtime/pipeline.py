@@ -18,7 +18,7 @@ import numpy as np
 from .bundle import Manifest
 from .clip_sam import CascadeConfig, Predictor, SamRefinement, refine
 from .errors import BundleError
-from .image_io import read_image, to_rgb_float
+from .image_io import check_image, read_image, to_rgb_float
 from .memory_bank import MemoryBank, default_map_max_range
 from .preprocess import preprocess_batch
 from .scoring import score_rule
@@ -131,13 +131,17 @@ class DetectionPipeline(ABC):
 
     @staticmethod
     def load(images: Sequence[ImageInput]) -> list[np.ndarray]:
-        """Images (arrays of any layout, or paths) -> float32 RGB in [0, 1]."""
-        return [to_rgb_float(read_image(im) if isinstance(im, (str, os.PathLike)) else im) for im in images]
+        """Images (arrays of any layout, or paths) -> checked arrays in their own dtype and layout.
+
+        Not converted to float here: 8-bit images must reach the resize as 8-bit to get the
+        official input tensor (runtime/preprocess.py).
+        """
+        return [check_image(read_image(im) if isinstance(im, (str, os.PathLike)) else im) for im in images]
 
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Images (arrays or paths) -> normalised NCHW batch and each image's original (H, W)."""
-        rgb = self.load(images)
-        return preprocess_batch(rgb, self.manifest.preprocess), [im.shape[:2] for im in rgb]
+        loaded = self.load(images)
+        return preprocess_batch(loaded, self.manifest.preprocess), [im.shape[:2] for im in loaded]
 
     @abstractmethod
     def encode(self, batch: np.ndarray) -> Any:
@@ -181,25 +185,25 @@ class DetectionPipeline(ABC):
             for full, score, text, peak in zip(self.resize_maps(maps, sizes), scores, text_scores, peaks)
         ]
 
-    def refine(self, results: list[DetectionResult], rgb: Sequence[np.ndarray]) -> None:
+    def refine(self, results: list[DetectionResult], images: Sequence[np.ndarray]) -> None:
         """CLIP-SAM: run the SAM cascade on every image flagged anomalous (the rest need no outline)."""
         threshold = self.cascade.region_threshold
         threshold = self.map_threshold if threshold is None else threshold
-        for result, image in zip(results, rgb):
+        for result, image in zip(results, images):
             if result.is_anomalous:
-                result.refinement = refine(self.sam, image, result.anomaly_map, threshold, self.cascade)
+                result.refinement = refine(self.sam, to_rgb_float(image), result.anomaly_map, threshold, self.cascade)
 
     def detect_batch(self, images: Sequence[ImageInput], refine: bool = True) -> list[DetectionResult]:
         """Run a batch of images of any sizes through all stages in one model call.
 
         refine=False skips CLIP-SAM refinement (calibration needs only the CLIP scores).
         """
-        rgb = self.load(images)
-        batch, sizes = self.preprocess(rgb)
+        loaded = self.load(images)
+        batch, sizes = self.preprocess(loaded)
         maps, text_scores = self.heads(self.encode(batch))
         results = self.postprocess(maps, text_scores, sizes)
         if refine and self.sam is not None:
-            self.refine(results, rgb)
+            self.refine(results, loaded)
         return results
 
     def __call__(self, image: ImageInput) -> DetectionResult:

@@ -106,10 +106,11 @@ def test_training_is_seeded_and_learns_a_separable_text_set():
     assert reports[0]["epoch_losses"][-1] < 0.5 * reports[0]["epoch_losses"][0]
 
 
-@pytest.fixture(scope="module")
-def fnn_built(tmp_path_factory):
+@pytest.fixture(scope="module", params=["clean", "official"])
+def fnn_built(request, tmp_path_factory):
+    """The FNN runs on CLIP-AD's encoder: every parity test runs in both CLIP-AD modes."""
     config = BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="fnn",
-                         out_dir=tmp_path_factory.mktemp("fnn") / "bundle", gaussian_sigma=4.0,
+                         out_dir=tmp_path_factory.mktemp("fnn") / "bundle", gaussian_sigma=4.0, clipad_mode=request.param,
                          fnn=FnnTrainConfig(epochs=3, words=RandomWordConfig(pairs=300)))
     return build_bundle(config)
 

@@ -13,10 +13,13 @@ from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import BundleError
 
 
-@pytest.fixture(scope="module", params=["sdp", "sdpplus"])
+@pytest.fixture(scope="module", params=[("sdp", "official"), ("sdpplus", "official"), ("sdp", "clean"),
+                                        ("sdpplus", "clean")], ids="-".join)
 def sdp_built(request, tmp_path_factory):
-    config = BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method=request.param,
-                         out_dir=tmp_path_factory.mktemp(request.param) / "bundle", random_heads=True)
+    """Every parity test below runs for both methods in both CLIP-AD modes."""
+    method, mode = request.param
+    config = BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method=method,
+                         out_dir=tmp_path_factory.mktemp(method) / "bundle", random_heads=True, clipad_mode=mode)
     return build_bundle(config)
 
 
@@ -32,8 +35,13 @@ def test_manifest_records_the_method_and_its_defaults(sdp_built):
     assert params["dbscan"] == {"setting": "mvtec", "eps": 0.5, "min_samples": 15}
     assert manifest.scoring["rule"] == "normalised_sum"
     assert ("heads" in params) == (manifest.method["name"] == "sdpplus")
+    assert manifest.preprocess.interpolation == "pil_bicubic"
+    assert manifest.clip["activation"]["name"] == "gelu"
     text = np.load(sdp_built.path / params["text_embeddings"])
-    np.testing.assert_allclose(np.linalg.norm(text, axis=0), 1.0, atol=1e-5)  # representative vectors, unit norm
+    official = params["clipad_mode"] == "official"
+    # Representative vectors of unit norm; the official ones hold float16 values normalised in float16.
+    np.testing.assert_allclose(np.linalg.norm(text, axis=0), 1.0, atol=2e-3 if official else 1e-5)
+    assert np.array_equal(text.astype(np.float16).astype(np.float32), text) == official
 
 
 def test_encoder_graph_carries_the_surgery_path(sdp_built, rng):

@@ -58,6 +58,76 @@ def test_staged_surgery_stream_on_a_two_block_model(two_block_visual, taps, rest
     assert surgery.shape == (2, len(taps), 197, 32) and original.shape == (2, len(taps), 196, 64)
 
 
+
+@torch.no_grad()
+def _official_clipad_loop(visual, taps, image):
+    """CLIP-AD's transformer loop as published, in-place adds included, on open_clip's own blocks.
+
+    Its stored tap tensors are the very tensors the next block adds to in place, so the aliasing
+    is reproduced by Python's own semantics here, not by a formula.
+    """
+    blocks = visual.transformer.resblocks
+    stored, state = [], None
+    x = visual._embeds(image)
+    for count, block in enumerate(blocks):
+        if state is None:  # start of the dual path
+            normed = block.ln_1(x)
+            x_ori = x + block.attention(q_x=normed)
+            state = [vv_attention(block.attn, normed), x_ori + block.mlp(block.ln_2(x_ori))]
+        else:
+            surgery, x_ori = state
+            normed = block.ln_1(x_ori)
+            surgery_res, x_ori_res = vv_attention(block.attn, normed), block.attention(q_x=normed)
+            if count % (len(blocks) / 4) == 0:
+                surgery = surgery_res
+            else:
+                surgery += surgery_res
+            x_ori += x_ori_res  # in place: the previous tap's stored tensor changes too
+            state = [surgery, x_ori + block.mlp(block.ln_2(x_ori))]
+        if count + 1 in taps:
+            stored.append(state)
+    surgery_taps, original_taps = [], []
+    for surgery, x_ori in stored:
+        surgery = surgery.clone()
+        surgery[:, 0] = x_ori[:, 0]
+        surgery_taps.append(visual.ln_post(surgery) @ visual.proj)
+        original_taps.append(x_ori[:, 1:])
+    return torch.stack(surgery_taps, dim=1), torch.stack(original_taps, dim=1)
+
+
+@torch.no_grad()
+def test_official_mode_reproduces_clipad_in_place_tap_aliasing():
+    """Taps every n_blocks / 4 blocks (the published pattern): official mode equals the published loop,
+    taps before the last block differ from the clean block outputs, the last tap does not."""
+    visual = load_clip(ClipSpec("zsad-tiny-vit", random_init=True, seed=5)).model.visual.eval()
+    image = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    taps = [1, 2, 3, 4]
+    want_surgery, want_original = _official_clipad_loop(visual, taps, image)
+    _, surgery, original = SurgeryEncoder(visual, taps, patch_taps=True, clipad_mode="official")(image)
+    torch.testing.assert_close(surgery, want_surgery, rtol=0, atol=1e-5)
+    torch.testing.assert_close(original, want_original, rtol=0, atol=1e-5)
+    _, clean_surgery, clean_original = SurgeryEncoder(visual, taps, patch_taps=True, clipad_mode="clean")(image)
+    for tap in range(3):
+        change = (original[:, tap] - clean_original[:, tap]).abs().max() / clean_original[:, tap].abs().max()
+        assert change > 0.05  # one attention residual more
+        assert (surgery[:, tap, 0] - clean_surgery[:, tap, 0]).abs().max() > 1e-3  # the CLS it copies
+        torch.testing.assert_close(surgery[:, tap, 1:], clean_surgery[:, tap, 1:])  # the v-v stream itself
+    torch.testing.assert_close(original[:, 3], clean_original[:, 3])
+    torch.testing.assert_close(surgery[:, 3], clean_surgery[:, 3])
+
+
+def test_official_text_vectors_are_rounded_and_normalised_in_float16():
+    """As CLIP-AD does: the cluster mean becomes float16, then is divided by its float16 norm."""
+    rng = np.random.default_rng(1)
+    embeddings = torch.tensor(np.array([1.0, 0.2, -0.3, 0.1]) + 0.01 * rng.standard_normal((30, 4)), dtype=torch.float32)
+    mean = F.normalize(embeddings, dim=-1).mean(0).numpy()
+    official = torch.tensor(mean, dtype=torch.float16)
+    official /= official.norm()
+    got = representative_vector(embeddings, eps=0.5, min_samples=15, round_to_fp16=True)
+    assert got.dtype == torch.float32 and torch.equal(got, official.float())
+    clean = representative_vector(embeddings, eps=0.5, min_samples=15)
+    assert 0 < (got - clean).abs().max() < 1e-3
+
 def test_feature_surgery_by_hand():
     rng = np.random.default_rng(0)
     taps = rng.standard_normal((1, 2, 1 + 4, 6)).astype(np.float32)  # 2 taps, CLS + 2x2 grid
@@ -97,6 +167,10 @@ def test_text_probability_and_prompt_counts():
     normal, abnormal = PromptSet.load("clipad").sentences("weld")
     assert (len(normal), len(abnormal)) == (9 * 22, 10 * 22)
     assert "a photo of a weld with crack for visual inspection." in abnormal
+    # The official template order (state-major, as CLIP-AD's prompt_ensemble expands them)
+    assert normal[12:18] == [f"a photo of {a} flawless weld." for a in ("the", "a")] + \
+        ["a photo of a large flawless weld.", "a photo of the small flawless weld.",
+         "a photo of the large flawless weld.", "a photo of a small flawless weld."]
 
 
 @torch.no_grad()
