@@ -103,3 +103,71 @@ def test_offline_pretrained_tag_tells_how_to_pass_a_local_checkpoint(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--clip-checkpoint PATH" in errors[0]
     assert not (tmp_path / "b").exists()
+
+
+@pytest.fixture
+def tiny_openai_tag(tmp_path, monkeypatch, tiny_clip):
+    """An OpenAI-like pretrained tag for the tiny architecture, served from a local file through
+    open_clip's own tag machinery, so that the tag and the checkpoint paths load the same weights."""
+    import open_clip
+
+    path = tmp_path / "tiny_openai.pt"
+    torch.save(tiny_clip.model.state_dict(), path)
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, TINY, {"openai": {"file": str(path), "quick_gelu": True}})
+    return path
+
+
+def _activation_layers(model) -> set[str]:
+    return {type(module).__name__ for module in model.modules() if type(module).__name__ in ("GELU", "QuickGELU")}
+
+
+def test_auto_activation_follows_the_official_factory(tiny_openai_tag, caplog):
+    """Off the architecture's size (APRIL-GAN's 518 for a 336 model): the config's GELU, whatever the source.
+    At its own size an OpenAI tag gives QuickGELU; a checkpoint keeps the config's and says how to change it."""
+    for spec in (ClipSpec(TINY, pretrained="openai", image_size=240), ClipSpec(TINY, checkpoint=tiny_openai_tag, image_size=240)):
+        clip = load_clip(spec)
+        assert clip.activation["name"] == "gelu" and "240 px is not" in clip.activation["rule"]
+        assert _activation_layers(clip.model) == {"GELU"}
+    tagged = load_clip(ClipSpec(TINY, pretrained="openai"))
+    assert tagged.activation["name"] == "quick_gelu" and _activation_layers(tagged.model) == {"QuickGELU"}
+    with caplog.at_level("WARNING"):
+        checkpoint = load_clip(ClipSpec(TINY, checkpoint=tiny_openai_tag))
+    assert checkpoint.activation["name"] == "gelu" and "--activation quick_gelu" in caplog.text
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
+def test_each_activation_choice_gives_one_model_through_both_load_paths(tiny_openai_tag, activation):
+    image = torch.randn(1, 3, 240, 240, generator=torch.Generator().manual_seed(0))
+    from_tag = load_clip(ClipSpec(TINY, pretrained="openai", image_size=240, activation=activation))
+    from_file = load_clip(ClipSpec(TINY, checkpoint=tiny_openai_tag, image_size=240, activation=activation))
+    assert from_tag.activation == from_file.activation == {"name": activation, "rule": "chosen with --activation"}
+    expected_layer = {"gelu": "GELU", "quick_gelu": "QuickGELU"}[activation]
+    assert _activation_layers(from_tag.model) == _activation_layers(from_file.model) == {expected_layer}
+    torch.testing.assert_close(from_tag.model.encode_image(image), from_file.model.encode_image(image), rtol=0, atol=0)
+    tokens = from_tag.tokenizer(["a photo of a weld"])
+    torch.testing.assert_close(from_tag.model.encode_text(tokens), from_file.model.encode_text(tokens), rtol=0, atol=0)
+    other = load_clip(ClipSpec(TINY, checkpoint=tiny_openai_tag, image_size=240,
+                               activation="gelu" if activation == "quick_gelu" else "quick_gelu"))
+    assert not torch.allclose(other.model.encode_image(image), from_file.model.encode_image(image), atol=1e-4)
+
+
+def test_activation_is_recorded_shown_and_reused_by_the_reference(tiny_openai_tag, tmp_path, capsys):
+    """An APRIL-GAN bundle from the tag at a size other than the architecture's records GELU; `zsad-edge info`
+    shows it and the reference rebuilt from the manifest uses it (runtime and reference agree)."""
+    import json
+
+    import numpy as np
+
+    from zsad_edge.export.build import BuildConfig, build_bundle, reference_from_bundle
+    from zsad_edge.runtime.cli import main as cli_main
+    from zsad_edge.runtime.detector import Detector
+
+    built = build_bundle(BuildConfig(clip=ClipSpec(TINY, pretrained="openai", image_size=240), out_dir=tmp_path / "b",
+                                     random_heads=True))
+    assert built.manifest.clip["activation"]["name"] == "gelu"
+    assert cli_main(["info", str(built.path)]) == 0
+    assert json.loads(capsys.readouterr().out)["clip"]["activation"]["name"] == "gelu"
+    image = (np.random.default_rng(0).random((100, 150)) * 255).astype(np.uint8)
+    got, want = Detector.from_bundle(built.path)(image), reference_from_bundle(built.path)(image)
+    assert np.abs(got.anomaly_map - want.anomaly_map).max() <= 1e-4 * np.ptp(want.anomaly_map)

@@ -4,13 +4,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
 
 from conftest import relative_map_error, run_onnx
 from zsad_edge.export.build import BuildConfig, build_bundle, reference_from_bundle
 from zsad_edge.export.clip_backbone import ClipSpec
 from zsad_edge.export.sdp import SurgeryEncoder
 from zsad_edge.runtime.detector import Detector
-from zsad_edge.runtime.errors import BundleError
+from zsad_edge.runtime.errors import BundleError, ModelLoadError
 
 
 @pytest.fixture(scope="module", params=[("sdp", "official"), ("sdpplus", "official"), ("sdp", "clean"),
@@ -122,3 +123,53 @@ def test_heads_int8_finds_the_linear_heads_of_sdpplus_only(sdp_built):
 
     layers = input_linear_layers(onnx.load(str(sdp_built.path / "heads.onnx")))
     assert len(layers) == (4 if sdp_built.manifest.method["name"] == "sdpplus" else 0)  # feature surgery has none
+
+
+class _ClipAdLinearLayers(nn.Module):
+    """The module CLIP-AD's train.py saves: a ModuleList `fc` of one Linear(width, embed_dim) per tap."""
+
+    def __init__(self, width: int, embed_dim: int, taps: int) -> None:
+        super().__init__()
+        self.fc = nn.ModuleList([nn.Linear(width, embed_dim) for _ in range(taps)])
+
+
+def test_official_clipad_sdpplus_checkpoint_loads_and_runs(tmp_path, rng):
+    """A checkpoint in CLIP-AD's exact layout, {'linear_layers': state_dict}, exports with its weights,
+    and runtime and the reference rebuilt from it agree."""
+    torch.manual_seed(7)
+    layers = _ClipAdLinearLayers(64, 32, 4)
+    checkpoint = tmp_path / "train_on_visa.pth"
+    torch.save({"linear_layers": layers.state_dict()}, checkpoint)
+    built = build_bundle(BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="sdpplus",
+                                     out_dir=tmp_path / "bundle", heads_checkpoint=checkpoint))
+    assert built.manifest.method["params"]["heads"]["kind"] == "checkpoint"
+    for mine, official in zip(built.modules.linear_heads.fc, layers.fc):
+        assert torch.equal(mine.weight, official.weight) and torch.equal(mine.bias, official.bias)
+    images = [(rng.random((100, 150)) * 255).astype(np.uint8) for _ in range(2)]
+    reference = reference_from_bundle(built.path, heads_checkpoint=checkpoint)
+    for got, want in zip(Detector.from_bundle(built.path).detect_batch(images), reference.detect_batch(images)):
+        assert relative_map_error(got.anomaly_map, want.anomaly_map) <= 1e-4
+        assert abs(got.score - want.score) <= 1e-5
+
+
+def test_heads_checkpoint_of_unknown_layout_names_the_accepted_ones(tmp_path):
+    checkpoint = tmp_path / "other.pth"
+    torch.save({"model": {"head.weight": torch.zeros(2, 2)}, "epoch": 3}, checkpoint)
+    config = BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="sdpplus",
+                         out_dir=tmp_path / "bundle", heads_checkpoint=checkpoint)
+    with pytest.raises(ModelLoadError, match=r"unknown layout \(top-level keys: epoch, model\).*trainable_linearlayer.*"
+                                             r"linear_layers.*bare state dict"):
+        build_bundle(config)
+    torch.save([1, 2, 3], checkpoint)
+    with pytest.raises(ModelLoadError, match="holds a list, not a dict"):
+        build_bundle(config)
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.parametrize("method, setting, sigma", [("sdp", "visa", 8.0), ("sdpplus", "visa", 2.0),
+                                                    ("sdpplus", "mvtec", 8.0), ("fnn", "visa", 8.0)])
+def test_published_smoothing_per_data_set(method, setting, sigma):
+    """CLIP-AD's scripts: sigma 8, except SDP+ on VisA (2)."""
+    from zsad_edge.export.methods import method_params
+
+    assert method_params(method, "object", None, None, setting)["gaussian_sigma"] == sigma
