@@ -161,6 +161,7 @@ def resolve_activation(spec: ClipSpec) -> dict[str, str]:
     config = open_clip.get_model_config(spec.architecture)
     configured = "quick_gelu" if config.get("quick_gelu") else "gelu"
     native = config["vision_cfg"]["image_size"]
+    native = native if isinstance(native, int) else native[0]
     size = spec.image_size or native
     if size != native:
         return {"name": configured, "rule": f"auto: {size} px is not the architecture's {native} px, so the official "

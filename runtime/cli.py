@@ -144,7 +144,8 @@ def _print_info(bundle: Path) -> None:
     print(json.dumps({
         "method": manifest.method["name"],
         "clip": manifest.clip,
-        "input_size": manifest.preprocess.input_size,
+        "clipad_mode": manifest.method.get("params", {}).get("clipad_mode"),
+        "preprocess": manifest.preprocess.to_dict(),
         "taps": manifest.taps,
         "components": {k: v.file for k, v in manifest.components.items()},
         "sam": manifest.method.get("params", {}).get("sam", {}).get("kind"),

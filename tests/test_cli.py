@@ -102,6 +102,8 @@ def test_info_prints_the_manifest_summary(tiny_built):
     assert proc.returncode == 0
     info = json.loads(proc.stdout)
     assert info["method"] == "aprilgan_zero_shot" and info["taps"] == [1, 2, 3, 4]
+    assert info["preprocess"]["interpolation"] == "pil_bicubic" and info["preprocess"]["input_size"] == [224, 224]
+    assert info["clip"]["activation"]["name"] == "gelu" and info["clipad_mode"] is None
 
 
 def test_few_shot_cli_fit_calibrate_detect(tiny_built, tmp_path):
