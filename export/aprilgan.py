@@ -18,6 +18,8 @@ from zsad_edge.runtime.interpolation import align_corners_matrix
 
 LOGIT_SCALE = 100.0
 OFFICIAL_CHECKPOINT_KEY = "trainable_linearlayer"
+# zsad-edge training adds its record of how the heads were trained under this key.
+TRAINING_RECORD_KEY = "zsad_edge"
 # Where the official code bases keep the heads' state dict in their checkpoints.
 CHECKPOINT_LAYOUTS = {OFFICIAL_CHECKPOINT_KEY: "APRIL-GAN", "linear_layers": "CLIP-AD SDP+"}
 ACCEPTED_LAYOUTS = ("{'trainable_linearlayer': state_dict} (APRIL-GAN, zsad-edge training), "
@@ -73,11 +75,13 @@ class AprilGanHeads(nn.Module):
         return anomaly_map, image_score
 
 
-def load_head_weights(heads: AprilGanHeads, checkpoint: Path) -> str:
+def load_head_weights(heads: AprilGanHeads, checkpoint: Path, build: dict[str, str] | None = None) -> str:
     """Load trained head weights into `heads`; returns the checkpoint's sha256 for the manifest.
 
     Accepts the official APRIL-GAN and CLIP-AD layouts and a bare state dict (ACCEPTED_LAYOUTS);
-    their state dicts all name the per-tap layers `fc.{i}`.
+    their state dicts all name the per-tap layers `fc.{i}`. build: the encoder settings heads
+    must have been trained with ({"activation": ..., "clipad_mode": ...}); a zsad-edge training
+    record that says otherwise is refused, since such heads read other tokens than they learnt on.
     """
     from zsad_edge.runtime.bundle import sha256_file
 
@@ -88,6 +92,8 @@ def load_head_weights(heads: AprilGanHeads, checkpoint: Path) -> str:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelLoadError(f"cannot read heads checkpoint {checkpoint}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if isinstance(state, dict) and isinstance(state.get(TRAINING_RECORD_KEY), dict):
+        _check_training_record(state[TRAINING_RECORD_KEY], checkpoint, build or {})
     state = _heads_state(state, checkpoint)
     try:
         heads.load_state_dict(state, strict=False)
@@ -97,6 +103,17 @@ def load_head_weights(heads: AprilGanHeads, checkpoint: Path) -> str:
     if missing:
         raise ModelLoadError(f"heads checkpoint {checkpoint} lacks {missing[:4]} (wrong number of taps?)")
     return sha256_file(checkpoint)
+
+
+def _check_training_record(record: dict, checkpoint: Path, build: dict[str, str]) -> None:
+    """Refuse heads trained on other encoder settings than this build's (activation, CLIP-AD mode)."""
+    trained = {"activation": record.get("activation", {}).get("name"),
+               "clipad_mode": record.get("text", {}).get("clipad_mode")}
+    flags = {"activation": "--activation", "clipad_mode": "--clipad-mode"}
+    for name, value in trained.items():
+        if value is not None and build.get(name) is not None and value != build[name]:
+            raise ModelLoadError(f"heads checkpoint {checkpoint} was trained with {name} {value!r}, this build uses "
+                                 f"{build[name]!r}: build with {flags[name]} {value}, or retrain the heads")
 
 
 def _heads_state(loaded: object, checkpoint: Path) -> dict:

@@ -115,7 +115,7 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
     text = text_features(config.method, clip, params)
     modules = assemble(config.method, clip, taps, text, params)
     if modules.linear_heads is not None:
-        params["heads"] = _init_heads(modules.linear_heads, config)
+        params["heads"] = _init_heads(modules.linear_heads, config, _encoder_settings(clip.activation, params))
     if modules.fnn is not None:
         report = train_fnn_on_clip_text(modules.fnn.classifier, clip.model, clip.tokenizer,
                                         PromptSet.load(params["prompt_set"]), config.fnn)
@@ -158,9 +158,14 @@ def _sam_params(config: BuildConfig, sam: LoadedSam) -> dict:
             "embedding_grid": list(sam.embedding_grid), "mask_threshold": 0.0, "cascade": cascade.to_dict()}
 
 
-def _init_heads(heads: AprilGanHeads, config: BuildConfig) -> dict:
+def _encoder_settings(activation: dict, params: dict) -> dict[str, str]:
+    """What trained heads depend on besides the architecture: the activation and the CLIP-AD mode."""
+    return {"activation": activation["name"], "clipad_mode": params.get("clipad_mode")}
+
+
+def _init_heads(heads: AprilGanHeads, config: BuildConfig, settings: dict[str, str]) -> dict:
     if config.heads_checkpoint is not None:
-        digest = load_head_weights(heads, config.heads_checkpoint)
+        digest = load_head_weights(heads, config.heads_checkpoint, settings)
         return {"kind": "checkpoint", "file": Path(config.heads_checkpoint).name, "sha256": digest}
     return randomize_heads(heads, config.seed + 1)
 
@@ -193,7 +198,8 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
         if params["heads"]["kind"] == "random":
             randomize_heads(modules.linear_heads, params["heads"]["seed"])
         else:
-            load_head_weights(modules.linear_heads, _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"))
+            load_head_weights(modules.linear_heads, _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"),
+                              _encoder_settings(clip.activation, params))
     if modules.fnn is not None:
         load_classifier(modules.fnn.classifier, Path(bundle_dir) / params["fnn"]["weights"])
     sam = None

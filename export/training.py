@@ -24,7 +24,7 @@ from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
 from zsad_edge.runtime.image_io import check_image, read_image
 from zsad_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
 
-from .aprilgan import OFFICIAL_CHECKPOINT_KEY, AprilGanHeads
+from .aprilgan import OFFICIAL_CHECKPOINT_KEY, TRAINING_RECORD_KEY, AprilGanHeads
 
 LOG = logging.getLogger(__name__)
 
@@ -138,5 +138,5 @@ def save_heads_checkpoint(heads: AprilGanHeads, path: Path, metadata: dict) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in heads.state_dict().items() if k.startswith("fc.")}
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({OFFICIAL_CHECKPOINT_KEY: state, "zsad_edge": metadata}, tmp)
+    torch.save({OFFICIAL_CHECKPOINT_KEY: state, TRAINING_RECORD_KEY: metadata}, tmp)
     tmp.replace(path)

@@ -13,6 +13,7 @@ from zsad_edge.export.aprilgan import load_head_weights
 from zsad_edge.export.build import BuildConfig, build_bundle
 from zsad_edge.export.clip_backbone import ClipSpec
 from zsad_edge.export.training import dice_loss, focal_loss
+from zsad_edge.runtime.errors import ModelLoadError
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "export" / "train_heads.py"), "--arch", "zsad-tiny-vit", "--random-init",
@@ -96,3 +97,34 @@ def test_sdpplus_training_uses_its_schedule_and_exports(tmp_path):
                                      out_dir=tmp_path / "bundle", heads_checkpoint=out))
     trained_weight = torch.load(out, weights_only=True)["trainable_linearlayer"]["fc.0.weight"]
     torch.testing.assert_close(built.heads.linear_heads.fc[0].weight, trained_weight)
+    assert meta["text"]["clipad_mode"] == "official" and meta["activation"]["name"] == "gelu"
+
+
+@torch.no_grad()
+def test_sdpplus_training_reads_the_taps_of_its_clipad_mode(tmp_path):
+    """Heads learn on the tokens the bundle will give them: the official mode's aliased taps."""
+    from zsad_edge.export.clip_backbone import load_clip
+    from zsad_edge.export.methods import assemble, method_params
+    from zsad_edge.export.sdp import SurgeryEncoder
+
+    clip = load_clip(ClipSpec("zsad-tiny-vit", random_init=True, image_size=224))
+    text = torch.nn.functional.normalize(torch.randn(32, 2), dim=0)
+    image = torch.randn(1, 3, 224, 224)
+    for mode in ("official", "clean"):
+        modules = assemble("sdpplus", clip, [1, 2, 3, 4], text, method_params("sdpplus", "x", None, None, "mvtec", clipad=mode))
+        want = SurgeryEncoder(clip.model.visual, [1, 2, 3, 4], patch_taps=True, clipad_mode=mode)(image)[-1]
+        torch.testing.assert_close(modules.encoder(image)[-1], want, rtol=0, atol=0)
+
+
+def test_heads_trained_in_another_mode_are_refused_with_the_flag_to_use(tmp_path):
+    _stripe_set(tmp_path / "stripes", count=6)
+    out = tmp_path / "clean.pth"
+    proc = subprocess.run([*TRAIN, "--method", "sdpplus", "--clipad-mode", "clean", "--dataset", str(tmp_path / "stripes"),
+                           "--epochs", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    config = dict(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="sdpplus", heads_checkpoint=out)
+    with pytest.raises(ModelLoadError, match="trained with clipad_mode 'clean', this build uses 'official': build with "
+                                             "--clipad-mode clean"):
+        build_bundle(BuildConfig(out_dir=tmp_path / "official", **config))
+    built = build_bundle(BuildConfig(out_dir=tmp_path / "clean", clipad_mode="clean", **config))
+    assert built.manifest.method["params"]["clipad_mode"] == "clean"
