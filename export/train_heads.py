@@ -9,7 +9,8 @@ Examples:
   python export/train_heads.py --method aprilgan --dataset /data/visa --out heads_visa.pth
   python export/build_engines.py --method aprilgan --heads-checkpoint heads_visa.pth --out bundles/mvtec
   python export/train_heads.py --method sdpplus --dataset /data/visa --out sdpplus_visa.pth
-Use the same --method, CLIP flags, --taps and --object-name for both commands.
+Use the same --method, CLIP flags (incl. --activation), --taps, --object-name, --dbscan and
+--clipad-mode for both commands; the build refuses heads trained with another activation or mode.
 """
 
 from __future__ import annotations
