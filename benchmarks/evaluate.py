@@ -1,9 +1,9 @@
 """Evaluating detectors on MVTec-layout folders: image and pixel metrics per category and mean.
 
 Several detectors (the runtime and the PyTorch reference) run on the same images in one pass, so
-their metrics sit side by side. Pixel metrics are computed with maps and masks resized to
-`pixel_size` (bilinear maps, nearest masks), as is common practice, which keeps memory bounded for
-large sets; pass None to keep original sizes.
+their metrics sit side by side. Pixel metrics are computed with maps and masks resized so that
+their longest side is `pixel_size` (bilinear maps, nearest masks, aspect ratio kept), which keeps
+memory bounded for large sets; pass None to keep original sizes.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from zsad_edge.runtime.dataset import Category, load_mask
 from zsad_edge.runtime.errors import ImageReadError
 from zsad_edge.runtime.image_io import check_image, read_image
 from zsad_edge.runtime.pipeline import DetectionPipeline
+from zsad_edge.runtime.stopping import NEVER, StopRequest
 
 from .metrics import aupro, detection_metrics
 
@@ -47,28 +48,52 @@ class _Collected:
         return result
 
 
+def pixel_metric_size(shape: tuple[int, int], longest_side: int | None) -> tuple[int, int]:
+    """(width, height) for pixel metrics: the longest side scaled to `longest_side`, aspect kept.
+
+    A square would stretch tall or wide parts (KolektorSDD is 500x1240) and weigh their pixels
+    unevenly; None keeps the original size.
+    """
+    height, width = shape
+    if longest_side is None:
+        return width, height
+    scale = longest_side / max(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _resize_pair(anomaly_map: np.ndarray, mask: np.ndarray, size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    if size is None:
+    target = pixel_metric_size(mask.shape, size)
+    if target == (mask.shape[1], mask.shape[0]):
         return anomaly_map, mask
-    return (cv2.resize(anomaly_map, (size, size), interpolation=cv2.INTER_LINEAR),
-            cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool))
+    return (cv2.resize(anomaly_map, target, interpolation=cv2.INTER_LINEAR),
+            cv2.resize(mask.astype(np.uint8), target, interpolation=cv2.INTER_NEAREST).astype(bool))
 
 
 def evaluate(detectors: dict[str, DetectionPipeline], categories: Sequence[Category], pixel_size: int | None = 256,
-             fpr_limit: float = 0.3, progress: bool = True) -> dict:
-    """Report: per category, per detector metrics, plus skipped items and notes; and the mean."""
-    report: dict = {"categories": {}, "mean": {}, "pixel_size": pixel_size, "aupro_fpr_limit": fpr_limit}
-    for category in categories:
+             fpr_limit: float = 0.3, progress: bool = True, stop: StopRequest = NEVER,
+             mask_threshold: float = 0.0) -> dict:
+    """Report: per category, per detector metrics, plus skipped items and notes; and the mean.
+
+    A stop request ends the run after the image in hand; the report covers the images scored
+    so far and says so in `stopped`. `skipped_images` counts the unreadable images.
+    """
+    total = sum(len(c.samples) for c in categories)
+    report: dict = {"categories": {}, "mean": {}, "pixel_size": pixel_size, "aupro_fpr_limit": fpr_limit,
+                    "mask_threshold": mask_threshold, "skipped_images": 0, "stopped": None}
+    seen = 0
+    for category in stop.each(categories):
         collected = {name: _Collected() for name in detectors}
         skipped = list(category.problems)
-        for sample in tqdm(category.samples, desc=category.name, unit="img", disable=not progress):
+        for sample in stop.each(tqdm(category.samples, desc=category.name, unit="img", disable=not progress)):
+            seen += 1
             try:
                 image = check_image(read_image(sample.image))
             except ImageReadError as exc:
                 skipped.append(f"{exc}: image skipped")
+                report["skipped_images"] += 1
                 continue
             try:
-                mask = load_mask(sample, image.shape[:2])
+                mask = load_mask(sample, image.shape[:2], mask_threshold)
             except ImageReadError as exc:
                 skipped.append(f"{exc}: left out of pixel metrics")
                 mask = None
@@ -95,6 +120,8 @@ def evaluate(detectors: dict[str, DetectionPipeline], categories: Sequence[Categ
             "skipped": skipped,
             "notes": notes,
         }
+    if stop.requested:
+        report["stopped"] = f"stopped by {stop.signal_name} after {seen} of {total} images; metrics cover those"
     for name in detectors:
         report["mean"][name] = {
             metric: float(np.nanmean([c["metrics"][name][metric] for c in report["categories"].values()]))

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", nargs="*", default=[], help="image files/folders (default: synthetic)")
     parser.add_argument("--backend", choices=BACKENDS, default="cpu", help="runtime backend (onnxruntime, or tensorrt engines)")
     parser.add_argument("--torch-device", default="cpu")
-    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/latency_<arch>_<size>.json)")
+    parser.add_argument("--out", type=Path, help="JSON path (default ./latency_<arch>_<size>.json)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)

@@ -18,7 +18,7 @@ import numpy as np
 
 from zsad_edge.runtime.memory_bank import MemoryBank
 
-RESULTS = Path(__file__).parent / "results" / "memory_bank.json"
+RESULTS = Path("memory_bank.json")  # the current folder: never into the checkout by default
 
 
 def time_search(shots: int, taps: int, grid: int, width: int, runs: int) -> dict:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=int, default=37)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON path (default ./memory_bank.json)")
     args = parser.parse_args(argv)
     rows = [time_search(k, args.taps, args.grid, args.width, args.runs) for k in args.shots]
     print(f"memory bank search, {args.taps} taps, {args.grid}x{args.grid} grid, width {args.width}, median of {args.runs}\n")

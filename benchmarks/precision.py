@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="percentile")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per precision (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/precision_<arch>_<size>.json)")
+    parser.add_argument("--out", type=Path, help="JSON path (default ./precision_<arch>_<size>.json)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)

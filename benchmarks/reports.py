@@ -31,8 +31,12 @@ def machine_info() -> dict:
 
 
 def write_report(report: dict, out: Path | None, default_name: str) -> Path:
-    """Write the JSON report to `out` (or results/<default_name>.json) and say where."""
-    path = out or RESULTS_DIR / f"{default_name}.json"
+    """Write the JSON report to `out`, or <default_name>.json in the current folder, and say where.
+
+    Never into the checkout by default: the stored results in benchmarks/results/ change only
+    when someone passes `--out benchmarks/results/NAME.json` on purpose.
+    """
+    path = out or Path.cwd() / f"{default_name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten {path}")

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-mode", choices=PROMPT_MODES, default="points")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/sam_latency_<sam>.json)")
+    parser.add_argument("--out", type=Path, help="JSON path (default ./sam_latency_<sam>.json)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)

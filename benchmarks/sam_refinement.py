@@ -32,7 +32,7 @@ from zsad_edge.benchmarks.metrics import f1_max
 from zsad_edge.benchmarks.reports import write_report
 from zsad_edge.export.defaults import SAM_KINDS
 from zsad_edge.runtime.clip_sam import PROMPT_MODES, CascadeConfig, mask_iou, refine
-from zsad_edge.runtime.dataset import load_mask, scan_dataset
+from zsad_edge.runtime.dataset import load_mask, sample_across_defects, scan_dataset
 from zsad_edge.runtime.image_io import read_image, to_rgb_float
 from zsad_edge.runtime.ort_backend import OrtComponent
 from zsad_edge.runtime.sam_predictor import SamGeometry, SamPredictor
@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-agreement", type=float, default=0.0,
                         help="cascade gate: reject SAM masks with IoU below this against the CLIP region")
     parser.add_argument("--blur", type=float, default=16.0, help="stand-in map: Gaussian sigma in px")
-    parser.add_argument("--max-images", type=int, help="first N defective images with masks")
-    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/sam_refinement_<sam>_<mode>.json)")
+    parser.add_argument("--max-images", type=int,
+                        help="N defective images with masks, drawn evenly across defect types (seeded)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --max-images draw")
+    parser.add_argument("--out", type=Path, help="JSON path (default ./sam_refinement_<sam>_<mode>.json)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     sam = load_sam(SamSpec(args.sam, checkpoint=args.sam_checkpoint))
     mode = args.prompt_mode
     config = CascadeConfig(prompt_mode=mode, min_agreement=args.min_agreement)
-    samples = [s for c in scan_dataset(args.dataset) for s in c.samples if s.mask is not None][:args.max_images]
+    samples = sample_across_defects([s for c in scan_dataset(args.dataset) for s in c.samples if s.mask is not None],
+                                    args.max_images, args.seed)
     with tempfile.TemporaryDirectory() as scratch:
         export_sam_graphs(sam, Path(scratch), tolerance=1e-4)
         predictor = SamPredictor(OrtComponent(Path(scratch) / "sam_encoder.onnx"),

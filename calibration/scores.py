@@ -21,13 +21,15 @@ from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
 from zsad_edge.runtime.image_io import check_image, read_image
 from zsad_edge.runtime.pipeline import DetectionPipeline
 from zsad_edge.runtime.scoring import calibrated_ranges
+from zsad_edge.runtime.stopping import NEVER, StopRequest, Stopped
 
 MIN_CALIBRATION_IMAGES = 2
 PIXEL_SAMPLES_PER_IMAGE = 20_000
 
 
 def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quantile: float = 1.0,
-                     pixel_quantile: float = 0.999, seed: int = 0, progress: bool = True) -> dict:
+                     pixel_quantile: float = 0.999, seed: int = 0, progress: bool = True,
+                     stop: StopRequest = NEVER) -> dict:
     """Scoring constants from normal images (paths or arrays); unreadable files are listed, not fatal.
 
     Pixel statistics use a fixed-size random sample of each map so that memory stays bounded
@@ -38,7 +40,9 @@ def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quanti
             raise ZsadEdgeError(f"{name} must be in (0, 1], got {q}")
     rng = np.random.default_rng(seed)
     text_scores, map_peaks, pixels, skipped = [], [], [], []
-    for image in tqdm(images, desc="calibrate", unit="img", disable=not progress):
+    for done, image in enumerate(tqdm(images, desc="calibrate", unit="img", disable=not progress)):
+        if stop.requested:
+            raise Stopped(stop, done, len(images), "nothing written, the thresholds in use are unchanged")
         try:
             loaded = check_image(read_image(image) if not isinstance(image, np.ndarray) else image)
         except ImageReadError as exc:
@@ -60,6 +64,7 @@ def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quanti
         **ranges,
         "image_threshold": float(np.quantile(scores, image_quantile)),
         "map_threshold": float(np.quantile(np.concatenate(pixels), pixel_quantile)),
+        "map_normal_median": float(np.median(np.concatenate(pixels))),  # the overlay's colour scale starts here
         "calibrated": True,
         "calibration": {"images": len(scores), "skipped": skipped, "image_quantile": image_quantile,
                         "pixel_quantile": pixel_quantile},
@@ -80,10 +85,10 @@ def write_scoring(bundle_dir, scoring: dict) -> Manifest:
 
 
 def calibrate_memory_bank(detector: DetectionPipeline, images: Sequence, image_quantile: float = 1.0,
-                          pixel_quantile: float = 0.999, progress: bool = True) -> dict:
+                          pixel_quantile: float = 0.999, progress: bool = True, stop: StopRequest = NEVER) -> dict:
     """Calibrate a few-shot detector; the constants belong to its memory bank (saved with it),
     and the detector uses them from now on."""
-    scoring = calibrate_scores(detector, images, image_quantile, pixel_quantile, progress=progress)
+    scoring = calibrate_scores(detector, images, image_quantile, pixel_quantile, progress=progress, stop=stop)
     detector.memory_bank.scoring = scoring
     detector.attach_memory_bank(detector.memory_bank)
     return scoring

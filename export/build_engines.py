@@ -49,7 +49,8 @@ CLIP_SAM = "clipsam"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true",
-                        help="offline: tiny random-weight bundle in --out (default demo_bundle) + detection on a synthetic image")
+                        help="offline: tiny random-weight bundle in --out (default demo_bundle) + detection on a synthetic "
+                             "image; an existing bundle there is kept unless --overwrite")
     add_clip_arguments(parser, (*METHOD_DEFAULTS, CLIP_SAM))
     heads = parser.add_mutually_exclusive_group()
     heads.add_argument("--heads-checkpoint", type=Path, help="trained linear heads (aprilgan, sdpplus)")
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         if args.demo:
-            return _run_demo(args.out or Path("demo_bundle"), overwrite=True)
+            return _run_demo(args.out or Path("demo_bundle"), overwrite=args.overwrite)
         variants = _variants_to_add(args)
         images = _calibration_images(args, variants)
         bundle = args.add_to or _build(args)

@@ -15,6 +15,7 @@ from typing import Iterator
 
 from zsad_edge.runtime.bundle import Manifest, hash_bundle_files, write_manifest
 from zsad_edge.runtime.errors import ZsadEdgeError
+from zsad_edge.runtime.image_io import apply_umask
 
 
 def refuse_existing(out_dir: Path, overwrite: bool) -> None:
@@ -32,6 +33,7 @@ def staged_bundle(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
         yield staging
+        apply_umask(staging)
         if out_dir.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             os.replace(out_dir, retired / out_dir.name)

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import BundleError
 from .image_io import write_bytes_atomic
+from .manifest_schema import check_manifest
 from .preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
@@ -153,7 +154,7 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
     if not manifest_path.is_file():
         raise BundleError(f"not a zsad-edge bundle (no {MANIFEST_NAME}): {bundle_dir}; {REBUILD_HINT}")
     try:
-        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+        raw = json.loads(manifest_path.read_text(encoding="utf-8-sig"))  # -sig: Notepad saves a BOM
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"manifest is not valid JSON ({exc}): {manifest_path}; {REBUILD_HINT}") from None
     if not isinstance(raw, dict) or "schema_version" not in raw:
@@ -166,6 +167,7 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
         )
     if version < SCHEMA_VERSION:
         raise BundleError(f"bundle schema {version} is older than this runtime's ({SCHEMA_VERSION}); {REBUILD_HINT}")
+    check_manifest(raw, str(manifest_path), REBUILD_HINT)
     manifest = Manifest.from_dict(raw, manifest_path)
     if verify_hashes:
         verify_files(bundle_dir, manifest)

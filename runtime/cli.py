@@ -1,7 +1,8 @@
 """`zsad-edge`: run a bundle on images and folders from the command line (no torch needed).
 
-Every user-facing failure prints one `error: ...` line and exits non-zero; a folder run carries
-on past unreadable images, lists them at the end and exits 1.
+Exit codes: 0 done; 1 done but some images were skipped (unreadable; listed); 2 an error, one
+`error: ...` line; 130 / 143 stopped by SIGINT / SIGTERM (runtime/stopping.py: detect and eval
+write what they have, calibrate and fit-normal leave the manifest or bank as it was).
 """
 
 from __future__ import annotations
@@ -9,19 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-from tqdm import tqdm
-
 from .bundle import BASE_PRECISION
+from .components import BACKENDS
+from .detect_run import detect_jobs, plan_jobs, run_record, uncalibrated_warning
 from .detector import Detector
 from .errors import ImageReadError, ZsadEdgeError
-from .image_io import check_image, list_images, read_image, write_bytes_atomic, write_image_atomic
-from .components import BACKENDS
-from .overlay import render_overlay
+from .image_io import check_image, list_images, write_bytes_atomic
+from .stopping import NEVER, StopRequest, Stopped
 
 EXIT_ERROR = 2
 EXIT_PARTIAL = 1
@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     detect = sub.add_parser("detect", help="score images and write JSON + heatmap overlays")
     detect.add_argument("bundle", type=Path, help="bundle folder written by export/build_engines.py")
     detect.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    detect.add_argument("--out", type=Path, required=True, help="output folder for <name>.json, <name>_overlay.png")
+    detect.add_argument("--out", type=Path, required=True,
+                        help="output folder; mirrors the input folders' layout (<name>.json, <name>_overlay.png)")
+    detect.add_argument("--resume", action="store_true", help="skip images whose results are already in --out")
     detect.add_argument("--backend", choices=BACKENDS, default="auto")
     detect.add_argument("--precision", default=BASE_PRECISION, help="fp32 or a variant the bundle holds (see `info`)")
     detect.add_argument("--batch-size", type=int, default=1, help="images per model call")
@@ -48,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--clip-checkpoint", type=Path, help="with --reference: the bundle's CLIP checkpoint")
     evaluate.add_argument("--heads-checkpoint", type=Path, help="with --reference: the bundle's heads checkpoint")
     evaluate.add_argument("--sam-checkpoint", type=Path, help="with --reference: the bundle's SAM checkpoint")
-    evaluate.add_argument("--pixel-size", type=int, default=256, help="pixel metrics at this square size (0: original)")
+    evaluate.add_argument("--pixel-size", type=int, default=256,
+                          help="pixel metrics with the longest side at this size, aspect kept (0: original size)")
+    evaluate.add_argument("--mask-threshold", type=float, default=0.0,
+                          help="a mask pixel is a defect above this fraction of full scale (0: any non-zero)")
     evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
     evaluate.add_argument("--precision", default=BASE_PRECISION, help="fp32 or a variant the bundle holds (see `info`)")
     evaluate.add_argument("--memory-bank", type=Path, help="few-shot: evaluate with this memory bank")
@@ -66,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("bundle", type=Path)
     fit.add_argument("normal_images", nargs="+", help="the k normal images and/or folders")
     fit.add_argument("--out", type=Path, required=True, help="memory bank file (.npz), kept next to the bundle")
-    fit.add_argument("--shots", type=int, help="use the first K images only")
+    fit.add_argument("--shots", type=int, help="use the first K readable images only (K >= 1)")
     fit.add_argument("--backend", choices=BACKENDS, default="auto")
     info = sub.add_parser("info", help="print a bundle's manifest summary")
     info.add_argument("bundle", type=Path)
@@ -82,59 +87,18 @@ def _detector(bundle: Path, backend: str, memory_bank: Path | None = None, verif
 
 
 def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str = "auto", batch_size: int = 1,
-               verify: bool = True, memory_bank: Path | None = None, precision: str = BASE_PRECISION) -> dict:
+               verify: bool = True, memory_bank: Path | None = None, precision: str = BASE_PRECISION,
+               resume: bool = False, stop: StopRequest = NEVER) -> dict:
     """Detect on every image; returns the summary written to out_dir/summary.json."""
     detector = _detector(bundle, backend, memory_bank, verify, precision)
     weights = detector.manifest.clip.get("weights", {})
     if weights.get("kind") == "random":
         print(f"warning: {bundle} was built with {weights.get('warning', 'random weights')}", file=sys.stderr)
-    paths = list_images(inputs)
-    if not paths:
+    jobs = plan_jobs(inputs, out_dir)
+    if not jobs:
         raise ImageReadError(f"no images found in {', '.join(map(str, inputs))}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict] = {}
-    failures: dict[str, str] = {}
-    used_names: set[str] = set()
-    pending: list[tuple[Path, np.ndarray]] = []
-
-    def flush() -> None:
-        for (path, image), result in zip(pending, detector.detect_batch([im for _, im in pending])):
-            name = _unique_name(path, used_names)
-            summary = {"image": str(path), **result.summary()}
-            write_bytes_atomic(out_dir / f"{name}.json", (json.dumps(summary, indent=2) + "\n").encode())
-            sam_mask = result.refinement.mask if result.refinement is not None else None
-            overlay = render_overlay(image, result.anomaly_map, result.mask, detector.manifest.scoring["map_max"],
-                                     sam_mask=sam_mask)
-            write_image_atomic(out_dir / f"{name}_overlay.png", overlay)
-            if sam_mask is not None:
-                write_image_atomic(out_dir / f"{name}_sam_mask.png", sam_mask.astype(np.uint8) * 255)
-            results[str(path)] = summary
-        pending.clear()
-
-    for path in tqdm(paths, desc="detect", unit="img", disable=len(paths) < 2, file=sys.stderr):
-        try:
-            pending.append((path, check_image(read_image(path))))
-        except ImageReadError as exc:
-            failures[str(path)] = str(exc)
-            tqdm.write(f"skipped: {exc}", file=sys.stderr)
-            continue
-        if len(pending) >= batch_size:
-            flush()
-    if pending:
-        flush()
-    summary = {"bundle": str(bundle), "precision": precision, "providers": detector.providers, "results": results,
-               "failures": failures}
-    write_bytes_atomic(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    return summary
-
-
-def _unique_name(path: Path, used: set[str]) -> str:
-    name, counter = path.stem, 1
-    while name in used:
-        counter += 1
-        name = f"{path.stem}_{counter}"
-    used.add(name)
-    return name
+    return detect_jobs(detector, jobs, out_dir, run_record(detector, bundle, precision, memory_bank), batch_size,
+                       resume, stop)
 
 
 def _print_info(bundle: Path) -> None:
@@ -154,14 +118,16 @@ def _print_info(bundle: Path) -> None:
     }, indent=2))
 
 
-def run_eval(args: argparse.Namespace) -> dict:
-    """Evaluate the runtime (and optionally the reference) and print/write the report."""
+def run_eval(args: argparse.Namespace, stop: StopRequest = NEVER) -> int:
+    """Evaluate the runtime (and optionally the reference), print/write the report; the exit code."""
     try:
         from zsad_edge.benchmarks.evaluate import evaluate, format_report
     except ImportError as exc:
         raise ZsadEdgeError(f"evaluation needs scikit-learn ({exc.name} missing): pip install 'zsad-edge[eval]'") from None
     from .dataset import scan_dataset
 
+    if not 0.0 <= args.mask_threshold < 1.0:
+        raise ZsadEdgeError(f"--mask-threshold must be in [0, 1), got {args.mask_threshold}")
     categories = scan_dataset(args.dataset)
     detectors = {"runtime": _detector(args.bundle, args.backend, args.memory_bank, precision=args.precision)}
     if args.reference:
@@ -173,7 +139,8 @@ def run_eval(args: argparse.Namespace) -> dict:
                                                        sam_checkpoint=args.sam_checkpoint)
         if args.memory_bank is not None:
             detectors["reference"].load_memory_bank(args.memory_bank)
-    report = evaluate(detectors, categories, pixel_size=args.pixel_size or None)
+    report = evaluate(detectors, categories, pixel_size=args.pixel_size or None, stop=stop,
+                      mask_threshold=args.mask_threshold)
     report["bundle"] = str(args.bundle)
     print(format_report(report))
     for name, category in report["categories"].items():
@@ -181,17 +148,20 @@ def run_eval(args: argparse.Namespace) -> dict:
             print(f"  {name}: {line}")
     if args.out:
         write_bytes_atomic(args.out, (json.dumps(report, indent=2) + "\n").encode())
-    return report
+    if report["stopped"]:
+        print(report["stopped"] + (f"; report in {args.out}" if args.out else ""))
+        return stop.exit_code
+    return EXIT_PARTIAL if report["skipped_images"] else 0
 
 
-def run_calibrate(args: argparse.Namespace) -> dict:
+def run_calibrate(args: argparse.Namespace, stop: StopRequest = NEVER) -> dict:
     """Calibrate on normal images and store the constants in the bundle's manifest."""
     from zsad_edge.calibration.scores import calibrate_memory_bank, calibrate_scores, write_scoring
 
     detector = _detector(args.bundle, args.backend, args.memory_bank)
     paths = list_images(args.normal_images)
     options = {"image_quantile": args.image_quantile, "pixel_quantile": args.pixel_quantile,
-               "progress": len(paths) > 1}
+               "progress": len(paths) > 1, "stop": stop}
     if detector.memory_bank is not None:
         scoring = calibrate_memory_bank(detector, paths, **options)
         detector.memory_bank.save(args.memory_bank)
@@ -207,49 +177,85 @@ def run_calibrate(args: argparse.Namespace) -> dict:
     return scoring
 
 
-def run_fit_normal(args: argparse.Namespace) -> None:
-    """Build a few-shot memory bank and save it."""
+def run_fit_normal(args: argparse.Namespace, stop: StopRequest = NEVER) -> None:
+    """Build a few-shot memory bank from the first K readable images and save it; unreadable ones are listed."""
+    if args.shots is not None and args.shots < 1:
+        raise ZsadEdgeError(f"--shots must be at least 1, got {args.shots}")
     detector = _detector(args.bundle, args.backend)
-    paths = list_images(args.normal_images)[:args.shots]
+    paths = list_images(args.normal_images)
     if not paths:
         raise ImageReadError(f"no images found in {', '.join(args.normal_images)}")
-    bank = detector.fit_normal([str(p) for p in paths])
+    images, skipped = [], []
+    for path in stop.each(paths):
+        if args.shots is not None and len(images) == args.shots:
+            break
+        try:
+            images.append(check_image(detector.read(path)))
+        except ImageReadError as exc:
+            skipped.append(str(exc))
+    if stop.requested:
+        raise Stopped(stop, len(images) + len(skipped), len(paths), "no memory bank written")
+    if not images:
+        raise ImageReadError(f"none of the {len(paths)} image(s) could be read: {'; '.join(skipped)}")
+    bank = detector.fit_normal(images, stop=stop)
     bank.save(args.out)
     print(f"memory bank of {bank.shots} shot(s), {bank.tokens.shape[1]} tokens per tap, written to {args.out}")
+    for reason in skipped:
+        print(f"  skipped: {reason}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        if args.command == "info":
-            _print_info(args.bundle)
-            return 0
-        if args.command == "eval":
-            run_eval(args)
-            return 0
-        if args.command == "calibrate":
-            run_calibrate(args)
-            return 0
-        if args.command == "fit-normal":
-            run_fit_normal(args)
-            return 0
-        if args.batch_size < 1:
-            raise ZsadEdgeError("--batch-size must be at least 1")
-        summary = run_detect(args.bundle, args.inputs, args.out, args.backend, args.batch_size, not args.no_verify,
-                             args.memory_bank, args.precision)
+        with StopRequest() as stop:
+            return _run(args, stop)
+    except Stopped as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     except ZsadEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    done, failed = len(summary["results"]), len(summary["failures"])
-    if not done:
-        reasons = "; ".join(summary["failures"].values())
-        print(f"error: no image could be read: {reasons}", file=sys.stderr)
-        return EXIT_ERROR
+    except KeyboardInterrupt:  # a second signal: stop at once, still one line
+        print("stopped at once by a second signal; the image in hand was dropped", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _run(args: argparse.Namespace, stop: StopRequest) -> int:
+    if args.command == "info":
+        _print_info(args.bundle)
+        return 0
+    if args.command == "eval":
+        return run_eval(args, stop)
+    if args.command == "calibrate":
+        run_calibrate(args, stop)
+        return 0
+    if args.command == "fit-normal":
+        run_fit_normal(args, stop)
+        return 0
+    if args.batch_size < 1:
+        raise ZsadEdgeError("--batch-size must be at least 1")
+    summary = run_detect(args.bundle, args.inputs, args.out, args.backend, args.batch_size, not args.no_verify,
+                         args.memory_bank, args.precision, args.resume, stop)
+    return _report_detect(summary, args.out, stop)
+
+
+def _report_detect(summary: dict, out_dir: Path, stop: StopRequest) -> int:
+    """One line (plus the skipped files) and the exit code of a detect run."""
+    scored, failed = summary["scored"], summary["skipped"]
+    if not scored and failed and not stop.requested:
+        raise ImageReadError(f"no image could be read: {'; '.join(summary['failures'].values())}")
     flagged = sum(r["is_anomalous"] for r in summary["results"].values())
-    print(f"{done} image(s) scored, {flagged} flagged anomalous, {failed} skipped; results in {args.out}")
+    resumed = f" ({summary['resumed']} from an earlier run)" if summary["resumed"] else ""
+    print(f"{scored} image(s) scored{resumed}, {flagged} flagged anomalous, {failed} skipped; results in {out_dir}")
     for path, reason in summary["failures"].items():
         print(f"  skipped {path}: {reason}")
+    warning = uncalibrated_warning(summary)
+    if warning:
+        print(warning, file=sys.stderr)
+    if stop.requested:
+        print(f"{summary['stopped']} image(s); rerun with --resume to finish", file=sys.stderr)
+        return stop.exit_code
     return EXIT_PARTIAL if failed else 0
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import BundleError
 from .image_io import write_bytes_atomic
+from .manifest_schema import scoring_problems
 
 CHUNK_TOKENS = 4096
 
@@ -76,12 +77,20 @@ class MemoryBank:
         path = Path(path)
         if not path.is_file():
             raise BundleError(f"memory bank not found: {path}; build it with detector.fit_normal(images)")
+        rebuild = "rebuild it with `zsad-edge fit-normal`"
         try:
             with np.load(path, allow_pickle=False) as data:
                 bank = cls(data["tokens"], int(data["shots"]), str(data["encoder_sha256"]),
                            json.loads(str(data["scoring"])))
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
-            raise BundleError(f"memory bank {path} is unreadable ({exc}); rebuild it with fit_normal") from None
+        except Exception as exc:  # zip, zlib, npy-format and JSON errors of a truncated or foreign file
+            raise BundleError(f"memory bank {path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); "
+                              f"{rebuild}") from None
+        problems = [] if bank.scoring is None else scoring_problems(bank.scoring)
+        if bank.tokens.ndim != 3 or not np.issubdtype(bank.tokens.dtype, np.floating):
+            problems.append(f"tokens must be a float array [taps, tokens, width], got {bank.tokens.dtype} "
+                            f"{list(bank.tokens.shape)}")
+        if problems:
+            raise BundleError(f"memory bank {path} is invalid: {'; '.join(problems)}; {rebuild}")
         if bank.encoder_sha256 != encoder_sha256:
             raise BundleError(f"memory bank {path} was built with another image encoder; rebuild it with fit_normal")
         return bank

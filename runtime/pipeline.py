@@ -22,6 +22,7 @@ from .image_io import check_image, read_image, to_rgb_float
 from .memory_bank import MemoryBank, default_map_max_range
 from .preprocess import preprocess_batch
 from .scoring import score_rule
+from .stopping import NEVER, StopRequest, Stopped
 
 ENCODER = "image_encoder"
 # Methods whose encoder exposes the raw tap tokens a few-shot memory bank is made of.
@@ -29,6 +30,8 @@ FEW_SHOT_METHODS = ("aprilgan_zero_shot",)
 FEW_SHOT_RULE = "prompt_and_map_mean"
 
 ImageInput = np.ndarray | str | os.PathLike
+# Files are decoded reduced only while their shorter side stays >= this many model input sides.
+REDUCED_DECODE_MARGIN = 4
 
 
 @dataclass
@@ -99,11 +102,17 @@ class DetectionPipeline(ABC):
     def taps_as_numpy(self, features: Any) -> np.ndarray:
         """The raw tap tokens [B, n_taps, N, width] from `encode`'s output, as float32 numpy."""
 
-    def fit_normal(self, images: Sequence[ImageInput], chunk: int = 4) -> MemoryBank:
-        """Build and attach the few-shot memory bank from k normal images (arrays or paths)."""
+    def fit_normal(self, images: Sequence[ImageInput], chunk: int = 4, stop: StopRequest = NEVER) -> MemoryBank:
+        """Build and attach the few-shot memory bank from k normal images (arrays or paths).
+
+        A stop request between chunks abandons the bank (Stopped): nothing is attached or written.
+        """
         self._check_few_shot()
-        taps = [self.taps_as_numpy(self.encode(self.preprocess(images[i:i + chunk])[0]))
-                for i in range(0, len(images), chunk)]
+        taps = []
+        for start in range(0, len(images), chunk):
+            if stop.requested:
+                raise Stopped(stop, start, len(images), "no memory bank written")
+            taps.append(self.taps_as_numpy(self.encode(self.preprocess(images[start:start + chunk])[0])))
         self.attach_memory_bank(MemoryBank.from_taps(np.concatenate(taps), self.manifest.component_digest(ENCODER)))
         return self.memory_bank
 
@@ -115,13 +124,14 @@ class DetectionPipeline(ABC):
     def attach_memory_bank(self, bank: MemoryBank) -> None:
         """Switch to few-shot scoring; the bank's calibrated constants (if any) replace the manifest's.
 
-        Uncalibrated, the map peak is normalised by its theoretical bounds.
+        Uncalibrated, the map peak is normalised by its theoretical bounds, and the thresholds are
+        the manifest's, which a zero-shot calibration made for other maps: marked uncalibrated.
         """
         self._check_few_shot()
         self.memory_bank = bank
-        self._use_scoring({**self.manifest.scoring, "rule": FEW_SHOT_RULE,
-                           "map_max_range": list(default_map_max_range(len(self.manifest.taps))),
-                           **(bank.scoring or {})})
+        uncalibrated = {"calibrated": False, "map_max_range": list(default_map_max_range(len(self.manifest.taps)))}
+        self._use_scoring({**{k: v for k, v in self.manifest.scoring.items() if k != "map_normal_median"},
+                           "rule": FEW_SHOT_RULE, **(bank.scoring or uncalibrated)})
 
     def _check_few_shot(self) -> None:
         method = self.manifest.method.get("name")
@@ -129,14 +139,17 @@ class DetectionPipeline(ABC):
             raise BundleError(f"few-shot memory banks work with {', '.join(FEW_SHOT_METHODS)} bundles, "
                               f"not {method!r}")
 
-    @staticmethod
-    def load(images: Sequence[ImageInput]) -> list[np.ndarray]:
+    def read(self, path: str | os.PathLike) -> np.ndarray:
+        """Decode an image file; one far larger than the model input is decoded reduced (image_io)."""
+        return read_image(path, keep_side=REDUCED_DECODE_MARGIN * max(self.manifest.preprocess.input_size))
+
+    def load(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
         """Images (arrays of any layout, or paths) -> checked arrays in their own dtype and layout.
 
         Not converted to float here: 8-bit images must reach the resize as 8-bit to get the
         official input tensor (runtime/preprocess.py).
         """
-        return [check_image(read_image(im) if isinstance(im, (str, os.PathLike)) else im) for im in images]
+        return [check_image(self.read(im) if isinstance(im, (str, os.PathLike)) else im) for im in images]
 
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Images (arrays or paths) -> normalised NCHW batch and each image's original (H, W)."""

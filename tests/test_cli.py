@@ -34,7 +34,13 @@ def test_demo_builds_and_detects_offline(tmp_path):
     result = json.loads((tmp_path / "demo_output" / "synthetic_part.json").read_text())
     assert 0.0 <= result["score"] <= 1.0 and (result["height"], result["width"]) == (256, 400)
     overlay = cv2.imread(str(tmp_path / "demo_output" / "synthetic_part_overlay.png"))
-    assert overlay.shape == (256, 400, 3)
+    assert overlay.shape[1:] == (400, 3) and 256 < overlay.shape[0] < 256 + 60  # the image below a header line
+    manifest = (tmp_path / "demo" / "manifest.json").read_bytes()
+    again = _run([sys.executable, str(REPO / "export" / "build_engines.py"), "--demo", "--out", str(tmp_path / "demo")],
+                 cwd=tmp_path)
+    assert again.returncode == 2 and _error_lines(again.stderr) == [
+        f"error: output folder exists: {tmp_path / 'demo'} (pass --overwrite to replace it)"]
+    assert (tmp_path / "demo" / "manifest.json").read_bytes() == manifest
 
 
 def test_folder_run_continues_past_bad_images(tiny_built, tmp_path):
@@ -50,7 +56,7 @@ def test_folder_run_continues_past_bad_images(tiny_built, tmp_path):
     assert "cannot decode image (corrupt or not an image)" in proc.stdout and "image file is empty" in proc.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summary["results"]) == 2 and len(summary["failures"]) == 2
-    assert summary["providers"][0] == "CPUExecutionProvider"
+    assert summary["run"]["providers"][0] == "CPUExecutionProvider"
     assert "random weights: for tests and timing only" in proc.stderr
     per_image = json.loads((tmp_path / "out" / "1-+_row0.json").read_text())
     assert per_image["width"] == 100 and per_image["height"] == 64

@@ -36,8 +36,21 @@ def test_bgr_file_is_returned_as_rgb_and_alpha_dropped(tmp_path):
 
 
 def test_float_and_single_channel_arrays_are_accepted():
-    assert to_rgb_float(np.full((5, 7, 1), 2.0)).max() == 1.0  # clipped
+    assert to_rgb_float(np.full((5, 7, 1), 1.0005)).max() == 1.0  # rounding above 1: clipped, still 0-1
     assert to_rgb_float(np.zeros((5, 7), np.float64)).shape == (5, 7, 3)
+
+
+def test_float_images_beyond_one_are_read_by_their_range(caplog):
+    """A float TIFF holding 0-255 values is not clipped to white: its range says how to read it."""
+    ramp = np.tile(np.linspace(0, 255, 40, dtype=np.float32), (10, 1))
+    with caplog.at_level("WARNING"):
+        np.testing.assert_allclose(to_rgb_float(ramp)[..., 0], ramp / 255, atol=1e-6)
+    assert "read as 0-255" in caplog.text
+    np.testing.assert_allclose(to_rgb_float(np.full((4, 4), 30000.0))[0, 0], 30000 / 65535, rtol=1e-6)
+    with pytest.raises(ImageReadError, match="negative values"):
+        to_rgb_float(np.full((4, 4), -0.5))
+    with pytest.raises(ImageReadError, match="expected 0-1, 0-255 or 0-65535"):
+        to_rgb_float(np.full((4, 4), 1e6))
 
 
 @pytest.mark.parametrize("array, message", [

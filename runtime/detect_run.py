@@ -1,0 +1,160 @@
+"""`zsad-edge detect` over files and folders: traceable outputs, resumable, stoppable.
+
+Outputs mirror the inputs: `--out OUT` with a folder input `parts/` writes `OUT/test/good/000.json`
+for `parts/test/good/000.png` (a file input writes `OUT/<name>.json`), and nothing inside OUT is
+ever read as input. Per image: the overlay (and SAM mask) first, the JSON last, so a JSON on disk
+means a complete result; `--resume` skips those. Every JSON and the summary record how the result
+was made: bundle, precision, providers, thresholds and their source, memory bank, timing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .detector import Detector
+from .errors import ImageReadError
+from .image_io import check_image, list_images, write_bytes_atomic, write_image_atomic
+from .overlay import render_overlay
+from .pipeline import DetectionResult
+from .stopping import NEVER, StopRequest
+
+# Share of flagged images above which an uncalibrated bundle gets a warning.
+UNCALIBRATED_FLAG_WARNING = 0.5
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input image and where its outputs go (relative to --out, without suffix)."""
+
+    image: Path
+    stem: Path
+
+
+def plan_jobs(inputs: Sequence[str | Path], out_dir: Path) -> list[Job]:
+    """Input images in order, each with an output stem mirroring its path below its input folder."""
+    out = Path(out_dir).resolve()
+    jobs, used = [], set()
+    for item in map(Path, inputs):
+        if item.is_dir():
+            pairs = [(p, p.relative_to(item).with_suffix("")) for p in list_images([item])
+                     if not p.resolve().is_relative_to(out)]
+        else:
+            pairs = [(item, Path(item.stem))]
+        for image, stem in pairs:
+            unique, counter = stem, 1
+            while unique in used:  # e.g. part.png and part.jpg side by side
+                counter += 1
+                unique = stem.with_name(f"{stem.name}_{counter}")
+            used.add(unique)
+            jobs.append(Job(image, unique))
+    return jobs
+
+
+def run_record(detector: Detector, bundle: Path, precision: str, memory_bank: Path | None) -> dict:
+    """How results were made, for every JSON: an operator must be able to trace a verdict."""
+    scoring = detector.scoring
+    from_bank = detector.memory_bank is not None and bool(detector.memory_bank.scoring)
+    return {
+        "bundle": str(bundle), "method": detector.manifest.method.get("name"), "precision": precision,
+        "providers": detector.providers, "memory_bank": str(memory_bank) if memory_bank else None,
+        "thresholds": {"image": scoring["image_threshold"], "map": scoring["map_threshold"],
+                       "calibrated": bool(scoring.get("calibrated", False)),
+                       "source": "memory bank" if from_bank else "bundle"},
+    }
+
+
+@dataclass
+class DetectRun:
+    """The state of one detect run; `summary()` is what summary.json holds."""
+
+    detector: Detector
+    out_dir: Path
+    record: dict
+    results: dict[str, dict] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    resumed: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def write(self, job: Job, image: np.ndarray, result: DetectionResult, elapsed_ms: float) -> None:
+        """Overlay (and SAM mask) first, JSON last: a JSON on disk means the image is done."""
+        base = self.out_dir / job.stem
+        sam_mask = result.refinement.mask if result.refinement is not None else None
+        overlay = render_overlay(image, result, self.detector.scoring, self.record["thresholds"], sam_mask=sam_mask)
+        write_image_atomic(base.with_name(f"{base.name}_overlay.png"), overlay)
+        if sam_mask is not None:
+            write_image_atomic(base.with_name(f"{base.name}_sam_mask.png"), sam_mask.astype(np.uint8) * 255)
+        summary = {"image": str(job.image), **result.summary(), "elapsed_ms": elapsed_ms, "run": self.record}
+        write_bytes_atomic(base.with_name(f"{base.name}.json"), (json.dumps(summary, indent=2) + "\n").encode())
+        self.results[str(job.image)] = summary
+
+    def resume(self, job: Job) -> bool:
+        """Take a complete earlier result of this job, if there is one."""
+        path = (self.out_dir / job.stem).with_name(f"{job.stem.name}.json")
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if not isinstance(earlier, dict) or earlier.get("image") != str(job.image) or "score" not in earlier:
+            return False
+        self.results[str(job.image)] = earlier
+        self.resumed += 1
+        return True
+
+    def summary(self, total: int, stop: StopRequest) -> dict:
+        done = len(self.results) + len(self.failures)
+        return {"run": self.record, "images": total, "scored": len(self.results), "resumed": self.resumed,
+                "skipped": len(self.failures),
+                "stopped": f"stopped by {stop.signal_name} after {done} of {total}" if stop.requested else None,
+                "elapsed_s": round(time.perf_counter() - self.started, 3),
+                "results": self.results, "failures": self.failures}
+
+
+def detect_jobs(detector: Detector, jobs: Sequence[Job], out_dir: Path, record: dict, batch_size: int = 1,
+               resume: bool = False, stop: StopRequest = NEVER, progress: bool = True) -> dict:
+    """Detect on every job (in batches); returns the summary, also written to out_dir/summary.json."""
+    from tqdm import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = DetectRun(detector, out_dir, record)
+    pending: list[tuple[Job, np.ndarray]] = []
+
+    def flush() -> None:
+        start = time.perf_counter()
+        results = detector.detect_batch([image for _, image in pending])
+        elapsed_ms = (time.perf_counter() - start) * 1000 / len(pending)
+        for (job, image), result in zip(pending, results):
+            run.write(job, image, result, round(elapsed_ms, 2))
+        pending.clear()
+
+    for job in stop.each(tqdm(jobs, desc="detect", unit="img", disable=not progress or len(jobs) < 2, file=sys.stderr)):
+        if resume and run.resume(job):
+            continue
+        try:
+            pending.append((job, check_image(detector.read(job.image))))
+        except ImageReadError as exc:
+            run.failures[str(job.image)] = str(exc)
+            continue
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    summary = run.summary(len(jobs), stop)
+    write_bytes_atomic(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def uncalibrated_warning(summary: dict) -> str | None:
+    """One warning when an uncalibrated bundle flags most images: its thresholds are placeholders."""
+    scored = summary["results"].values()
+    flagged = sum(r["is_anomalous"] for r in scored)
+    if summary["run"]["thresholds"]["calibrated"] or not scored or flagged <= UNCALIBRATED_FLAG_WARNING * len(scored):
+        return None
+    return (f"warning: {flagged} of {len(scored)} images flagged by an uncalibrated bundle: its thresholds are "
+            "placeholders; run `zsad-edge calibrate BUNDLE NORMAL_IMAGES` first")
