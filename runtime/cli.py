@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from tqdm import tqdm
+
 from .bundle import BASE_PRECISION
 from .components import BACKENDS
 from .detect_run import detect_jobs, plan_jobs, run_record, uncalibrated_warning
@@ -186,7 +188,7 @@ def run_fit_normal(args: argparse.Namespace, stop: StopRequest = NEVER) -> None:
     if not paths:
         raise ImageReadError(f"no images found in {', '.join(args.normal_images)}")
     images, skipped = [], []
-    for path in stop.each(paths):
+    for path in stop.each(tqdm(paths, desc="fit-normal", unit="img", disable=len(paths) < 2, file=sys.stderr)):
         if args.shots is not None and len(images) == args.shots:
             break
         try:
