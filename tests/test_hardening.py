@@ -306,3 +306,26 @@ def test_pixel_metrics_keep_the_aspect_ratio():
     assert pixel_metric_size((1240, 500), 256) == (103, 256)  # KolektorSDD: tall stays tall
     assert pixel_metric_size((256, 400), 256) == (256, 164)
     assert pixel_metric_size((256, 400), None) == (400, 256)
+
+
+def test_eval_stopped_midway_reports_the_images_it_scored(tiny_detector, quirky_set):
+    """A stop during eval: metrics over the images scored so far, and the report says so."""
+    import signal as signals
+
+    from zsad_edge.benchmarks.evaluate import evaluate
+    from zsad_edge.runtime.dataset import scan_dataset
+    from zsad_edge.runtime.stopping import StopRequest
+
+    stop, calls = StopRequest(), []
+
+    def detector(image):
+        calls.append(1)
+        if len(calls) == 3:
+            stop.signal = signals.SIGINT  # as the handler would on Ctrl-C
+        return tiny_detector(image)
+
+    categories = scan_dataset(quirky_set)
+    report = evaluate({"runtime": detector}, categories, progress=False, stop=stop)
+    total = len(categories[0].samples)
+    assert report["stopped"] == f"stopped by SIGINT after 3 of {total} images; metrics cover those"
+    assert report["categories"]["parts"]["images"] == 3
