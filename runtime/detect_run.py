@@ -95,13 +95,16 @@ class DetectRun:
         self.results[str(job.image)] = summary
 
     def resume(self, job: Job) -> bool:
-        """Take a complete earlier result of this job, if there is one."""
+        """Take a complete earlier result of this job made the same way (bundle, precision, bank), if any."""
         path = (self.out_dir / job.stem).with_name(f"{job.stem.name}.json")
         try:
             earlier = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
         if not isinstance(earlier, dict) or earlier.get("image") != str(job.image) or "score" not in earlier:
+            return False
+        made_by = earlier.get("run", {})
+        if any(made_by.get(key) != self.record[key] for key in ("bundle", "precision", "memory_bank")):
             return False
         self.results[str(job.image)] = earlier
         self.resumed += 1
