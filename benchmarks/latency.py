@@ -24,13 +24,13 @@ import numpy as np
 
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.image_io import list_images, read_image
-from zsad_edge.runtime.components import BACKENDS
+from zsad_edge.runtime.backends.components import BACKENDS
 
 from zsad_edge.benchmarks.reports import machine_info, write_report
 from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
-from zsad_edge.export.defaults import METHOD_DEFAULTS
+from zsad_edge.export.cli.arguments import METHOD_OPTIONS
 
-METHODS = tuple(METHOD_DEFAULTS)
+METHODS = METHOD_OPTIONS
 
 def _images(paths: list[str], batch_size: int) -> list[np.ndarray]:
     """The given images (cycled to fill the batch) or synthetic 8-bit 400x256 scans."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsad_edge.runtime.memory_bank import MemoryBank
+from zsad_edge.runtime.stages.memory_bank import MemoryBank
 
 RESULTS = Path("memory_bank.json")  # the current folder: never into the checkout by default
 

@@ -25,7 +25,7 @@ from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
 from zsad_edge.calibration.drift import DriftTolerance, measure_drift
 from zsad_edge.calibration.precision import CALIBRATION_METHODS, PRECISIONS
 from zsad_edge.calibration.variants import add_precision, load_calibration_images
-from zsad_edge.export.defaults import METHOD_DEFAULTS
+from zsad_edge.export.cli.arguments import METHOD_OPTIONS
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.image_io import list_images
 
@@ -35,7 +35,7 @@ NO_GATE = DriftTolerance(min_map_pearson=None, min_score_spearman=None)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, help="MVTec-layout category: train/good calibrates, test/ measures drift")
-    parser.add_argument("--method", choices=tuple(METHOD_DEFAULTS), default="aprilgan")
+    parser.add_argument("--method", choices=METHOD_OPTIONS, default="aprilgan")
     parser.add_argument("--arch", default="ViT-B-16")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))

@@ -23,9 +23,9 @@ import numpy as np
 
 from zsad_edge.benchmarks.reports import machine_info, write_report
 from zsad_edge.export.defaults import SAM_KINDS
-from zsad_edge.runtime.clip_sam import PROMPT_MODES, CascadeConfig, refine
-from zsad_edge.runtime.ort_backend import OrtComponent
-from zsad_edge.runtime.sam_predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, SamGeometry, SamPredictor
+from zsad_edge.runtime.sam.cascade import PROMPT_MODES, CascadeConfig, refine
+from zsad_edge.runtime.backends.ort import OrtComponent
+from zsad_edge.runtime.sam.predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, SamGeometry, SamPredictor
 
 def _scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A 400x256 textured part with two bright defects, and a coarse map of them."""

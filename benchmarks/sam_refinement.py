@@ -28,14 +28,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from zsad_edge.benchmarks.metrics import f1_max
+from zsad_edge.runtime.evaluation.metrics import f1_max
 from zsad_edge.benchmarks.reports import write_report
 from zsad_edge.export.defaults import SAM_KINDS
-from zsad_edge.runtime.clip_sam import PROMPT_MODES, CascadeConfig, mask_iou, refine
-from zsad_edge.runtime.dataset import load_mask, sample_across_defects, scan_dataset
+from zsad_edge.runtime.sam.cascade import PROMPT_MODES, CascadeConfig, mask_iou, refine
+from zsad_edge.runtime.evaluation.dataset import load_mask, sample_across_defects, scan_dataset
 from zsad_edge.runtime.image_io import read_image, to_rgb_float
-from zsad_edge.runtime.ort_backend import OrtComponent
-from zsad_edge.runtime.sam_predictor import SamGeometry, SamPredictor
+from zsad_edge.runtime.backends.ort import OrtComponent
+from zsad_edge.runtime.sam.predictor import SamGeometry, SamPredictor
 
 def component_box_iou(predictor: SamPredictor, image, mask: np.ndarray) -> float:
     """IoU of the union of SAM's answers to the box of each ground-truth component."""

@@ -43,7 +43,7 @@ def measure_drift(reference: DetectionPipeline, candidate: DetectionPipeline, im
     pearson, relative_error, ref_scores, cand_scores = [], [], [], []
     for start in range(0, len(images), batch_size):
         chunk = reference.load(images[start:start + batch_size])
-        for ref, cand in zip(reference.detect_batch(chunk, refine=False), candidate.detect_batch(chunk, refine=False)):
+        for ref, cand in zip(reference.score_batch(chunk), candidate.score_batch(chunk)):
             a, b = ref.anomaly_map.ravel(), cand.anomaly_map.ravel()
             pearson.append(1.0 if np.ptp(a) == 0 and np.ptp(b) == 0 else float(pearsonr(a, b).statistic))
             relative_error.append(float(np.abs(a - b).max() / max(float(np.ptp(a)), 1e-12)))

@@ -48,7 +48,7 @@ def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quanti
         except ImageReadError as exc:
             skipped.append(str(exc))
             continue
-        result = detector.detect_batch([loaded], refine=False)[0]  # SAM outlines do not change the scores
+        result = detector.score_batch([loaded])[0]
         text_scores.append(result.text_score)
         map_peaks.append(result.map_peak)
         flat = result.anomaly_map.ravel()

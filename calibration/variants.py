@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Sequence
 
 from zsad_edge.runtime.bundle import REBUILD_HINT, ComponentSpec, load_manifest, sha256_file, write_manifest
-from zsad_edge.runtime.detector import HEADS, Detector
+from zsad_edge.runtime.contract import HEADS, IMAGE, IMAGE_ENCODER
+from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
 from zsad_edge.runtime.image_io import check_image, list_images, read_image
-from zsad_edge.runtime.ort_backend import OrtComponent
-from zsad_edge.runtime.pipeline import ENCODER
+from zsad_edge.runtime.backends.ort import OrtComponent
 from zsad_edge.runtime.preprocess import preprocess_batch
 
 from .drift import DriftTolerance, check_drift, measure_drift
@@ -55,20 +55,20 @@ def add_precision(bundle_dir: str | os.PathLike, precision: str, calibration_ima
     """
     bundle_dir = Path(bundle_dir)
     manifest = load_manifest(bundle_dir)
-    base = manifest.components.get(ENCODER)
+    base = manifest.components.get(IMAGE_ENCODER)
     if base is None:
-        raise ZsadEdgeError(f"bundle {bundle_dir} has no {ENCODER!r} component; {REBUILD_HINT}")
+        raise ZsadEdgeError(f"bundle {bundle_dir} has no {IMAGE_ENCODER!r} component; {REBUILD_HINT}")
     reference = Detector.from_bundle(bundle_dir, backend="cpu", verify=False)
 
     def feeds():
         for image in calibration_images:
-            yield {"image": preprocess_batch([image], manifest.preprocess)}
+            yield {IMAGE: preprocess_batch([image], manifest.preprocess)}
 
     staging = Path(tempfile.mkdtemp(prefix=f".{precision}-", dir=bundle_dir))
     try:
         plans, components = _convert_components(bundle_dir, manifest, precision, staging, feeds, calibration_method)
         graphs = {n: OrtComponent(staging / c.file, "cpu", precision=precision) for n, c in components.items()}
-        candidate = Detector(bundle_dir, manifest, graphs[ENCODER], graphs.get(HEADS, reference.heads_graph),
+        candidate = Detector(bundle_dir, manifest, graphs[IMAGE_ENCODER], graphs.get(HEADS, reference.heads_graph),
                              reference.fnn_graph)
         drift = measure_drift(reference, candidate, calibration_images)
         check_drift(drift, tolerance, f"the {precision} image encoder" + (" + heads" if HEADS in components else ""))
@@ -79,7 +79,7 @@ def add_precision(bundle_dir: str | os.PathLike, precision: str, calibration_ima
         shutil.rmtree(staging, ignore_errors=True)
     for file in files:
         manifest.files[file] = sha256_file(bundle_dir / file)
-    record = {"components": components, "plan": plans[ENCODER], "drift": drift, "tolerance": tolerance.to_dict()}
+    record = {"components": components, "plan": plans[IMAGE_ENCODER], "drift": drift, "tolerance": tolerance.to_dict()}
     if HEADS in plans:
         record["heads_plan"] = plans[HEADS]
     manifest.precisions[precision] = record
@@ -91,7 +91,7 @@ def _convert_components(bundle_dir: Path, manifest, precision: str, staging: Pat
                         calibration_method: str) -> tuple[dict[str, dict], dict[str, ComponentSpec]]:
     """Convert the encoder (and, for int8-dynamic, the heads' input linear layers) into `staging`;
     returns the plans and component specs of what was converted, by component name."""
-    conversions = {ENCODER: lambda src, dst: convert(src, dst, precision, feeds, calibration_method)}
+    conversions = {IMAGE_ENCODER: lambda src, dst: convert(src, dst, precision, feeds, calibration_method)}
     if precision == "int8-dynamic" and HEADS in manifest.components:
         conversions[HEADS] = quantize_input_linear_layers
     plans, components = {}, {}
@@ -99,7 +99,7 @@ def _convert_components(bundle_dir: Path, manifest, precision: str, staging: Pat
         base = manifest.components[component]
         name = f"{Path(base.file).stem}.{precision}.onnx"
         plan, side_files = conversion(bundle_dir / base.file, staging / name)
-        if plan.weight_nodes == 0 and component != ENCODER:
+        if plan.weight_nodes == 0 and component != IMAGE_ENCODER:
             continue  # nothing in it to quantize: the variant keeps the fp32 graph
         plans[component] = plan.to_dict()
         components[component] = ComponentSpec(file=name, inputs=base.inputs, outputs=base.outputs, precision=precision,

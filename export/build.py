@@ -16,28 +16,24 @@ import torch
 from torch import nn
 
 from zsad_edge.runtime.bundle import Manifest, load_manifest, sha256_file
-from zsad_edge.runtime.detector import ENCODER, FNN, HEADS
+from zsad_edge.runtime.contract import FNN, HEADS, HEADS_OUTPUTS, IMAGE, IMAGE_ENCODER, TEXT_EMBEDDINGS_FILE, onnx_file
 from zsad_edge.runtime.errors import ModelLoadError
-from zsad_edge.runtime.clip_sam import CascadeConfig
-from zsad_edge.runtime.sam_predictor import SamGeometry
+from zsad_edge.runtime.sam.cascade import CascadeConfig, attach_sam
+from zsad_edge.runtime.sam.predictor import SamGeometry
 
 from .aprilgan import AprilGanHeads, load_head_weights, randomize_heads
 from .bundle_writer import finalize_manifest, refuse_existing, staged_bundle
 from .clip_backbone import ClipSpec, LoadedClip, default_taps, load_clip, validate_taps
 from .export_attention import lean_attention_copy
-from .fnn import FnnTrainConfig, load_classifier, save_classifier, train_fnn_on_clip_text
-from .methods import (HEADS_OUTPUTS, MANIFEST_NAMES, METHODS, METHODS_WITH_HEADS, MethodModules, assemble, default_scoring,
-                      method_from_manifest, method_params, text_features)
+from .fnn import FnnTrainConfig
+from .methods import EXPORT_METHODS, MethodModules, export_method, from_manifest
 from .onnx_export import check_parity, export_module
-from .prompts import PromptSet
 from .reference import ReferenceDetector
 from .sam import LoadedSam, SamSpec, litemedsam_asset, load_sam
 from .sam_export import export_sam_graphs
 from .sam_reference import ReferenceSamPredictor
 
 LOG = logging.getLogger(__name__)
-TEXT_EMBEDDINGS_FILE = "text_embeddings.npy"
-FNN_WEIGHTS_FILE = "fnn_weights.npz"
 # Graphs are traced at batch 2; checking 1 and 4 covers both sides of the traced size.
 PARITY_BATCH_SIZES = (1, 4)
 
@@ -89,37 +85,34 @@ class BuiltBundle:
 
 
 def _reference(manifest: Manifest, modules: MethodModules, sam: LoadedSam | None, device: str) -> ReferenceDetector:
-    reference = ReferenceDetector(manifest, modules.encoder, modules.heads, modules.fnn, device=device)
+    reference = ReferenceDetector(manifest, modules.encoder, modules.heads, modules.extra_graphs.get(FNN), device=device)
     if sam is not None:
-        reference.sam = ReferenceSamPredictor(sam, SamGeometry.from_params(manifest.method["params"]["sam"]), device)
+        attach_sam(reference, ReferenceSamPredictor(sam, SamGeometry.from_params(manifest.method["params"]["sam"]), device))
     return reference
 
 
 def build_bundle(config: BuildConfig) -> BuiltBundle:
     """Build, verify and atomically write a bundle of `config.method`."""
-    if config.method not in METHODS:
-        raise ModelLoadError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
-    if config.method in METHODS_WITH_HEADS and config.heads_checkpoint is None and not config.random_heads:
+    method = export_method(config.method)
+    trained = [m for m, plugin in EXPORT_METHODS.items() if plugin.spec.trained_heads]
+    if method.spec.trained_heads and config.heads_checkpoint is None and not config.random_heads:
         raise ModelLoadError(
             f"{config.method} needs trained linear heads: pass --heads-checkpoint PATH (official APRIL-GAN "
             "checkpoint or export/train_heads.py output), or --random-heads for tests and timing"
         )
-    if config.method not in METHODS_WITH_HEADS and config.heads_checkpoint is not None:
+    if not method.spec.trained_heads and config.heads_checkpoint is not None:
         raise ModelLoadError(f"{config.method} is training-free and takes no --heads-checkpoint "
-                             f"(methods with trained heads: {', '.join(METHODS_WITH_HEADS)})")
+                             f"(methods with trained heads: {', '.join(trained)})")
     refuse_existing(config.out_dir, config.overwrite)
     clip = load_clip(config.clip)
     taps = validate_taps(config.taps, clip.num_layers) if config.taps else default_taps(clip.num_layers)
-    params = method_params(config.method, config.object_name, config.prompt_set, config.gaussian_sigma, config.dbscan,
-                           config.fusion_weight, config.clipad_mode)
-    text = text_features(config.method, clip, params)
-    modules = assemble(config.method, clip, taps, text, params)
+    params = method.params(config.object_name, config.prompt_set, config.gaussian_sigma, config.dbscan,
+                           fusion_weight=config.fusion_weight, clipad_mode=config.clipad_mode)
+    text = method.text_features(clip, params)
+    modules = method.assemble(clip, taps, text, params)
     if modules.linear_heads is not None:
         params["heads"] = _init_heads(modules.linear_heads, config, _encoder_settings(clip.activation, params))
-    if modules.fnn is not None:
-        report = train_fnn_on_clip_text(modules.fnn.classifier, clip.model, clip.tokenizer,
-                                        PromptSet.load(params["prompt_set"]), config.fnn)
-        params["fnn"] = {"weights": FNN_WEIGHTS_FILE, "training": config.fnn.to_dict(), "report": report}
+    method.prepare(modules, clip, params, config)
     sam = load_sam(config.sam) if config.sam is not None else None
     if sam is not None:
         params["sam"] = _sam_params(config, sam)
@@ -131,17 +124,16 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
             components.update(sam_components)
             parity.update(sam_parity)
         np.save(staging / TEXT_EMBEDDINGS_FILE, text.numpy().astype(np.float32))
-        if modules.fnn is not None:
-            save_classifier(modules.fnn.classifier, staging / FNN_WEIGHTS_FILE)
+        method.write_files(modules, staging, params)
         manifest = Manifest(
-            method={"name": MANIFEST_NAMES[config.method],
+            method={"name": method.spec.name,
                     "params": {**params, "text_embeddings": TEXT_EMBEDDINGS_FILE}},
             clip=_clip_record(config.clip, clip),
             preprocess=clip.preprocess_spec(),
             taps=taps,
             patch_grid=list(clip.patch_grid),
             components=components,
-            scoring=default_scoring(config.method, len(taps), config.image_threshold),
+            scoring=method.default_scoring(len(taps), config.image_threshold),
             parity=parity,
             producer=f"zsad-edge {_version()}",
         )
@@ -180,7 +172,7 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
     come from the bundle's .npy, exactly as the graphs have them baked in.
     """
     manifest = load_manifest(bundle_dir)
-    method = method_from_manifest(manifest.method["name"])
+    method = from_manifest(manifest.method["name"])
     weights = manifest.clip["weights"]
     common = {"image_size": manifest.preprocess.input_size[0], "activation": _recorded_activation(manifest.clip)}
     architecture = manifest.clip["architecture"]
@@ -193,15 +185,14 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
     clip = load_clip(spec)
     params = manifest.method["params"]
     text = torch.from_numpy(np.load(Path(bundle_dir) / params["text_embeddings"]))
-    modules = assemble(method, clip, manifest.taps, text, params)
+    modules = method.assemble(clip, manifest.taps, text, params)
     if modules.linear_heads is not None:
         if params["heads"]["kind"] == "random":
             randomize_heads(modules.linear_heads, params["heads"]["seed"])
         else:
             load_head_weights(modules.linear_heads, _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"),
                               _encoder_settings(clip.activation, params))
-    if modules.fnn is not None:
-        load_classifier(modules.fnn.classifier, Path(bundle_dir) / params["fnn"]["weights"])
+    method.restore(modules, bundle_dir, params)
     sam = None
     if "sam" in params:
         record = params["sam"]
@@ -252,18 +243,17 @@ def _export_graphs(modules: MethodModules, clip: LoadedClip, staging: Path, tole
         with torch.no_grad():
             return modules.encoder(*images(batch))
 
-    encoder_spec = export_module(lean_attention_copy(modules.encoder), images(2), staging / "image_encoder.onnx",
-                                 ["image"], modules.encoder_outputs)
-    encoder_parity = check_parity(modules.encoder, staging / encoder_spec.file, images, PARITY_BATCH_SIZES, tolerance)
-    heads_spec = export_module(modules.heads, features(2), staging / "heads.onnx", modules.encoder_outputs,
-                               HEADS_OUTPUTS)
-    heads_parity = check_parity(modules.heads, staging / heads_spec.file, features, PARITY_BATCH_SIZES, tolerance)
-    components = {ENCODER: encoder_spec, HEADS: heads_spec}
-    parity = {ENCODER: encoder_parity.to_dict(), HEADS: heads_parity.to_dict()}
-    if modules.fnn is not None:
-        components[FNN] = export_module(modules.fnn, features(2), staging / "fnn.onnx", modules.encoder_outputs,
-                                        HEADS_OUTPUTS)
-        parity[FNN] = check_parity(modules.fnn, staging / "fnn.onnx", features, PARITY_BATCH_SIZES, tolerance).to_dict()
+    encoder_spec = export_module(lean_attention_copy(modules.encoder), images(2), staging / onnx_file(IMAGE_ENCODER),
+                                 [IMAGE], modules.encoder_outputs)
+    components = {IMAGE_ENCODER: encoder_spec}
+    parity = {IMAGE_ENCODER: check_parity(modules.encoder, staging / encoder_spec.file, images, PARITY_BATCH_SIZES,
+                                          tolerance).to_dict()}
+    # The heads and every further graph of the method read all encoder outputs and give the heads' pair.
+    for name, module in {HEADS: modules.heads, **modules.extra_graphs}.items():
+        components[name] = export_module(module, features(2), staging / onnx_file(name), modules.encoder_outputs,
+                                         list(HEADS_OUTPUTS))
+        parity[name] = check_parity(module, staging / components[name].file, features, PARITY_BATCH_SIZES,
+                                    tolerance).to_dict()
     return components, parity
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from zsad_edge.runtime.bundle import ComponentSpec, TensorSpec
 from zsad_edge.runtime.errors import ParityError
-from zsad_edge.runtime.ort_backend import OrtComponent
+from zsad_edge.runtime.backends.ort import OrtComponent
 
 LOG = logging.getLogger(__name__)
 OPSET = 18

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zsad_edge.runtime.sam_predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PAD, SamGeometry, SamImage
+from zsad_edge.runtime.sam.predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PAD, SamGeometry, SamImage
 
 from .sam import LoadedSam
 

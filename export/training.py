@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from zsad_edge.runtime.dataset import Sample, load_mask, scan_dataset
+from zsad_edge.runtime.evaluation.dataset import Sample, load_mask, scan_dataset
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
 from zsad_edge.runtime.image_io import check_image, read_image
 from zsad_edge.runtime.preprocess import PreprocessSpec, preprocess_batch

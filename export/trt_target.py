@@ -16,12 +16,11 @@ from typing import Sequence
 
 from zsad_edge.calibration.precision import graph_precision_counts
 from zsad_edge.runtime.bundle import ComponentSpec, Manifest, load_manifest
-from zsad_edge.runtime.components import EngineOptions
+from zsad_edge.runtime.backends.components import EngineOptions
 from zsad_edge.runtime.errors import ZsadEdgeError
 from zsad_edge.runtime.image_io import write_bytes_atomic
-from zsad_edge.runtime.trt_engine import (BuildOptions, EngineCache, check_precision, current_device,
-                                          default_cache_folder, load_or_build)
-from zsad_edge.runtime.trt_profiles import profile_shapes, shape_string
+from zsad_edge.runtime.backends.trt.engine import BuildOptions, EngineCache, check_precision, current_device, default_cache_folder, load_or_build
+from zsad_edge.runtime.backends.trt.profiles import profile_shapes, shape_string
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 TRTEXEC_SCRIPT = "trtexec_build.sh"

@@ -104,7 +104,7 @@ class Manifest:
         if precision not in self.precisions:
             available = ", ".join([BASE_PRECISION, *self.precisions])
             raise BundleError(f"bundle has no {precision!r} variant (available: {available}); add it with "
-                              f"`python export/build_engines.py --add-to BUNDLE --precision {precision} "
+                              f"`python export/build_engines.py add-precision BUNDLE --precision {precision} "
                               "--calibration-images NORMAL_IMAGES`")
         return replace(self, components={**self.components, **self.precisions[precision]["components"]})
 

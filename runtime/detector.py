@@ -1,4 +1,4 @@
-"""The lean runtime detector: a bundle run with onnxruntime, no torch anywhere."""
+"""The lean runtime detector: a bundle run with onnxruntime or TensorRT, no torch anywhere."""
 
 from __future__ import annotations
 
@@ -9,22 +9,22 @@ import cv2
 import numpy as np
 
 from .bundle import BASE_PRECISION, REBUILD_HINT, Manifest, load_manifest
+from .sam.cascade import attach_sam
+from .backends.components import EngineOptions, GraphComponent, open_components
+from .contract import (ANOMALY_MAP, FNN, FNN_FUSION, HEADS, IMAGE, IMAGE_ENCODER, IMAGE_SCORE, METHODS, SAM_COMPONENTS,
+                       TAPS)
 from .errors import BundleError
 from .interpolation import upsample_align_corners
-from .components import EngineOptions, GraphComponent, open_components
-from .pipeline import ENCODER, DetectionPipeline
-from .sam_predictor import SamGeometry, SamPredictor
+from .pipeline import DetectionPipeline
+from .sam.predictor import SamGeometry, SamPredictor
 from .smoothing import gaussian_smooth
-
-HEADS = "heads"
-FNN = "fnn"
-SAM_COMPONENTS = ("sam_encoder", "sam_decoder")
-SUPPORTED_METHODS = ("aprilgan_zero_shot", "sdp", "sdpplus", "fnn")
+from .stages.few_shot import FewShot
+from .stages.fnn_fusion import FnnFusion
 
 
 def _check_input_size(encoder: GraphComponent, input_size: tuple[int, int]) -> None:
     """The graph must take the image size the manifest preprocesses to, or every frame would fail."""
-    graph_size = tuple(encoder.input_shapes.get("image", [])[2:])
+    graph_size = tuple(encoder.input_shapes.get(IMAGE, [])[2:])
     if graph_size != tuple(input_size):
         raise BundleError(
             f"{encoder.name} expects images of {list(graph_size)} but the manifest preprocesses to "
@@ -32,8 +32,8 @@ def _check_input_size(encoder: GraphComponent, input_size: tuple[int, int]) -> N
         )
 
 
-class Detector(DetectionPipeline):
-    """Runs a bundle's image encoder and heads graphs (and the FNN graph of the FNN method).
+class Detector(DetectionPipeline, FewShot):
+    """Runs a bundle's graphs: image encoder, heads, and the post-stages its method and the user add.
 
     Usage: `Detector.from_bundle("bundle/")(image)` -> DetectionResult.
     """
@@ -45,6 +45,8 @@ class Detector(DetectionPipeline):
         self.encoder = encoder
         self.heads_graph = heads
         self.fnn_graph = fnn
+        if FNN_FUSION in METHODS[manifest.method["name"]].post_stages:
+            self.map_stages.append(FnnFusion(self._run_fnn, float(manifest.method["params"]["fusion_weight"])))
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, backend: str = "auto", verify: bool = True,
@@ -59,18 +61,18 @@ class Detector(DetectionPipeline):
         bundle_dir = Path(bundle_dir)
         manifest = load_manifest(bundle_dir, verify_hashes=verify).with_precision(precision)
         method = manifest.method.get("name")
-        if method not in SUPPORTED_METHODS:
-            raise BundleError(f"bundle method {method!r} is not supported by this runtime ({', '.join(SUPPORTED_METHODS)})")
+        if method not in METHODS:
+            raise BundleError(f"bundle method {method!r} is not supported by this runtime ({', '.join(METHODS)})")
         sam_params = manifest.method.get("params", {}).get("sam")  # CLIP-SAM bundles
-        names = [ENCODER, HEADS] + ([FNN] if method == "fnn" else []) + (list(SAM_COMPONENTS) if sam_params else [])
+        names = [*METHODS[method].components, *(SAM_COMPONENTS if sam_params else ())]
         for name in names:
             if name not in manifest.components:
                 raise BundleError(f"bundle has no {name!r} component; {REBUILD_HINT}")
         graphs = open_components(bundle_dir, manifest, names, backend, intra_op_threads, engines)
-        _check_input_size(graphs[ENCODER], manifest.preprocess.input_size)
-        detector = cls(bundle_dir, manifest, graphs[ENCODER], graphs[HEADS], graphs.get(FNN))
+        _check_input_size(graphs[IMAGE_ENCODER], manifest.preprocess.input_size)
+        detector = cls(bundle_dir, manifest, graphs[IMAGE_ENCODER], graphs[HEADS], graphs.get(FNN))
         if sam_params:
-            detector.sam = SamPredictor(*(graphs[name] for name in SAM_COMPONENTS), SamGeometry.from_params(sam_params))
+            attach_sam(detector, SamPredictor(*(graphs[name] for name in SAM_COMPONENTS), SamGeometry.from_params(sam_params)))
         return detector
 
     @property
@@ -79,21 +81,22 @@ class Detector(DetectionPipeline):
         return self.encoder.providers
 
     def encode(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self.encoder.run({"image": batch})
-
-    def taps_as_numpy(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        return features["taps"]
+        return self.encoder.run({IMAGE: batch})
 
     def heads(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         out = self.heads_graph.run(features)
-        maps, scores = out["anomaly_map"], out["image_score"]
-        if self.fnn_graph is not None:
-            fnn = self.fnn_graph.run(features)
-            maps, scores = self.fuse_fnn((maps, scores), (fnn["anomaly_map"], fnn["image_score"]))
-        if self.memory_bank is not None:
-            grid = self.memory_bank.distances(features["taps"]).reshape(-1, *self.manifest.patch_grid)
-            maps = maps + upsample_align_corners(grid, self.manifest.preprocess.input_size)
-        return maps, scores
+        return out[ANOMALY_MAP], out[IMAGE_SCORE]
+
+    def _run_fnn(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        out = self.fnn_graph.run(features)
+        return out[ANOMALY_MAP], out[IMAGE_SCORE]
+
+    def taps_as_numpy(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        return features[TAPS]
+
+    def few_shot_map(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        grid = self.memory_bank.distances(features[TAPS]).reshape(-1, *self.manifest.patch_grid)
+        return upsample_align_corners(grid, self.manifest.preprocess.input_size)
 
     def smooth(self, maps: np.ndarray) -> np.ndarray:
         return gaussian_smooth(maps, self.gaussian_sigma)

@@ -3,7 +3,8 @@
 Both run preprocess -> encode -> heads -> postprocess with the same stage names, so benchmarks time
 the same stages on each side and parity tests compare like with like. Subclasses supply the
 model stages and the map smoothing; preprocessing, the image-score rule and result assembly are
-shared.
+shared. What a method or the user adds after the heads (FNN fusion, a few-shot memory bank,
+CLIP-SAM refinement) is a post-stage (runtime/stages/), so this module knows no method.
 """
 
 from __future__ import annotations
@@ -11,27 +12,27 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from .bundle import Manifest
-from .clip_sam import CascadeConfig, Predictor, SamRefinement, refine
-from .errors import BundleError
-from .image_io import check_image, read_image, to_rgb_float
-from .memory_bank import MemoryBank, default_map_max_range
+from .image_io import check_image, read_image
 from .preprocess import preprocess_batch
 from .scoring import score_rule
-from .stopping import NEVER, StopRequest, Stopped
-
-ENCODER = "image_encoder"
-# Methods whose encoder exposes the raw tap tokens a few-shot memory bank is made of.
-FEW_SHOT_METHODS = ("aprilgan_zero_shot",)
-FEW_SHOT_RULE = "prompt_and_map_mean"
+from .stages import MapStage, ResultStage
 
 ImageInput = np.ndarray | str | os.PathLike
 # Files are decoded reduced only while their shorter side stays >= this many model input sides.
 REDUCED_DECODE_MARGIN = 4
+
+
+class Refinement(Protocol):
+    """What a result stage may attach to a result: a refined mask and map (CLIP-SAM)."""
+
+    mask: np.ndarray
+    anomaly_map: np.ndarray
+    regions: int
 
 
 @dataclass
@@ -42,7 +43,7 @@ class DetectionResult:
     map threshold; score: image-level anomaly score; is_anomalous: score > image threshold.
     Strict comparisons: a threshold calibrated as the largest normal value flags no normal image.
     text_score and map_peak are the raw parts the score was combined from (calibration uses them).
-    refinement: CLIP-SAM bundles only, for images flagged anomalous: SAM's mask and the fused map.
+    refinement: set by a result stage (CLIP-SAM, for images flagged anomalous): its mask and map.
     """
 
     score: float
@@ -51,11 +52,11 @@ class DetectionResult:
     is_anomalous: bool
     text_score: float
     map_peak: float
-    refinement: SamRefinement | None = None
+    refinement: Refinement | None = None
 
     @property
     def final_map(self) -> np.ndarray:
-        """The map to judge pixels by: SAM-refined where the bundle refines, else CLIP's."""
+        """The map to judge pixels by: the refined one where a stage refined it, else CLIP's."""
         return self.refinement.anomaly_map if self.refinement is not None else self.anomaly_map
 
     def summary(self) -> dict[str, Any]:
@@ -78,66 +79,21 @@ class DetectionResult:
 class DetectionPipeline(ABC):
     """Template for a detector: the model stages are abstract, the rest is shared.
 
-    A few-shot memory bank (APRIL-GAN) is held here too, so the runtime and the reference build,
-    load and calibrate banks through one API; each searches it with its own arithmetic in `heads`.
+    map_stages run after the heads, result_stages on the results (runtime/stages/).
     """
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
-        self.memory_bank: MemoryBank | None = None
-        params = manifest.method.get("params", {})
-        self.gaussian_sigma = float(params.get("gaussian_sigma", 0.0))
-        self.fusion_weight = float(params.get("fusion_weight", 0.0))
+        self.gaussian_sigma = float(manifest.method.get("params", {}).get("gaussian_sigma", 0.0))
+        self.map_stages: list[MapStage] = []
+        self.result_stages: list[ResultStage] = []
         self._use_scoring(manifest.scoring)
-        self.sam: Predictor | None = None  # CLIP-SAM bundles: set by the subclass from the bundle
-        self.cascade = CascadeConfig.from_params(params["sam"]["cascade"]) if "sam" in params else None
 
     def _use_scoring(self, scoring: dict) -> None:
         self.scoring = scoring
         self.score_rule = score_rule(scoring.get("rule", "prompt"))
         self.map_threshold = float(scoring["map_threshold"])
         self.image_threshold = float(scoring["image_threshold"])
-
-    @abstractmethod
-    def taps_as_numpy(self, features: Any) -> np.ndarray:
-        """The raw tap tokens [B, n_taps, N, width] from `encode`'s output, as float32 numpy."""
-
-    def fit_normal(self, images: Sequence[ImageInput], chunk: int = 4, stop: StopRequest = NEVER) -> MemoryBank:
-        """Build and attach the few-shot memory bank from k normal images (arrays or paths).
-
-        A stop request between chunks abandons the bank (Stopped): nothing is attached or written.
-        """
-        self._check_few_shot()
-        taps = []
-        for start in range(0, len(images), chunk):
-            if stop.requested:
-                raise Stopped(stop, start, len(images), "no memory bank written")
-            taps.append(self.taps_as_numpy(self.encode(self.preprocess(images[start:start + chunk])[0])))
-        self.attach_memory_bank(MemoryBank.from_taps(np.concatenate(taps), self.manifest.component_digest(ENCODER)))
-        return self.memory_bank
-
-    def load_memory_bank(self, path: str | os.PathLike) -> MemoryBank:
-        """Attach a bank saved with `fit_normal(...).save(path)`; refused if built with another encoder."""
-        self.attach_memory_bank(MemoryBank.load(path, self.manifest.component_digest(ENCODER)))
-        return self.memory_bank
-
-    def attach_memory_bank(self, bank: MemoryBank) -> None:
-        """Switch to few-shot scoring; the bank's calibrated constants (if any) replace the manifest's.
-
-        Uncalibrated, the map peak is normalised by its theoretical bounds, and the thresholds are
-        the manifest's, which a zero-shot calibration made for other maps: marked uncalibrated.
-        """
-        self._check_few_shot()
-        self.memory_bank = bank
-        uncalibrated = {"calibrated": False, "map_max_range": list(default_map_max_range(len(self.manifest.taps)))}
-        self._use_scoring({**{k: v for k, v in self.manifest.scoring.items() if k != "map_normal_median"},
-                           "rule": FEW_SHOT_RULE, **(bank.scoring or uncalibrated)})
-
-    def _check_few_shot(self) -> None:
-        method = self.manifest.method.get("name")
-        if method not in FEW_SHOT_METHODS:
-            raise BundleError(f"few-shot memory banks work with {', '.join(FEW_SHOT_METHODS)} bundles, "
-                              f"not {method!r}")
 
     def read(self, path: str | os.PathLike) -> np.ndarray:
         """Decode an image file; one far larger than the model input is decoded reduced (image_io)."""
@@ -162,12 +118,13 @@ class DetectionPipeline(ABC):
 
     @abstractmethod
     def heads(self, features: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Features -> (anomaly maps [B, H_in, W_in] at model input size, prompt scores [B])."""
+        """Features -> (anomaly maps [B, H_in, W_in] at model input size, prompt scores [B]) as numpy."""
 
-    def fuse_fnn(self, prompt: tuple[np.ndarray, np.ndarray], fnn: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """FNN method: weighted mean of the prompt and FNN (map, score) pairs, both probabilities."""
-        weight = self.fusion_weight
-        return tuple((1.0 - weight) * p + weight * f for p, f in zip(prompt, fnn))
+    def post_heads(self, features: Any, maps: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The map stages, in order (FNN fusion, few-shot memory bank)."""
+        for stage in self.map_stages:
+            maps, scores = stage(features, maps, scores)
+        return maps, scores
 
     @abstractmethod
     def smooth(self, maps: np.ndarray) -> np.ndarray:
@@ -198,25 +155,21 @@ class DetectionPipeline(ABC):
             for full, score, text, peak in zip(self.resize_maps(maps, sizes), scores, text_scores, peaks)
         ]
 
-    def refine(self, results: list[DetectionResult], images: Sequence[np.ndarray]) -> None:
-        """CLIP-SAM: run the SAM cascade on every image flagged anomalous (the rest need no outline)."""
-        threshold = self.cascade.region_threshold
-        threshold = self.map_threshold if threshold is None else threshold
-        for result, image in zip(results, images):
-            if result.is_anomalous:
-                result.refinement = refine(self.sam, to_rgb_float(image), result.anomaly_map, threshold, self.cascade)
+    def score_batch(self, images: Sequence[ImageInput]) -> list[DetectionResult]:
+        """Scores, maps and verdicts of a batch in one model call, without result stages.
 
-    def detect_batch(self, images: Sequence[ImageInput], refine: bool = True) -> list[DetectionResult]:
-        """Run a batch of images of any sizes through all stages in one model call.
-
-        refine=False skips CLIP-SAM refinement (calibration needs only the CLIP scores).
+        Calibration and drift measurement use this: a refinement (CLIP-SAM) does not change scores.
         """
+        batch, sizes = self.preprocess(images)
+        features = self.encode(batch)
+        return self.postprocess(*self.post_heads(features, *self.heads(features)), sizes)
+
+    def detect_batch(self, images: Sequence[ImageInput]) -> list[DetectionResult]:
+        """Run a batch of images of any sizes through every stage, result stages included."""
         loaded = self.load(images)
-        batch, sizes = self.preprocess(loaded)
-        maps, text_scores = self.heads(self.encode(batch))
-        results = self.postprocess(maps, text_scores, sizes)
-        if refine and self.sam is not None:
-            self.refine(results, loaded)
+        results = self.score_batch(loaded)
+        for stage in self.result_stages:
+            stage(results, loaded)
         return results
 
     def __call__(self, image: ImageInput) -> DetectionResult:

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from zsad_edge.calibration.precision import graph_precision_counts
-from zsad_edge.runtime.ort_backend import OrtComponent
+from zsad_edge.runtime.backends.ort import OrtComponent
 
 ENGINE_MAGIC = b"FAKE-TRT-ENGINE\n"
 

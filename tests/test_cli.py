@@ -27,7 +27,7 @@ def _error_lines(stderr):
 
 
 def test_demo_builds_and_detects_offline(tmp_path):
-    proc = _run([sys.executable, str(REPO / "export" / "build_engines.py"), "--demo", "--out", str(tmp_path / "demo")],
+    proc = _run([sys.executable, str(REPO / "export" / "build_engines.py"), "demo", "--out", str(tmp_path / "demo")],
                 cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "demo" / "manifest.json").is_file()
@@ -36,7 +36,7 @@ def test_demo_builds_and_detects_offline(tmp_path):
     overlay = cv2.imread(str(tmp_path / "demo_output" / "synthetic_part_overlay.png"))
     assert overlay.shape[1:] == (400, 3) and 256 < overlay.shape[0] < 256 + 60  # the image below a header line
     manifest = (tmp_path / "demo" / "manifest.json").read_bytes()
-    again = _run([sys.executable, str(REPO / "export" / "build_engines.py"), "--demo", "--out", str(tmp_path / "demo")],
+    again = _run([sys.executable, str(REPO / "export" / "build_engines.py"), "demo", "--out", str(tmp_path / "demo")],
                  cwd=tmp_path)
     assert again.returncode == 2 and _error_lines(again.stderr) == [
         f"error: output folder exists: {tmp_path / 'demo'} (pass --overwrite to replace it)"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import write_image
-from zsad_edge.benchmarks.evaluate import METRICS, evaluate
-from zsad_edge.runtime.dataset import scan_dataset
+from zsad_edge.runtime.evaluation.evaluate import METRICS, evaluate
+from zsad_edge.runtime.evaluation.dataset import scan_dataset
 from zsad_edge.runtime.errors import ZsadEdgeError
 
 

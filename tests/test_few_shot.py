@@ -7,7 +7,7 @@ from conftest import relative_map_error
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import BundleError
 from zsad_edge.runtime.interpolation import align_corners_matrix
-from zsad_edge.runtime.memory_bank import MemoryBank
+from zsad_edge.runtime.stages.memory_bank import MemoryBank
 
 
 def _parts(rng, count, shape=(90, 140)):
@@ -45,7 +45,7 @@ def test_runtime_few_shot_matches_reference(tiny_built, rng, batch):
     for got, want in zip(runtime.detect_batch(queries), reference.detect_batch(queries)):
         assert relative_map_error(got.anomaly_map, want.anomaly_map) <= 1e-4
         assert abs(got.score - want.score) <= 1e-5
-    reference.memory_bank = None  # the few-shot term really changes the map
+    reference.detach_memory_bank()  # the few-shot term really changes the map
     plain = reference.detect_batch(queries)[0]
     assert np.abs(plain.anomaly_map - runtime.detect_batch(queries)[0].anomaly_map).max() > 0.1
 

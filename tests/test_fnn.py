@@ -141,10 +141,11 @@ def test_fusion_is_the_weighted_mean_of_prompt_and_fnn(fnn_built, rng):
     batch, _ = runtime.preprocess(_images(rng, 2))
     features = runtime.encode(batch)
     prompt, fnn = runtime.heads_graph.run(features), runtime.fnn_graph.run(features)
-    maps, scores = runtime.heads(features)
+    maps, scores = runtime.post_heads(features, *runtime.heads(features))
     np.testing.assert_allclose(maps, 0.5 * prompt["anomaly_map"] + 0.5 * fnn["anomaly_map"], atol=1e-7)
-    runtime.fusion_weight = 1.0  # FNN alone
-    np.testing.assert_allclose(runtime.heads(features)[1], fnn["image_score"], atol=1e-7)
+    (fusion,) = runtime.map_stages
+    fusion.weight = 1.0  # FNN alone
+    np.testing.assert_allclose(runtime.post_heads(features, *runtime.heads(features))[1], fnn["image_score"], atol=1e-7)
 
 
 def test_reference_rebuilt_from_the_bundle_uses_the_stored_fnn(fnn_built, rng):

@@ -220,7 +220,7 @@ def test_float_tiff_in_0_255_scores_like_its_8bit_twin(tiny_detector, tmp_path):
 
 
 def test_masks_in_any_format_and_soft_masks_by_threshold(tmp_path):
-    from zsad_edge.runtime.dataset import load_mask, scan_dataset
+    from zsad_edge.runtime.evaluation.dataset import load_mask, scan_dataset
 
     root = tmp_path / "kolektor"
     write_image(root / "test" / "good" / "g.jpg", np.zeros((20, 30), np.uint8))
@@ -290,7 +290,7 @@ def test_benchmark_reports_default_to_the_current_folder(tmp_path, monkeypatch):
 
 
 def test_max_images_draws_across_defect_types():
-    from zsad_edge.runtime.dataset import Sample, sample_across_defects
+    from zsad_edge.runtime.evaluation.dataset import Sample, sample_across_defects
 
     samples = [Sample(Path(f"{d}{i}.png"), d) for d in ("blowhole",) * 1 for i in range(80)] + \
         [Sample(Path(f"{d}{i}.png"), d) for d in ("crack", "fray") for i in range(10)]
@@ -301,7 +301,7 @@ def test_max_images_draws_across_defect_types():
 
 # 11. pixel metrics
 def test_pixel_metrics_keep_the_aspect_ratio():
-    from zsad_edge.benchmarks.evaluate import pixel_metric_size
+    from zsad_edge.runtime.evaluation.evaluate import pixel_metric_size
 
     assert pixel_metric_size((1240, 500), 256) == (103, 256)  # KolektorSDD: tall stays tall
     assert pixel_metric_size((256, 400), 256) == (256, 164)
@@ -312,8 +312,8 @@ def test_eval_stopped_midway_reports_the_images_it_scored(tiny_detector, quirky_
     """A stop during eval: metrics over the images scored so far, and the report says so."""
     import signal as signals
 
-    from zsad_edge.benchmarks.evaluate import evaluate
-    from zsad_edge.runtime.dataset import scan_dataset
+    from zsad_edge.runtime.evaluation.evaluate import evaluate
+    from zsad_edge.runtime.evaluation.dataset import scan_dataset
     from zsad_edge.runtime.stopping import StopRequest
 
     stop, calls = StopRequest(), []

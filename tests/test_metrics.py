@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from zsad_edge.benchmarks.metrics import aupro, detection_metrics, f1_max, integrate_until
+from zsad_edge.runtime.evaluation.metrics import aupro, detection_metrics, f1_max, integrate_until
 
 
 def _brute_force_aupro(maps, masks, limit=0.3):

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from zsad_edge.runtime import ort_backend
+from zsad_edge.runtime.backends import ort as ort_backend
 from zsad_edge.runtime.errors import BackendUnavailableError, BundleError
 
 

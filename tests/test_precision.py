@@ -165,7 +165,7 @@ def test_drift_gate_refuses_a_variant_and_leaves_the_bundle_as_it_was(bundle, no
 
 
 def test_missing_variant_and_bad_calibration_input_are_named(bundle, tmp_path):
-    with pytest.raises(BundleError, match=r"no 'int8' variant \(available: fp32\); add it with .*--add-to BUNDLE --precision int8"):
+    with pytest.raises(BundleError, match=r"no 'int8' variant \(available: fp32\); add it with .*add-precision BUNDLE --precision int8"):
         Detector.from_bundle(bundle, backend="cpu", precision="int8")
     (tmp_path / "few").mkdir()
     write_image(tmp_path / "few" / "a.png", np.zeros((8, 8), np.uint8))
@@ -179,14 +179,14 @@ def test_missing_variant_and_bad_calibration_input_are_named(bundle, tmp_path):
 
 
 def test_build_engines_adds_variants_to_an_existing_bundle(bundle, normal_folder, capsys):
-    from zsad_edge.export.build_engines import main
+    from zsad_edge.export.cli import main
 
-    assert main(["--add-to", str(bundle), "--precision", "int8-dynamic", "--calibration-images", str(normal_folder),
+    assert main(["add-precision", str(bundle), "--precision", "int8-dynamic", "--calibration-images", str(normal_folder),
                  "--min-score-spearman", "0"]) == 0
     assert "int8-dynamic variant added" in capsys.readouterr().out
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["precisions"]["int8-dynamic"]["tolerance"] == {"min_map_pearson": 0.97, "min_score_spearman": 0.0}
-    assert main(["--add-to", str(bundle), "--calibration-images", str(normal_folder)]) == 2
-    assert "--add-to needs --precision" in capsys.readouterr().err
-    assert main(["--add-to", str(bundle), "--precision", "int8"]) == 2
+    assert main(["add-precision", str(bundle), "--calibration-images", str(normal_folder)]) == 2
+    assert "add-precision needs --precision" in capsys.readouterr().err
+    assert main(["add-precision", str(bundle), "--precision", "int8"]) == 2
     assert "--precision needs --calibration-images" in capsys.readouterr().err

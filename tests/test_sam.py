@@ -14,10 +14,10 @@ import torch
 from zsad_edge.export.sam import SamDecoderGraph, SamSpec, load_sam
 from zsad_edge.export.sam_export import export_sam_graphs
 from zsad_edge.export.sam_reference import ReferenceSamPredictor
-from zsad_edge.runtime.clip_sam import CascadeConfig, refine, select_masks, top_peaks
+from zsad_edge.runtime.sam.cascade import CascadeConfig, refine, select_masks, top_peaks
 from zsad_edge.runtime.errors import BundleError, ModelLoadError
-from zsad_edge.runtime.ort_backend import OrtComponent
-from zsad_edge.runtime.sam_predictor import SamGeometry, SamPredictor
+from zsad_edge.runtime.backends.ort import OrtComponent
+from zsad_edge.runtime.sam.predictor import SamGeometry, SamPredictor
 
 REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 300, 420

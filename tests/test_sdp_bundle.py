@@ -95,8 +95,8 @@ def test_few_shot_is_refused(sdp_built, rng):
 
 def test_eval_runtime_and_rebuilt_reference_agree(sdp_built, quirky_set):
     """`zsad-edge eval --reference` for SDP bundles: metrics of both sides match."""
-    from zsad_edge.benchmarks.evaluate import METRICS, evaluate
-    from zsad_edge.runtime.dataset import scan_dataset
+    from zsad_edge.runtime.evaluation.evaluate import METRICS, evaluate
+    from zsad_edge.runtime.evaluation.dataset import scan_dataset
 
     detectors = {"runtime": Detector.from_bundle(sdp_built.path), "reference": reference_from_bundle(sdp_built.path)}
     metrics = evaluate(detectors, scan_dataset(quirky_set), progress=False)["categories"]["parts"]["metrics"]
@@ -170,6 +170,6 @@ def test_heads_checkpoint_of_unknown_layout_names_the_accepted_ones(tmp_path):
                                                     ("sdpplus", "mvtec", 8.0), ("fnn", "visa", 8.0)])
 def test_published_smoothing_per_data_set(method, setting, sigma):
     """CLIP-AD's scripts: sigma 8, except SDP+ on VisA (2)."""
-    from zsad_edge.export.methods import method_params
+    from zsad_edge.export.methods import export_method
 
-    assert method_params(method, "object", None, None, setting)["gaussian_sigma"] == sigma
+    assert export_method(method).params("object", None, None, setting)["gaussian_sigma"] == sigma

@@ -23,14 +23,13 @@ from zsad_edge.calibration.drift import DriftTolerance
 from zsad_edge.calibration.precision import graph_precision_counts
 from zsad_edge.calibration.variants import add_precision, load_calibration_images
 from zsad_edge.export.trt_target import TRTEXEC_SCRIPT, build_trt_engines, engine_jobs, trtexec_commands
-from zsad_edge.runtime import trt_backend, trt_engine
+from zsad_edge.runtime.backends.trt import runner as trt_backend, engine as trt_engine
 from zsad_edge.runtime.bundle import TensorSpec, load_manifest
-from zsad_edge.runtime.components import EngineOptions, ort_tensorrt_options
+from zsad_edge.runtime.backends.components import EngineOptions, ort_tensorrt_options
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import BackendUnavailableError, ZsadEdgeError
-from zsad_edge.runtime.trt_engine import (BuildOptions, DeviceInfo, EngineCache, EngineError, EngineKey,
-                                          check_precision, load_or_build)
-from zsad_edge.runtime.trt_profiles import ProfileConfig, profile_shapes, shape_string
+from zsad_edge.runtime.backends.trt.engine import BuildOptions, DeviceInfo, EngineCache, EngineError, EngineKey, check_precision, load_or_build
+from zsad_edge.runtime.backends.trt.profiles import ProfileConfig, profile_shapes, shape_string
 
 REPO = Path(__file__).resolve().parents[1]
 TENSORRT_INSTALLED = importlib.util.find_spec("tensorrt") is not None
@@ -233,13 +232,13 @@ def test_tensorrt_detector_matches_onnxruntime_and_reuses_buffers(fake_gpu, vari
         trt_detector.encoder.run({"image": np.zeros((1, 3, 200, 200), np.float32)})
 
 
-def test_build_engines_cli_target_trt_errors(variant_bundle, tmp_path):
+def test_build_engines_cli_engines_errors(variant_bundle, tmp_path):
     script = [sys.executable, str(REPO / "export" / "build_engines.py")]
-    wrong = subprocess.run([*script, "--add-to", str(variant_bundle), "--target", "trt", "--precision", "int8-dynamic"],
+    wrong = subprocess.run([*script, "engines", str(variant_bundle), "--precision", "int8-dynamic"],
                            capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2 and "not 'int8-dynamic'" in wrong.stderr and "Traceback" not in wrong.stderr
     if not TENSORRT_INSTALLED:
-        absent = subprocess.run([*script, "--add-to", str(variant_bundle), "--target", "trt", "--precision", "fp32",
+        absent = subprocess.run([*script, "engines", str(variant_bundle), "--precision", "fp32",
                                  "--engine-cache", str(tmp_path / "e")], capture_output=True, text=True, timeout=120)
         assert absent.returncode == 2 and "TensorRT is not installed" in absent.stderr
         assert (tmp_path / "e" / TRTEXEC_SCRIPT).is_file()

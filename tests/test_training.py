@@ -104,14 +104,15 @@ def test_sdpplus_training_uses_its_schedule_and_exports(tmp_path):
 def test_sdpplus_training_reads_the_taps_of_its_clipad_mode(tmp_path):
     """Heads learn on the tokens the bundle will give them: the official mode's aliased taps."""
     from zsad_edge.export.clip_backbone import load_clip
-    from zsad_edge.export.methods import assemble, method_params
+    from zsad_edge.export.methods import export_method
     from zsad_edge.export.sdp import SurgeryEncoder
 
     clip = load_clip(ClipSpec("zsad-tiny-vit", random_init=True, image_size=224))
     text = torch.nn.functional.normalize(torch.randn(32, 2), dim=0)
     image = torch.randn(1, 3, 224, 224)
     for mode in ("official", "clean"):
-        modules = assemble("sdpplus", clip, [1, 2, 3, 4], text, method_params("sdpplus", "x", None, None, "mvtec", clipad=mode))
+        method = export_method("sdpplus")
+        modules = method.assemble(clip, [1, 2, 3, 4], text, method.params("x", None, None, "mvtec", clipad_mode=mode))
         want = SurgeryEncoder(clip.model.visual, [1, 2, 3, 4], patch_taps=True, clipad_mode=mode)(image)[-1]
         torch.testing.assert_close(modules.encoder(image)[-1], want, rtol=0, atol=0)
 

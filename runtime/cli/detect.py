@@ -1,4 +1,4 @@
-"""`zsad-edge detect` over files and folders: traceable outputs, resumable, stoppable.
+"""`zsad-edge detect`: score images and folders; traceable outputs, resumable, stoppable.
 
 Outputs mirror the inputs: `--out OUT` with a folder input `parts/` writes `OUT/test/good/000.json`
 for `parts/test/good/000.png` (a file input writes `OUT/<name>.json`), and nothing inside OUT is
@@ -9,6 +9,7 @@ was made: bundle, precision, providers, thresholds and their source, memory bank
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -18,12 +19,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .detector import Detector
-from .errors import ImageReadError
-from .image_io import check_image, list_images, write_bytes_atomic, write_image_atomic
-from .overlay import render_overlay
-from .pipeline import DetectionResult
-from .stopping import NEVER, StopRequest
+from ..bundle import BASE_PRECISION
+from ..detector import Detector
+from ..errors import ImageReadError, ZsadEdgeError
+from ..image_io import check_image, list_images, write_bytes_atomic, write_image_atomic
+from ..overlay import render_overlay
+from ..pipeline import DetectionResult
+from ..stopping import NEVER, StopRequest
+from .common import EXIT_PARTIAL, backend_arguments, open_detector
+
+HELP = "score images and write JSON + heatmap overlays"
 
 # Share of flagged images above which an uncalibrated bundle gets a warning.
 UNCALIBRATED_FLAG_WARNING = 0.5
@@ -161,3 +166,54 @@ def uncalibrated_warning(summary: dict) -> str | None:
         return None
     return (f"warning: {flagged} of {len(scored)} images flagged by an uncalibrated bundle: its thresholds are "
             "placeholders; run `zsad-edge calibrate BUNDLE NORMAL_IMAGES` first")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="bundle folder written by export/build_engines.py")
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder; mirrors the input folders' layout (<name>.json, <name>_overlay.png)")
+    parser.add_argument("--resume", action="store_true", help="skip images whose results are already in --out")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per model call")
+    parser.add_argument("--memory-bank", type=Path, help="few-shot: a bank written by `zsad-edge fit-normal`")
+
+
+PARENTS = (backend_arguments(with_verify=True),)
+
+
+def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str = "auto", batch_size: int = 1,
+               verify: bool = True, memory_bank: Path | None = None, precision: str = BASE_PRECISION,
+               resume: bool = False, stop: StopRequest = NEVER) -> dict:
+    """Detect on every image; returns the summary written to out_dir/summary.json."""
+    detector = open_detector(bundle, backend, memory_bank, verify, precision)
+    weights = detector.manifest.clip.get("weights", {})
+    if weights.get("kind") == "random":
+        print(f"warning: {bundle} was built with {weights.get('warning', 'random weights')}", file=sys.stderr)
+    jobs = plan_jobs(inputs, out_dir)
+    if not jobs:
+        raise ImageReadError(f"no images found in {', '.join(map(str, inputs))}")
+    return detect_jobs(detector, jobs, out_dir, run_record(detector, bundle, precision, memory_bank), batch_size,
+                       resume, stop)
+
+
+def run(args: argparse.Namespace, stop: StopRequest) -> int:
+    """One line (plus the skipped files) and the exit code of a detect run."""
+    if args.batch_size < 1:
+        raise ZsadEdgeError("--batch-size must be at least 1")
+    summary = run_detect(args.bundle, args.inputs, args.out, args.backend, args.batch_size, not args.no_verify,
+                         args.memory_bank, args.precision, args.resume, stop)
+    scored, failed = summary["scored"], summary["skipped"]
+    if not scored and failed and not stop.requested:
+        raise ImageReadError(f"no image could be read: {'; '.join(summary['failures'].values())}")
+    flagged = sum(r["is_anomalous"] for r in summary["results"].values())
+    resumed = f" ({summary['resumed']} from an earlier run)" if summary["resumed"] else ""
+    print(f"{scored} image(s) scored{resumed}, {flagged} flagged anomalous, {failed} skipped; results in {args.out}")
+    for path, reason in summary["failures"].items():
+        print(f"  skipped {path}: {reason}")
+    warning = uncalibrated_warning(summary)
+    if warning:
+        print(warning, file=sys.stderr)
+    if stop.requested:
+        print(f"{summary['stopped']} image(s); rerun with --resume to finish", file=sys.stderr)
+        return stop.exit_code
+    return EXIT_PARTIAL if failed else 0

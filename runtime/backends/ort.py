@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import BackendUnavailableError, BundleError
+from ..errors import BackendUnavailableError, BundleError
 
 LOG = logging.getLogger(__name__)
 

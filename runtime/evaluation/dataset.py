@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageReadError, ZsadEdgeError
-from .image_io import IMAGE_SUFFIXES, read_image
+from ..errors import ImageReadError, ZsadEdgeError
+from ..image_io import IMAGE_SUFFIXES, read_image
 
 GOOD = "good"
 

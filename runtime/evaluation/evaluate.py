@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from zsad_edge.runtime.dataset import Category, load_mask
-from zsad_edge.runtime.errors import ImageReadError
-from zsad_edge.runtime.image_io import check_image, read_image
-from zsad_edge.runtime.pipeline import DetectionPipeline
-from zsad_edge.runtime.stopping import NEVER, StopRequest
+from .dataset import Category, load_mask
+from ..errors import ImageReadError
+from ..image_io import check_image, read_image
+from ..pipeline import DetectionPipeline
+from ..stopping import NEVER, StopRequest
 
 from .metrics import aupro, detection_metrics
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BundleError
-from .image_io import write_bytes_atomic
-from .manifest_schema import scoring_problems
+from ..errors import BundleError
+from ..image_io import write_bytes_atomic
+from ..manifest_schema import scoring_problems
 
 CHUNK_TOKENS = 4096
 

@@ -11,11 +11,11 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from .bundle import Manifest
-from .ort_backend import BACKENDS as ORT_BACKENDS
-from .ort_backend import OrtComponent, import_onnxruntime
-from .trt_engine import DEFAULT_WORKSPACE_GB, default_cache_folder
-from .trt_profiles import ProfileConfig, profile_shapes, shape_string
+from ..bundle import Manifest
+from .ort import BACKENDS as ORT_BACKENDS
+from .ort import OrtComponent, import_onnxruntime
+from .trt.engine import DEFAULT_WORKSPACE_GB, default_cache_folder
+from .trt.profiles import ProfileConfig, profile_shapes, shape_string
 
 TENSORRT = "tensorrt"
 BACKENDS = (*ORT_BACKENDS, TENSORRT)
@@ -77,8 +77,8 @@ def open_components(bundle_dir: Path, manifest: Manifest, names: Sequence[str], 
 
 def _open_engines(bundle_dir: Path, manifest: Manifest, names: Sequence[str], engines: EngineOptions,
                   cache: Path) -> dict[str, GraphComponent]:
-    from .trt_backend import TrtComponent
-    from .trt_engine import BuildOptions, EngineCache, current_device, load_or_build
+    from .trt.runner import TrtComponent
+    from .trt.engine import BuildOptions, EngineCache, current_device, load_or_build
 
     device = current_device()
     options = BuildOptions(engines.profile, engines.workspace_gb)

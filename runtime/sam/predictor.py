@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import ZsadEdgeError
-from .components import GraphComponent
+from ..errors import ZsadEdgeError
+from ..backends.components import GraphComponent
 
 # Point labels understood by the decoder graph (segment_anything's prompt encoder conventions).
 PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3

@@ -29,13 +29,14 @@ map follow SAM's outline.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import cv2
 import numpy as np
 
-from .errors import BundleError
-from .sam_predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE, SamGeometry, SamImage
+from ..errors import BundleError
+from ..image_io import to_rgb_float
+from .predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE, SamGeometry, SamImage
 
 
 PROMPT_MODES = ("points", "box")
@@ -261,3 +262,29 @@ def _cascade(predictor: Predictor, image: SamImage, group: list) -> list[tuple[i
                      "box_model_px": box.ravel().round(2).tolist(), "sam_iou": float(score)})
         for (r, _, _, lab), logits, box, score in zip(group, low_res, boxes, iou)
     ]
+
+
+@dataclass
+class SamRefinementStage:
+    """The result stage of CLIP-SAM bundles: refine every image flagged anomalous (the rest need no outline).
+
+    map_threshold: the pipeline's threshold at call time (calibration or a memory bank changes it),
+    the region threshold unless the cascade config fixes one.
+    """
+
+    predictor: Predictor
+    config: CascadeConfig
+    map_threshold: Callable[[], float]
+
+    def __call__(self, results: Sequence[Any], images: Sequence[np.ndarray]) -> None:
+        threshold = self.config.region_threshold
+        threshold = self.map_threshold() if threshold is None else threshold
+        for result, image in zip(results, images):
+            if result.is_anomalous:
+                result.refinement = refine(self.predictor, to_rgb_float(image), result.anomaly_map, threshold, self.config)
+
+
+def attach_sam(pipeline, predictor: Predictor) -> None:
+    """Add CLIP-SAM refinement, with the cascade constants of the pipeline's manifest, as a result stage."""
+    config = CascadeConfig.from_params(pipeline.manifest.method["params"]["sam"]["cascade"])
+    pipeline.result_stages.append(SamRefinementStage(predictor, config, lambda: pipeline.map_threshold))

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .bundle import TensorSpec
-from .errors import ZsadEdgeError
+from ...bundle import TensorSpec
+from ...errors import ZsadEdgeError
 
 Shape = tuple[int, ...]
 

@@ -12,9 +12,9 @@ from typing import Mapping
 
 import numpy as np
 
-from .bundle import ComponentSpec
-from .trt_engine import EngineError, LoadedEngine, cuda_check, import_cudart, import_tensorrt
-from .trt_profiles import ProfileConfig, max_shape
+from ...bundle import ComponentSpec
+from .engine import EngineError, LoadedEngine, cuda_check, import_cudart, import_tensorrt
+from .profiles import ProfileConfig, max_shape
 
 
 def _stream_handle(stream) -> int:

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import ComponentSpec, sha256_file
-from .errors import BackendUnavailableError, ZsadEdgeError
-from .image_io import write_bytes_atomic
-from .trt_profiles import ProfileConfig, profile_shapes
+from ...bundle import ComponentSpec, sha256_file
+from ...errors import BackendUnavailableError, ZsadEdgeError
+from ...image_io import write_bytes_atomic
+from .profiles import ProfileConfig, profile_shapes
 
 LOG = logging.getLogger(__name__)
 

@@ -1,0 +1,7 @@
+"""`python -m zsad_edge.runtime.cli`, the same as the `zsad-edge` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

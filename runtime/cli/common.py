@@ -1,0 +1,34 @@
+"""What the runtime commands share: argument groups (one spelling of --backend, --precision,
+--no-verify, --memory-bank) and opening a detector from them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..backends.components import BACKENDS
+from ..bundle import BASE_PRECISION
+from ..detector import Detector
+
+EXIT_PARTIAL = 1  # done, but some images were skipped
+EXIT_ERROR = 2  # one `error: ...` line
+
+
+def backend_arguments(with_precision: bool = True, with_verify: bool = False) -> argparse.ArgumentParser:
+    """Parent parser: --backend, and where the command takes them, --precision and --no-verify."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("backend")
+    group.add_argument("--backend", choices=BACKENDS, default="auto")
+    if with_precision:
+        group.add_argument("--precision", default=BASE_PRECISION, help="fp32 or a variant the bundle holds (see `info`)")
+    if with_verify:
+        group.add_argument("--no-verify", action="store_true", help="skip the sha256 check of bundle files")
+    return parent
+
+
+def open_detector(bundle: Path, backend: str, memory_bank: Path | None = None, verify: bool = True,
+                  precision: str = BASE_PRECISION) -> Detector:
+    detector = Detector.from_bundle(bundle, backend=backend, verify=verify, precision=precision)
+    if memory_bank is not None:
+        detector.load_memory_bank(memory_bank)
+    return detector

@@ -1,0 +1,34 @@
+"""`zsad-edge info`: what a bundle holds and how it was built, as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..bundle import BASE_PRECISION, load_manifest
+from ..stopping import StopRequest
+
+HELP = "print a bundle's manifest summary"
+PARENTS = ()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path)
+
+
+def run(args: argparse.Namespace, stop: StopRequest) -> int:
+    manifest = load_manifest(args.bundle, verify_hashes=False)
+    params = manifest.method.get("params", {})
+    print(json.dumps({
+        "method": manifest.method["name"],
+        "clip": manifest.clip,
+        "clipad_mode": params.get("clipad_mode"),
+        "preprocess": manifest.preprocess.to_dict(),
+        "taps": manifest.taps,
+        "components": {k: v.file for k, v in manifest.components.items()},
+        "sam": params.get("sam", {}).get("kind"),
+        "precisions": {BASE_PRECISION: "as exported", **{name: v["drift"] for name, v in manifest.precisions.items()}},
+        "scoring": manifest.scoring,
+    }, indent=2))
+    return 0
