@@ -22,15 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from zsad_edge.runtime.detector import Detector
-from zsad_edge.runtime.image_io import list_images, read_image
-from zsad_edge.runtime.backends.components import BACKENDS
-
 from zsad_edge.benchmarks.reports import machine_info, write_report
 from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
-from zsad_edge.export.cli.arguments import METHOD_OPTIONS
+from zsad_edge.export.cli.arguments import method_options
+from zsad_edge.runtime.backends.components import BACKENDS
+from zsad_edge.runtime.detector import Detector
+from zsad_edge.runtime.image_io import list_images, read_image
 
-METHODS = METHOD_OPTIONS
+METHODS = method_options()
+
 
 def _images(paths: list[str], batch_size: int) -> list[np.ndarray]:
     """The given images (cycled to fill the batch) or synthetic 8-bit 400x256 scans."""
@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--images", nargs="*", default=[], help="image files/folders (default: synthetic)")
-    parser.add_argument("--backend", choices=BACKENDS, default="cpu", help="runtime backend (onnxruntime, or tensorrt engines)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="cpu", help="runtime backend (onnxruntime, or tensorrt engines)"
+    )
     parser.add_argument("--torch-device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON path (default ./latency_<arch>_<size>.json)")
     args = parser.parse_args(argv)
@@ -62,10 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     from zsad_edge.export.fnn import FnnTrainConfig, RandomWordConfig
 
     with tempfile.TemporaryDirectory() as scratch:
-        built = build_bundle(BuildConfig(
-            clip=ClipSpec(args.arch, random_init=True, image_size=args.image_size), method=args.method,
-            out_dir=Path(scratch) / "bundle", random_heads=True,
-            fnn=FnnTrainConfig(epochs=1, words=RandomWordConfig(pairs=200))))
+        built = build_bundle(
+            BuildConfig(
+                clip=ClipSpec(args.arch, random_init=True, image_size=args.image_size),
+                method=args.method,
+                out_dir=Path(scratch) / "bundle",
+                random_heads=True,
+                fnn=FnnTrainConfig(epochs=1, words=RandomWordConfig(pairs=200)),
+            )
+        )
         detectors = {
             "torch_eager_fp32": built.reference_detector(device=args.torch_device),
             "onnxruntime_fp32": Detector.from_bundle(built.path, backend=args.backend),
@@ -78,8 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     title = f"{args.method}: {args.arch} @ {args.image_size}px, batch {args.batch_size}, median of {args.runs} runs"
     print(f"{title}\n\n{table}")
     report = {
-        "benchmark": "latency", "method": args.method, "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
-        "runs": args.runs, "warmup": args.warmup, "weights": "random", "onnxruntime_providers": providers,
+        "benchmark": "latency",
+        "method": args.method,
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "weights": "random",
+        "onnxruntime_providers": providers,
         "machine": machine_info(),
         "median_ms": {name: t.medians() for name, t in times.items()},
         "iqr_ms": {name: t.spreads() for name, t in times.items()},

@@ -31,8 +31,13 @@ def time_search(shots: int, taps: int, grid: int, width: int, runs: int) -> dict
         start = time.perf_counter()
         bank.distances(query)
         samples.append((time.perf_counter() - start) * 1e3)
-    return {"shots": shots, "bank_tokens_per_tap": shots * grid * grid, "bank_mb": bank.tokens.nbytes / 2**20,
-            "median_ms": float(np.median(samples)), "gmac": taps * (grid * grid) ** 2 * shots * width / 1e9}
+    return {
+        "shots": shots,
+        "bank_tokens_per_tap": shots * grid * grid,
+        "bank_mb": bank.tokens.nbytes / 2**20,
+        "median_ms": float(np.median(samples)),
+        "gmac": taps * (grid * grid) ** 2 * shots * width / 1e9,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,12 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON path (default ./memory_bank.json)")
     args = parser.parse_args(argv)
     rows = [time_search(k, args.taps, args.grid, args.width, args.runs) for k in args.shots]
-    print(f"memory bank search, {args.taps} taps, {args.grid}x{args.grid} grid, width {args.width}, median of {args.runs}\n")
+    print(
+        f"memory bank search, {args.taps} taps, {args.grid}x{args.grid} grid, width {args.width}, "
+        f"median of {args.runs}\n"
+    )
     print("| shots | bank tokens/tap | bank MB | GMAC | median ms |\n|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['shots']} | {row['bank_tokens_per_tap']} | {row['bank_mb']:.0f} | {row['gmac']:.1f} | {row['median_ms']:.0f} |")
+        print(
+            f"| {row['shots']} | {row['bank_tokens_per_tap']} | {row['bank_mb']:.0f} | {row['gmac']:.1f} "
+            f"| {row['median_ms']:.0f} |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "memory_bank", **vars(args), "out": str(args.out), "rows": rows}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"benchmark": "memory_bank", **vars(args), "out": str(args.out), "rows": rows}, indent=2) + "\n"
+    )
     return 0
 
 

@@ -25,7 +25,7 @@ from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
 from zsad_edge.calibration.drift import DriftTolerance, measure_drift
 from zsad_edge.calibration.precision import CALIBRATION_METHODS, PRECISIONS
 from zsad_edge.calibration.variants import add_precision, load_calibration_images
-from zsad_edge.export.cli.arguments import METHOD_OPTIONS
+from zsad_edge.export.cli.arguments import method_options
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.image_io import list_images
 
@@ -35,7 +35,7 @@ NO_GATE = DriftTolerance(min_map_pearson=None, min_score_spearman=None)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, help="MVTec-layout category: train/good calibrates, test/ measures drift")
-    parser.add_argument("--method", choices=METHOD_OPTIONS, default="aprilgan")
+    parser.add_argument("--method", choices=method_options(), default="aprilgan")
     parser.add_argument("--arch", default="ViT-B-16")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
@@ -53,11 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     calibration = load_calibration_images([args.dataset / "train" / "good"], args.calibration_count)
     test_images = [str(p) for p in list_images([args.dataset / "test"])]
     with tempfile.TemporaryDirectory() as scratch:
-        built = build_bundle(BuildConfig(clip=ClipSpec(args.arch, random_init=True, image_size=args.image_size),
-                                         method=args.method, out_dir=Path(scratch) / "bundle", random_heads=True))
+        built = build_bundle(
+            BuildConfig(
+                clip=ClipSpec(args.arch, random_init=True, image_size=args.image_size),
+                method=args.method,
+                out_dir=Path(scratch) / "bundle",
+                random_heads=True,
+            )
+        )
         for precision in args.precisions:
             add_precision(built.path, precision, calibration, args.calibration_method, NO_GATE)
-        detectors = {p: Detector.from_bundle(built.path, backend="cpu", precision=p) for p in ["fp32", *args.precisions]}
+        detectors = {
+            p: Detector.from_bundle(built.path, backend="cpu", precision=p) for p in ["fp32", *args.precisions]
+        }
         drift = {p: measure_drift(detectors["fp32"], detectors[p], test_images) for p in args.precisions}
         times = benchmark_interleaved(detectors, [calibration[0]], args.runs, args.warmup)
 
@@ -67,12 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     print("| precision | map Pearson mean | map Pearson min | map max error / range | score Spearman |")
     print("|---|---|---|---|---|")
     for precision, d in drift.items():
-        print(f"| {precision} | {d['map_pearson_mean']:.4f} | {d['map_pearson_min']:.4f} | "
-              f"{d['map_max_error_of_range']:.3f} | {d['score_spearman']:.4f} |")
+        print(
+            f"| {precision} | {d['map_pearson_mean']:.4f} | {d['map_pearson_min']:.4f} | "
+            f"{d['map_max_error_of_range']:.3f} | {d['score_spearman']:.4f} |"
+        )
     report = {
-        "benchmark": "precision", "method": args.method, "arch": args.arch, "image_size": args.image_size,
-        "weights": "random", "dataset": str(args.dataset), "calibration_method": args.calibration_method,
-        "calibration_images": len(calibration), "test_images": len(test_images), "runs": args.runs,
+        "benchmark": "precision",
+        "method": args.method,
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "weights": "random",
+        "dataset": str(args.dataset),
+        "calibration_method": args.calibration_method,
+        "calibration_images": len(calibration),
+        "test_images": len(test_images),
+        "runs": args.runs,
         "machine": machine_info(),
         "median_ms": {name: t.medians() for name, t in times.items()},
         "iqr_ms": {name: t.spreads() for name, t in times.items()},

@@ -8,8 +8,19 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).parent / "results"
 # Instruction sets that change CPU inference speed several-fold (int8 dot products, bf16, AMX).
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
-               "asimddp", "sve")
+SPEED_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimddp",
+    "sve",
+)
 
 
 def machine_info() -> dict:
@@ -21,13 +32,20 @@ def machine_info() -> dict:
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
         cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-        flags = {flag for line in lines if line.startswith(("flags", "Features")) for flag in line.split(":", 1)[1].split()}
+        flags = {
+            flag for line in lines if line.startswith(("flags", "Features")) for flag in line.split(":", 1)[1].split()
+        }
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cpu_flags": [f for f in SPEED_FLAGS if f in flags], "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-            "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return {
+        "cpu": cpu,
+        "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def write_report(report: dict, out: Path | None, default_name: str) -> Path:

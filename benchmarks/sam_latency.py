@@ -23,9 +23,10 @@ import numpy as np
 
 from zsad_edge.benchmarks.reports import machine_info, write_report
 from zsad_edge.export.defaults import SAM_KINDS
-from zsad_edge.runtime.sam.cascade import PROMPT_MODES, CascadeConfig, refine
 from zsad_edge.runtime.backends.ort import OrtComponent
+from zsad_edge.runtime.sam.cascade import PROMPT_MODES, CascadeConfig, refine
 from zsad_edge.runtime.sam.predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, SamGeometry, SamPredictor
+
 
 def _scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A 400x256 textured part with two bright defects, and a coarse map of them."""
@@ -75,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         export_sam_graphs(sam, Path(scratch), tolerance=1e-4)
         predictors = {
             "torch_eager_fp32": ReferenceSamPredictor(sam, geometry),
-            "onnxruntime_fp32": SamPredictor(OrtComponent(Path(scratch) / "sam_encoder.onnx"),
-                                             OrtComponent(Path(scratch) / "sam_decoder.onnx"), geometry),
+            "onnxruntime_fp32": SamPredictor(
+                OrtComponent(Path(scratch) / "sam_encoder.onnx"),
+                OrtComponent(Path(scratch) / "sam_decoder.onnx"),
+                geometry,
+            ),
         }
         box = geometry.to_model_coords(np.array([[90, 70], [150, 130]], np.float32), rgb.shape[:2])[None]
         labels = np.array([[BOX_TOP_LEFT, BOX_BOTTOM_RIGHT]], np.float32)
@@ -86,18 +90,30 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {
                 "encoder": _median_ms(lambda: predictor.encode(rgb), args.runs, args.warmup),
                 "decoder_pass": _median_ms(lambda: predictor.decode(image, box, labels), args.runs, args.warmup),
-                "cascade_total": _median_ms(lambda: refine(predictor, rgb, coarse, 0.5, config), args.runs, args.warmup),
+                "cascade_total": _median_ms(
+                    lambda: refine(predictor, rgb, coarse, 0.5, config), args.runs, args.warmup
+                ),
             }
     base = results["torch_eager_fp32"]
-    print(f"{args.sam} @ {sam.input_size}px, {config.prompt_mode} prompts, cascade over {regions} region(s) "
-          f"(encoder + 3 decoder passes + pre/post), median of {args.runs}\n")
+    print(
+        f"{args.sam} @ {sam.input_size}px, {config.prompt_mode} prompts, cascade over {regions} region(s) "
+        f"(encoder + 3 decoder passes + pre/post), median of {args.runs}\n"
+    )
     print("| stage | torch eager fp32 (ms) | onnxruntime fp32 (ms) | speed-up |\n|---|---|---|---|")
     for stage in base:
         ort = results["onnxruntime_fp32"][stage]
         print(f"| {stage} | {base[stage]:.1f} | {ort:.1f} | {base[stage] / ort:.2f}x |")
-    report = {"benchmark": "sam_latency", "sam": args.sam, "weights": sam.weights_origin["kind"],
-              "input_size": sam.input_size, "prompt_mode": config.prompt_mode, "regions": regions,
-              "runs": args.runs, "machine": machine_info(), "median_ms": results}
+    report = {
+        "benchmark": "sam_latency",
+        "sam": args.sam,
+        "weights": sam.weights_origin["kind"],
+        "input_size": sam.input_size,
+        "prompt_mode": config.prompt_mode,
+        "regions": regions,
+        "runs": args.runs,
+        "machine": machine_info(),
+        "median_ms": results,
+    }
     write_report(report, args.out, f"sam_latency_{args.sam}")
     return 0
 

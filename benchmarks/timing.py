@@ -53,8 +53,14 @@ def time_stages(detector: DetectionPipeline, images: Sequence[np.ndarray], into:
         into.samples["end_to_end"].append((marks[-1] - marks[0]) * 1e3)
 
 
-def benchmark_interleaved(detectors: dict[str, DetectionPipeline], images: Sequence[np.ndarray], runs: int,
-                          warmup: int, block: int = 5, settle_s: float = 0.3) -> dict[str, StageTimes]:
+def benchmark_interleaved(
+    detectors: dict[str, DetectionPipeline],
+    images: Sequence[np.ndarray],
+    runs: int,
+    warmup: int,
+    block: int = 5,
+    settle_s: float = 0.3,
+) -> dict[str, StageTimes]:
     """`runs` timed samples per detector, taken in alternating blocks after `warmup` runs each."""
     times = {name: StageTimes() for name in detectors}
     for detector in detectors.values():
@@ -73,9 +79,14 @@ def format_table(times: dict[str, StageTimes], baseline: str) -> str:
     """Markdown table of median ms per stage, with speed-up over the baseline detector."""
     names = list(times)
     medians = {name: t.medians() for name, t in times.items()}
-    lines = ["| stage | " + " | ".join(f"{n} (ms)" for n in names) + " | " +
-             " | ".join(f"{n} speed-up" for n in names if n != baseline) + " |",
-             "|---" * (1 + len(names) + len(names) - 1) + "|"]
+    lines = [
+        "| stage | "
+        + " | ".join(f"{n} (ms)" for n in names)
+        + " | "
+        + " | ".join(f"{n} speed-up" for n in names if n != baseline)
+        + " |",
+        "|---" * (1 + len(names) + len(names) - 1) + "|",
+    ]
     for stage in STAGES:
         cells = [f"{medians[n][stage]:.1f}" for n in names]
         ups = [f"{medians[baseline][stage] / max(medians[n][stage], 1e-9):.2f}x" for n in names if n != baseline]

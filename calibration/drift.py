@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
 
+from zsad_edge.runtime.comparison import pearson, relative_error, spearman
 from zsad_edge.runtime.errors import ParityError, ZsadEdgeError
 from zsad_edge.runtime.pipeline import DetectionPipeline
 
@@ -35,26 +35,27 @@ class DriftTolerance:
         return asdict(self)
 
 
-def measure_drift(reference: DetectionPipeline, candidate: DetectionPipeline, images: Sequence,
-                  batch_size: int = 4) -> dict:
+def measure_drift(
+    reference: DetectionPipeline, candidate: DetectionPipeline, images: Sequence, batch_size: int = 4
+) -> dict:
     """Drift numbers of `candidate` against `reference` on the same images (paths or arrays)."""
     if len(images) < MIN_DRIFT_IMAGES:
         raise ZsadEdgeError(f"measuring precision drift needs at least {MIN_DRIFT_IMAGES} images, got {len(images)}")
-    pearson, relative_error, ref_scores, cand_scores = [], [], [], []
+    correlations, errors, ref_scores, cand_scores = [], [], [], []
     for start in range(0, len(images), batch_size):
-        chunk = reference.load(images[start:start + batch_size])
+        chunk = reference.load(images[start : start + batch_size])
         for ref, cand in zip(reference.score_batch(chunk), candidate.score_batch(chunk)):
             a, b = ref.anomaly_map.ravel(), cand.anomaly_map.ravel()
-            pearson.append(1.0 if np.ptp(a) == 0 and np.ptp(b) == 0 else float(pearsonr(a, b).statistic))
-            relative_error.append(float(np.abs(a - b).max() / max(float(np.ptp(a)), 1e-12)))
+            correlations.append(pearson(a, b))
+            errors.append(relative_error(b, a))
             ref_scores.append(ref.score)
             cand_scores.append(cand.score)
     return {
-        "images": len(pearson),
-        "map_pearson_mean": float(np.mean(pearson)),
-        "map_pearson_min": float(np.min(pearson)),
-        "map_max_error_of_range": float(np.max(relative_error)),
-        "score_spearman": float(spearmanr(ref_scores, cand_scores).statistic),
+        "images": len(correlations),
+        "map_pearson_mean": float(np.mean(correlations)),
+        "map_pearson_min": float(np.min(correlations)),
+        "map_max_error_of_range": float(np.max(errors)),
+        "score_spearman": spearman(ref_scores, cand_scores),
         "score_max_abs_error": float(np.max(np.abs(np.subtract(ref_scores, cand_scores)))),
     }
 

@@ -106,14 +106,30 @@ def _match_attention(g: _Graph, softmax) -> _AttentionMatch:
         raise LookupError("q, k, v are not slices 0, 1, 2 of the split")
     if any(len(s.input) < 2 or g.constant(s.input[1]).ravel().tolist() != [0] for s in (q, k, v)):
         raise LookupError("q, k, v are not squeezed on the split axis")
-    if not math.isclose(float(g.constant(scaled_q.input[1])), head_dim ** -0.5, rel_tol=1e-5):
+    if not math.isclose(float(g.constant(scaled_q.input[1])), head_dim**-0.5, rel_tol=1e-5):
         raise LookupError("attention scale is not 1/sqrt(head_dim)")
     if biased.input[1] not in g.initializers:
         raise LookupError("q/k/v projection without a constant bias")
     weight, transposed_weight, weight_nodes = _projection_weight(g, projection)
 
-    nodes = (*weight_nodes, projection, biased, split_heads, heads_first, *slices, q, k, v, scaled_q, k_transposed,
-             scores, softmax, weighted, heads_back, merged)
+    nodes = (
+        *weight_nodes,
+        projection,
+        biased,
+        split_heads,
+        heads_first,
+        *slices,
+        q,
+        k,
+        v,
+        scaled_q,
+        k_transposed,
+        scores,
+        softmax,
+        weighted,
+        heads_back,
+        merged,
+    )
     replaced = {id(n) for n in nodes}
     for node in nodes[:-1]:  # everything but the merged output must stay inside the block
         for name in node.output:
@@ -160,9 +176,16 @@ def fuse_self_attention(model) -> int:
         if match is not None:
             if match.transposed_weight is not None:
                 model.graph.initializer.append(numpy_helper.from_array(match.transposed_weight, match.weight))
-            nodes.append(helper.make_node("Attention", [node.input[0], match.weight, match.bias], [match.output],
-                                          name=f"{node.name}_attention", domain=MICROSOFT_DOMAIN,
-                                          num_heads=match.num_heads))
+            nodes.append(
+                helper.make_node(
+                    "Attention",
+                    [node.input[0], match.weight, match.bias],
+                    [match.output],
+                    name=f"{node.name}_attention",
+                    domain=MICROSOFT_DOMAIN,
+                    num_heads=match.num_heads,
+                )
+            )
         elif id(node) not in removed:
             nodes.append(node)
     if matches:
@@ -181,8 +204,13 @@ def fuse_bias_gelu(model):
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     options = FusionOptions("vit")
-    for switch in ("enable_attention", "enable_skip_layer_norm", "enable_bias_skip_layer_norm",
-                   "enable_embed_layer_norm", "enable_gelu_approximation"):
+    for switch in (
+        "enable_attention",
+        "enable_skip_layer_norm",
+        "enable_bias_skip_layer_norm",
+        "enable_embed_layer_norm",
+        "enable_gelu_approximation",
+    ):
         setattr(options, switch, False)
     return optimizer.optimize_model(model, model_type="vit", optimization_options=options, opt_level=0).model
 

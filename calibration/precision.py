@@ -13,7 +13,8 @@ ViT rules (the anchors' issue trackers: INT8 ViTs collapse otherwise, fp16 Layer
 - Weights use 7 bits of the int8 range (onnxruntime's reduce_range). x86 CPUs without VNNI (AVX2
   only, like this project's CI machines) multiply uint8 x int8 pairs into saturating int16 sums;
   with full-range weights those sums clip. Measured by hand on ViT-B-16 (random weights,
-  battery_weld, quantize_dynamic with reduce_range off vs on; no repo script): image-embedding cosine to fp32 0.983 with 8-bit weights vs 0.9997 with 7-bit, taps error 14.8 %
+  battery_weld, quantize_dynamic with reduce_range off vs on; no repo script): image-embedding
+  cosine to fp32 0.983 with 8-bit weights vs 0.9997 with 7-bit, taps error 14.8 %
   vs 1.6 %, at the same speed. The Q/DQ graph stays symmetric int8, so TensorRT takes it as is.
 - int8-dynamic (onnxruntime's CPU path, not for TensorRT) first fuses attention and GELU into
   onnxruntime's CPU operators (calibration/ort_fusion.py) and quantizes the linear layers and the
@@ -70,7 +71,9 @@ def _import_onnx():
         import onnx
         from onnxruntime import quantization
     except ImportError:
-        raise ZsadEdgeError("precision conversion needs onnx and onnxruntime: pip install 'zsad-edge[cpu,export]'") from None
+        raise ZsadEdgeError(
+            "precision conversion needs onnx and onnxruntime: pip install 'zsad-edge[cpu,export]'"
+        ) from None
     return onnx, quantization
 
 
@@ -93,9 +96,15 @@ def input_linear_layers(model) -> list[str]:
             return name in inputs
         return node.op_type in ("Gather", "Slice", "Squeeze") and reads_graph_input(node.input[0])
 
-    return [n.name for n in model.graph.node
-            if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in initializers
-            and len(initializers[n.input[1]].dims) == 2 and reads_graph_input(n.input[0])]
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("MatMul", "Gemm")
+        and len(n.input) > 1
+        and n.input[1] in initializers
+        and len(initializers[n.input[1]].dims) == 2
+        and reads_graph_input(n.input[0])
+    ]
 
 
 def quantize_input_linear_layers(source: Path, target: Path) -> tuple[QuantizationPlan, list[str]]:
@@ -124,7 +133,9 @@ def graph_precision_counts(model) -> dict[str, int]:
         "quantize": sum(n.op_type == "QuantizeLinear" for n in model.graph.node),
         "dequantize": sum(n.op_type == "DequantizeLinear" for n in model.graph.node),
         "fp16_tensors": sum(i.data_type == fp16 for i in model.graph.initializer)
-        + sum(n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node),
+        + sum(
+            n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node
+        ),
     }
 
 
@@ -163,14 +174,24 @@ def save_with_external_data(model, path: Path) -> list[str]:
     """Write `path` plus one `<name>.data` side file (TensorRT parses from the path); returns the side files."""
     onnx, _ = _import_onnx()
     data_name = f"{path.name}.data"
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_name, size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_name,
+        size_threshold=1024,
+    )
     return [data_name] if (path.parent / data_name).exists() else []
 
 
-def convert(source: Path, target: Path, precision: str,
-            calibration_feeds: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
-            calibration_method: str = "percentile") -> tuple[QuantizationPlan, list[str]]:
+def convert(
+    source: Path,
+    target: Path,
+    precision: str,
+    calibration_feeds: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+    calibration_method: str = "percentile",
+) -> tuple[QuantizationPlan, list[str]]:
     """Write `source` (fp32 ONNX) at `precision` to `target`; returns the plan and side files.
 
     calibration_feeds: for "int8" only, a callable returning the input feeds of normal images.
@@ -182,16 +203,18 @@ def convert(source: Path, target: Path, precision: str,
     if precision == "fp16":
         from onnxconverter_common import float16
 
-        converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_KEPT_FP32),
-                                                     disable_shape_infer=True)
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=list(FP16_KEPT_FP32), disable_shape_infer=True
+        )
         return QuantizationPlan(precision, 0, FP16_KEPT_FP32), save_with_external_data(converted, target)
     with _quiet_quantizer(), tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         quantized = Path(scratch) / "quantized.onnx"
         if precision == "int8-dynamic":
             plan = _quantize_dynamic(model, quantized, quantization)
         else:
-            plan = _quantize_static(model, quantized, weight_node_names(model), calibration_feeds, calibration_method,
-                                    quantization)
+            plan = _quantize_static(
+                model, quantized, weight_node_names(model), calibration_feeds, calibration_method, quantization
+            )
         return plan, save_with_external_data(onnx.load(str(quantized)), target)
 
 
@@ -204,24 +227,47 @@ def _quantize_dynamic(model, out: Path, quantization) -> QuantizationPlan:
 
 def _dynamic_int8(model, out: Path, nodes: list[str], quantization) -> None:
     """onnxruntime dynamic INT8 of `nodes`: int8 weights per output channel in 7 bits (module docstring)."""
-    quantization.quantize_dynamic(model, str(out), nodes_to_quantize=nodes, per_channel=True,
-                                  reduce_range=True, weight_type=quantization.QuantType.QInt8)
+    quantization.quantize_dynamic(
+        model,
+        str(out),
+        nodes_to_quantize=nodes,
+        per_channel=True,
+        reduce_range=True,
+        weight_type=quantization.QuantType.QInt8,
+    )
 
 
-def _quantize_static(model, out: Path, weights: list[str], calibration_feeds, method: str, quantization) -> QuantizationPlan:
+def _quantize_static(
+    model, out: Path, weights: list[str], calibration_feeds, method: str, quantization
+) -> QuantizationPlan:
     if method not in CALIBRATION_METHODS:
         raise ZsadEdgeError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     if calibration_feeds is None:
         raise ZsadEdgeError("int8 (static Q/DQ) needs calibration images: pass --calibration-images DIR")
     reader = _FeedReader(iter(calibration_feeds()))
-    methods = {"minmax": quantization.CalibrationMethod.MinMax, "entropy": quantization.CalibrationMethod.Entropy,
-               "percentile": quantization.CalibrationMethod.Percentile}
+    methods = {
+        "minmax": quantization.CalibrationMethod.MinMax,
+        "entropy": quantization.CalibrationMethod.Entropy,
+        "percentile": quantization.CalibrationMethod.Percentile,
+    }
     # Q/DQ on the inputs of weight nodes only: a Q/DQ pair on their outputs would round every linear
     # layer's result to int8 once more before its bias and residual Adds, which stay float.
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)}
-    quantization.quantize_static(model, str(out), reader, quant_format=quantization.QuantFormat.QDQ,
-                                 nodes_to_quantize=weights, per_channel=True, reduce_range=True,
-                                 activation_type=quantization.QuantType.QInt8,
-                                 weight_type=quantization.QuantType.QInt8,
-                                 calibrate_method=methods[method], extra_options=extra)
+    extra = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS),
+    }
+    quantization.quantize_static(
+        model,
+        str(out),
+        reader,
+        quant_format=quantization.QuantFormat.QDQ,
+        nodes_to_quantize=weights,
+        per_channel=True,
+        reduce_range=True,
+        activation_type=quantization.QuantType.QInt8,
+        weight_type=quantization.QuantType.QInt8,
+        calibrate_method=methods[method],
+        extra_options=extra,
+    )
     return QuantizationPlan("int8", len(weights), _kept_float(model, set(weights)), method, reader.count)

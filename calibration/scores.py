@@ -21,15 +21,21 @@ from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
 from zsad_edge.runtime.image_io import check_image, read_image
 from zsad_edge.runtime.pipeline import DetectionPipeline
 from zsad_edge.runtime.scoring import calibrated_ranges
-from zsad_edge.runtime.stopping import NEVER, StopRequest, Stopped
+from zsad_edge.runtime.stopping import NEVER, Stopped, StopRequest
 
 MIN_CALIBRATION_IMAGES = 2
 PIXEL_SAMPLES_PER_IMAGE = 20_000
 
 
-def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quantile: float = 1.0,
-                     pixel_quantile: float = 0.999, seed: int = 0, progress: bool = True,
-                     stop: StopRequest = NEVER) -> dict:
+def calibrate_scores(
+    detector: DetectionPipeline,
+    images: Sequence,
+    image_quantile: float = 1.0,
+    pixel_quantile: float = 0.999,
+    seed: int = 0,
+    progress: bool = True,
+    stop: StopRequest = NEVER,
+) -> dict:
     """Scoring constants from normal images (paths or arrays); unreadable files are listed, not fatal.
 
     Pixel statistics use a fixed-size random sample of each map so that memory stays bounded
@@ -56,8 +62,10 @@ def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quanti
             flat = flat[rng.choice(flat.size, PIXEL_SAMPLES_PER_IMAGE, replace=False)]
         pixels.append(flat)
     if len(text_scores) < MIN_CALIBRATION_IMAGES:
-        raise ZsadEdgeError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} readable normal images, "
-                            f"got {len(text_scores)}" + (f" ({'; '.join(skipped)})" if skipped else ""))
+        raise ZsadEdgeError(
+            f"calibration needs at least {MIN_CALIBRATION_IMAGES} readable normal images, "
+            f"got {len(text_scores)}" + (f" ({'; '.join(skipped)})" if skipped else "")
+        )
     ranges = calibrated_ranges(np.array(text_scores), np.array(map_peaks))
     scores = detector.score_rule.combine(np.array(text_scores), np.array(map_peaks), {**detector.scoring, **ranges})
     return {
@@ -66,8 +74,12 @@ def calibrate_scores(detector: DetectionPipeline, images: Sequence, image_quanti
         "map_threshold": float(np.quantile(np.concatenate(pixels), pixel_quantile)),
         "map_normal_median": float(np.median(np.concatenate(pixels))),  # the overlay's colour scale starts here
         "calibrated": True,
-        "calibration": {"images": len(scores), "skipped": skipped, "image_quantile": image_quantile,
-                        "pixel_quantile": pixel_quantile},
+        "calibration": {
+            "images": len(scores),
+            "skipped": skipped,
+            "image_quantile": image_quantile,
+            "pixel_quantile": pixel_quantile,
+        },
     }
 
 
@@ -84,8 +96,14 @@ def write_scoring(bundle_dir, scoring: dict) -> Manifest:
     return manifest
 
 
-def calibrate_memory_bank(detector: DetectionPipeline, images: Sequence, image_quantile: float = 1.0,
-                          pixel_quantile: float = 0.999, progress: bool = True, stop: StopRequest = NEVER) -> dict:
+def calibrate_memory_bank(
+    detector: DetectionPipeline,
+    images: Sequence,
+    image_quantile: float = 1.0,
+    pixel_quantile: float = 0.999,
+    progress: bool = True,
+    stop: StopRequest = NEVER,
+) -> dict:
     """Calibrate a few-shot detector; the constants belong to its memory bank (saved with it),
     and the detector uses them from now on."""
     scoring = calibrate_scores(detector, images, image_quantile, pixel_quantile, progress=progress, stop=stop)

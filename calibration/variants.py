@@ -18,12 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from zsad_edge.runtime.backends.ort import OrtComponent
 from zsad_edge.runtime.bundle import REBUILD_HINT, ComponentSpec, load_manifest, sha256_file, write_manifest
 from zsad_edge.runtime.contract import HEADS, IMAGE, IMAGE_ENCODER
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
 from zsad_edge.runtime.image_io import check_image, list_images, read_image
-from zsad_edge.runtime.backends.ort import OrtComponent
 from zsad_edge.runtime.preprocess import preprocess_batch
 
 from .drift import DriftTolerance, check_drift, measure_drift
@@ -41,13 +41,20 @@ def load_calibration_images(inputs: Sequence[str | os.PathLike], limit: int | No
         except ImageReadError as exc:
             unreadable.append(str(exc))
     if len(images) < MIN_CALIBRATION_IMAGES:
-        raise ZsadEdgeError(f"precision calibration needs at least {MIN_CALIBRATION_IMAGES} readable normal images, "
-                            f"got {len(images)}" + (f" ({'; '.join(unreadable)})" if unreadable else ""))
+        raise ZsadEdgeError(
+            f"precision calibration needs at least {MIN_CALIBRATION_IMAGES} readable normal images, "
+            f"got {len(images)}" + (f" ({'; '.join(unreadable)})" if unreadable else "")
+        )
     return images
 
 
-def add_precision(bundle_dir: str | os.PathLike, precision: str, calibration_images: Sequence,
-                  calibration_method: str = "percentile", tolerance: DriftTolerance = DriftTolerance()) -> dict:
+def add_precision(
+    bundle_dir: str | os.PathLike,
+    precision: str,
+    calibration_images: Sequence,
+    calibration_method: str = "percentile",
+    tolerance: DriftTolerance = DriftTolerance(),
+) -> dict:
     """Convert, gate and add one variant; returns its manifest record (plan, drift, files).
 
     calibration_images: decoded arrays of normal images (load_calibration_images); they calibrate
@@ -68,8 +75,9 @@ def add_precision(bundle_dir: str | os.PathLike, precision: str, calibration_ima
     try:
         plans, components = _convert_components(bundle_dir, manifest, precision, staging, feeds, calibration_method)
         graphs = {n: OrtComponent(staging / c.file, "cpu", precision=precision) for n, c in components.items()}
-        candidate = Detector(bundle_dir, manifest, graphs[IMAGE_ENCODER], graphs.get(HEADS, reference.heads_graph),
-                             reference.fnn_graph)
+        candidate = Detector(
+            bundle_dir, manifest, graphs[IMAGE_ENCODER], graphs.get(HEADS, reference.heads_graph), reference.fnn_graph
+        )
         drift = measure_drift(reference, candidate, calibration_images)
         check_drift(drift, tolerance, f"the {precision} image encoder" + (" + heads" if HEADS in components else ""))
         files = [file for c in components.values() for file in (c.file, *c.external_data)]
@@ -87,8 +95,9 @@ def add_precision(bundle_dir: str | os.PathLike, precision: str, calibration_ima
     return record
 
 
-def _convert_components(bundle_dir: Path, manifest, precision: str, staging: Path, feeds,
-                        calibration_method: str) -> tuple[dict[str, dict], dict[str, ComponentSpec]]:
+def _convert_components(
+    bundle_dir: Path, manifest, precision: str, staging: Path, feeds, calibration_method: str
+) -> tuple[dict[str, dict], dict[str, ComponentSpec]]:
     """Convert the encoder (and, for int8-dynamic, the heads' input linear layers) into `staging`;
     returns the plans and component specs of what was converted, by component name."""
     conversions = {IMAGE_ENCODER: lambda src, dst: convert(src, dst, precision, feeds, calibration_method)}
@@ -102,6 +111,12 @@ def _convert_components(bundle_dir: Path, manifest, precision: str, staging: Pat
         if plan.weight_nodes == 0 and component != IMAGE_ENCODER:
             continue  # nothing in it to quantize: the variant keeps the fp32 graph
         plans[component] = plan.to_dict()
-        components[component] = ComponentSpec(file=name, inputs=base.inputs, outputs=base.outputs, precision=precision,
-                                              opset=base.opset, external_data=side_files)
+        components[component] = ComponentSpec(
+            file=name,
+            inputs=base.inputs,
+            outputs=base.outputs,
+            precision=precision,
+            opset=base.opset,
+            external_data=side_files,
+        )
     return plans, components

@@ -22,8 +22,10 @@ OFFICIAL_CHECKPOINT_KEY = "trainable_linearlayer"
 TRAINING_RECORD_KEY = "zsad_edge"
 # Where the official code bases keep the heads' state dict in their checkpoints.
 CHECKPOINT_LAYOUTS = {OFFICIAL_CHECKPOINT_KEY: "APRIL-GAN", "linear_layers": "CLIP-AD SDP+"}
-ACCEPTED_LAYOUTS = ("{'trainable_linearlayer': state_dict} (APRIL-GAN, zsad-edge training), "
-                    "{'linear_layers': state_dict} (CLIP-AD SDP+), or a bare state dict of fc.{i}.weight/bias")
+ACCEPTED_LAYOUTS = (
+    "{'trainable_linearlayer': state_dict} (APRIL-GAN, zsad-edge training), "
+    "{'linear_layers': state_dict} (CLIP-AD SDP+), or a bare state dict of fc.{i}.weight/bias"
+)
 
 
 class AprilGanHeads(nn.Module):
@@ -33,8 +35,15 @@ class AprilGanHeads(nn.Module):
     load without renaming.
     """
 
-    def __init__(self, num_taps: int, width: int, embed_dim: int, text_features: torch.Tensor,
-                 input_size: tuple[int, int], patch_grid: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        num_taps: int,
+        width: int,
+        embed_dim: int,
+        text_features: torch.Tensor,
+        input_size: tuple[int, int],
+        patch_grid: tuple[int, int],
+    ) -> None:
         super().__init__()
         if tuple(text_features.shape) != (embed_dim, 2):
             raise ValueError(f"text features must be [{embed_dim}, 2], got {tuple(text_features.shape)}")
@@ -91,7 +100,9 @@ def load_head_weights(heads: AprilGanHeads, checkpoint: Path, build: dict[str, s
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelLoadError(f"cannot read heads checkpoint {checkpoint}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise ModelLoadError(
+            f"cannot read heads checkpoint {checkpoint}: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get(TRAINING_RECORD_KEY), dict):
         _check_training_record(state[TRAINING_RECORD_KEY], checkpoint, build or {})
     state = _heads_state(state, checkpoint)
@@ -99,7 +110,9 @@ def load_head_weights(heads: AprilGanHeads, checkpoint: Path, build: dict[str, s
         heads.load_state_dict(state, strict=False)
         missing = [k for k in heads.state_dict() if k.startswith("fc.") and k not in state]
     except (RuntimeError, TypeError, AttributeError) as exc:
-        raise ModelLoadError(f"heads checkpoint {checkpoint} does not fit these taps/widths: {str(exc)[:300]}") from None
+        raise ModelLoadError(
+            f"heads checkpoint {checkpoint} does not fit these taps/widths: {str(exc)[:300]}"
+        ) from None
     if missing:
         raise ModelLoadError(f"heads checkpoint {checkpoint} lacks {missing[:4]} (wrong number of taps?)")
     return sha256_file(checkpoint)
@@ -107,13 +120,17 @@ def load_head_weights(heads: AprilGanHeads, checkpoint: Path, build: dict[str, s
 
 def _check_training_record(record: dict, checkpoint: Path, build: dict[str, str]) -> None:
     """Refuse heads trained on other encoder settings than this build's (activation, CLIP-AD mode)."""
-    trained = {"activation": record.get("activation", {}).get("name"),
-               "clipad_mode": record.get("text", {}).get("clipad_mode")}
+    trained = {
+        "activation": record.get("activation", {}).get("name"),
+        "clipad_mode": record.get("text", {}).get("clipad_mode"),
+    }
     flags = {"activation": "--activation", "clipad_mode": "--clipad-mode"}
     for name, value in trained.items():
         if value is not None and build.get(name) is not None and value != build[name]:
-            raise ModelLoadError(f"heads checkpoint {checkpoint} was trained with {name} {value!r}, this build uses "
-                                 f"{build[name]!r}: build with {flags[name]} {value}, or retrain the heads")
+            raise ModelLoadError(
+                f"heads checkpoint {checkpoint} was trained with {name} {value!r}, this build uses "
+                f"{build[name]!r}: build with {flags[name]} {value}, or retrain the heads"
+            )
 
 
 def _heads_state(loaded: object, checkpoint: Path) -> dict:
@@ -125,10 +142,13 @@ def _heads_state(loaded: object, checkpoint: Path) -> dict:
         if any(isinstance(k, str) and k.startswith("fc.") for k in loaded):
             return loaded
         keys = ", ".join(sorted(map(str, loaded))[:6]) or "none"
-        raise ModelLoadError(f"heads checkpoint {checkpoint} has an unknown layout (top-level keys: {keys}); "
-                             f"accepted: {ACCEPTED_LAYOUTS}")
-    raise ModelLoadError(f"heads checkpoint {checkpoint} holds a {type(loaded).__name__}, not a dict; "
-                         f"accepted: {ACCEPTED_LAYOUTS}")
+        raise ModelLoadError(
+            f"heads checkpoint {checkpoint} has an unknown layout (top-level keys: {keys}); "
+            f"accepted: {ACCEPTED_LAYOUTS}"
+        )
+    raise ModelLoadError(
+        f"heads checkpoint {checkpoint} holds a {type(loaded).__name__}, not a dict; accepted: {ACCEPTED_LAYOUTS}"
+    )
 
 
 def randomize_heads(heads: AprilGanHeads, seed: int) -> dict:
@@ -136,6 +156,6 @@ def randomize_heads(heads: AprilGanHeads, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for linear in heads.fc:
-            linear.weight.normal_(0.0, linear.in_features ** -0.5, generator=generator)
+            linear.weight.normal_(0.0, linear.in_features**-0.5, generator=generator)
             linear.bias.zero_()
     return {"kind": "random", "seed": seed}

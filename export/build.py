@@ -85,9 +85,13 @@ class BuiltBundle:
 
 
 def _reference(manifest: Manifest, modules: MethodModules, sam: LoadedSam | None, device: str) -> ReferenceDetector:
-    reference = ReferenceDetector(manifest, modules.encoder, modules.heads, modules.extra_graphs.get(FNN), device=device)
+    reference = ReferenceDetector(
+        manifest, modules.encoder, modules.heads, modules.extra_graphs.get(FNN), device=device
+    )
     if sam is not None:
-        attach_sam(reference, ReferenceSamPredictor(sam, SamGeometry.from_params(manifest.method["params"]["sam"]), device))
+        attach_sam(
+            reference, ReferenceSamPredictor(sam, SamGeometry.from_params(manifest.method["params"]["sam"]), device)
+        )
     return reference
 
 
@@ -101,13 +105,21 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
             "checkpoint or export/train_heads.py output), or --random-heads for tests and timing"
         )
     if not method.spec.trained_heads and config.heads_checkpoint is not None:
-        raise ModelLoadError(f"{config.method} is training-free and takes no --heads-checkpoint "
-                             f"(methods with trained heads: {', '.join(trained)})")
+        raise ModelLoadError(
+            f"{config.method} is training-free and takes no --heads-checkpoint "
+            f"(methods with trained heads: {', '.join(trained)})"
+        )
     refuse_existing(config.out_dir, config.overwrite)
     clip = load_clip(config.clip)
     taps = validate_taps(config.taps, clip.num_layers) if config.taps else default_taps(clip.num_layers)
-    params = method.params(config.object_name, config.prompt_set, config.gaussian_sigma, config.dbscan,
-                           fusion_weight=config.fusion_weight, clipad_mode=config.clipad_mode)
+    params = method.params(
+        config.object_name,
+        config.prompt_set,
+        config.gaussian_sigma,
+        config.dbscan,
+        fusion_weight=config.fusion_weight,
+        clipad_mode=config.clipad_mode,
+    )
     text = method.text_features(clip, params)
     modules = method.assemble(clip, taps, text, params)
     if modules.linear_heads is not None:
@@ -126,8 +138,7 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
         np.save(staging / TEXT_EMBEDDINGS_FILE, text.numpy().astype(np.float32))
         method.write_files(modules, staging, params)
         manifest = Manifest(
-            method={"name": method.spec.name,
-                    "params": {**params, "text_embeddings": TEXT_EMBEDDINGS_FILE}},
+            method={"name": method.spec.name, "params": {**params, "text_embeddings": TEXT_EMBEDDINGS_FILE}},
             clip=_clip_record(config.clip, clip),
             preprocess=clip.preprocess_spec(),
             taps=taps,
@@ -145,9 +156,16 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
 def _sam_params(config: BuildConfig, sam: LoadedSam) -> dict:
     """The manifest's SAM record: kind, weights, geometry, and every cascade constant."""
     cascade = config.cascade or CascadeConfig()
-    return {"kind": config.sam.kind, "weights": sam.weights_origin, "input_size": sam.input_size,
-            "pixel_mean": list(sam.pixel_mean), "pixel_std": list(sam.pixel_std),
-            "embedding_grid": list(sam.embedding_grid), "mask_threshold": 0.0, "cascade": cascade.to_dict()}
+    return {
+        "kind": config.sam.kind,
+        "weights": sam.weights_origin,
+        "input_size": sam.input_size,
+        "pixel_mean": list(sam.pixel_mean),
+        "pixel_std": list(sam.pixel_std),
+        "embedding_grid": list(sam.embedding_grid),
+        "mask_threshold": 0.0,
+        "cascade": cascade.to_dict(),
+    }
 
 
 def _encoder_settings(activation: dict, params: dict) -> dict[str, str]:
@@ -162,9 +180,13 @@ def _init_heads(heads: AprilGanHeads, config: BuildConfig, settings: dict[str, s
     return randomize_heads(heads, config.seed + 1)
 
 
-def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None = None,
-                          heads_checkpoint: Path | None = None, device: str = "cpu",
-                          sam_checkpoint: Path | None = None) -> ReferenceDetector:
+def reference_from_bundle(
+    bundle_dir: str | Path,
+    clip_checkpoint: Path | None = None,
+    heads_checkpoint: Path | None = None,
+    device: str = "cpu",
+    sam_checkpoint: Path | None = None,
+) -> ReferenceDetector:
     """Rebuild the PyTorch reference a bundle was exported from, using its manifest.
 
     Pretrained tags are loaded again; random weights are regenerated from their recorded seeds;
@@ -181,7 +203,9 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
     elif weights["kind"] == "random":
         spec = ClipSpec(architecture, random_init=True, seed=weights["seed"], **common)
     else:
-        spec = ClipSpec(architecture, checkpoint=_matching_file(clip_checkpoint, weights, "--clip-checkpoint"), **common)
+        spec = ClipSpec(
+            architecture, checkpoint=_matching_file(clip_checkpoint, weights, "--clip-checkpoint"), **common
+        )
     clip = load_clip(spec)
     params = manifest.method["params"]
     text = torch.from_numpy(np.load(Path(bundle_dir) / params["text_embeddings"]))
@@ -190,8 +214,11 @@ def reference_from_bundle(bundle_dir: str | Path, clip_checkpoint: Path | None =
         if params["heads"]["kind"] == "random":
             randomize_heads(modules.linear_heads, params["heads"]["seed"])
         else:
-            load_head_weights(modules.linear_heads, _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"),
-                              _encoder_settings(clip.activation, params))
+            load_head_weights(
+                modules.linear_heads,
+                _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"),
+                _encoder_settings(clip.activation, params),
+            )
     method.restore(modules, bundle_dir, params)
     sam = None
     if "sam" in params:
@@ -216,7 +243,9 @@ def _recorded_activation(clip_record: dict) -> str:
     if "activation" in clip_record:
         return clip_record["activation"]["name"]
     weights = clip_record["weights"]
-    tagged = weights["kind"] == "pretrained" and open_clip.get_pretrained_cfg(clip_record["architecture"], weights["tag"])
+    tagged = weights["kind"] == "pretrained" and open_clip.get_pretrained_cfg(
+        clip_record["architecture"], weights["tag"]
+    )
     return "quick_gelu" if tagged and tagged.get("quick_gelu") else "auto"
 
 
@@ -227,7 +256,9 @@ def _matching_file(path: Path | None, record: dict, flag: str) -> Path:
     if not Path(path).is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
     if sha256_file(Path(path)) != record["sha256"]:
-        raise ModelLoadError(f"{path} is not the checkpoint the bundle was built from ({record['file']}, sha256 differs)")
+        raise ModelLoadError(
+            f"{path} is not the checkpoint the bundle was built from ({record['file']}, sha256 differs)"
+        )
     return Path(path)
 
 
@@ -243,17 +274,27 @@ def _export_graphs(modules: MethodModules, clip: LoadedClip, staging: Path, tole
         with torch.no_grad():
             return modules.encoder(*images(batch))
 
-    encoder_spec = export_module(lean_attention_copy(modules.encoder), images(2), staging / onnx_file(IMAGE_ENCODER),
-                                 [IMAGE], modules.encoder_outputs)
+    encoder_spec = export_module(
+        lean_attention_copy(modules.encoder),
+        images(2),
+        staging / onnx_file(IMAGE_ENCODER),
+        [IMAGE],
+        modules.encoder_outputs,
+    )
     components = {IMAGE_ENCODER: encoder_spec}
-    parity = {IMAGE_ENCODER: check_parity(modules.encoder, staging / encoder_spec.file, images, PARITY_BATCH_SIZES,
-                                          tolerance).to_dict()}
+    parity = {
+        IMAGE_ENCODER: check_parity(
+            modules.encoder, staging / encoder_spec.file, images, PARITY_BATCH_SIZES, tolerance
+        ).to_dict()
+    }
     # The heads and every further graph of the method read all encoder outputs and give the heads' pair.
     for name, module in {HEADS: modules.heads, **modules.extra_graphs}.items():
-        components[name] = export_module(module, features(2), staging / onnx_file(name), modules.encoder_outputs,
-                                         list(HEADS_OUTPUTS))
-        parity[name] = check_parity(module, staging / components[name].file, features, PARITY_BATCH_SIZES,
-                                    tolerance).to_dict()
+        components[name] = export_module(
+            module, features(2), staging / onnx_file(name), modules.encoder_outputs, list(HEADS_OUTPUTS)
+        )
+        parity[name] = check_parity(
+            module, staging / components[name].file, features, PARITY_BATCH_SIZES, tolerance
+        ).to_dict()
     return components, parity
 
 

@@ -54,7 +54,9 @@ class ClipSpec:
                 "choose exactly one CLIP weight source: --pretrained TAG, --clip-checkpoint PATH or --random-init"
             )
         if self.activation not in ACTIVATION_CHOICES:
-            raise ModelLoadError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATION_CHOICES)}")
+            raise ModelLoadError(
+                f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATION_CHOICES)}"
+            )
 
 
 @dataclass
@@ -71,7 +73,9 @@ class LoadedClip:
 
     def preprocess_spec(self) -> PreprocessSpec:
         """The official input rule: stretch to the input size with Pillow's kernel (runtime/preprocess.py)."""
-        return PreprocessSpec(self.input_size, self.mean, self.std, "stretch", official_interpolation(self.interpolation))
+        return PreprocessSpec(
+            self.input_size, self.mean, self.std, "stretch", official_interpolation(self.interpolation)
+        )
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -109,7 +113,9 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
         tag_cfg = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
         if not tag_cfg:
             tags = open_clip.list_pretrained_tags_by_model(spec.architecture)
-            raise ModelLoadError(f"unknown pretrained tag {spec.pretrained!r} for {spec.architecture}; known tags: {tags}")
+            raise ModelLoadError(
+                f"unknown pretrained tag {spec.pretrained!r} for {spec.architecture}; known tags: {tags}"
+            )
         pretrained, origin = spec.pretrained, {"kind": "pretrained", "tag": spec.pretrained}
     elif spec.checkpoint is not None:
         checkpoint = Path(spec.checkpoint)
@@ -129,9 +135,13 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
                 "(model hub unreachable or weights not cached); on an offline machine pass a local file "
                 "with --clip-checkpoint PATH"
             ) from None
-        raise ModelLoadError(f"checkpoint {spec.checkpoint} does not fit {spec.architecture}: {str(exc)[:300]}") from None
+        raise ModelLoadError(
+            f"checkpoint {spec.checkpoint} does not fit {spec.architecture}: {str(exc)[:300]}"
+        ) from None
     except Exception as exc:  # torch.load / safetensors errors on corrupt files
-        raise ModelLoadError(f"cannot read CLIP weights for {spec.architecture}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        raise ModelLoadError(
+            f"cannot read CLIP weights for {spec.architecture}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
     activation = resolve_activation(spec)
     set_activation(model, activation["name"])
     model.eval()
@@ -164,8 +174,11 @@ def resolve_activation(spec: ClipSpec) -> dict[str, str]:
     native = native if isinstance(native, int) else native[0]
     size = spec.image_size or native
     if size != native:
-        return {"name": configured, "rule": f"auto: {size} px is not the architecture's {native} px, so the official "
-                                            f"code builds the model from its config ({configured})"}
+        return {
+            "name": configured,
+            "rule": f"auto: {size} px is not the architecture's {native} px, so the official "
+            f"code builds the model from its config ({configured})",
+        }
     if spec.pretrained is not None:
         tag_cfg = open_clip.get_pretrained_cfg(spec.architecture, spec.pretrained)
         if tag_cfg.get("quick_gelu"):
@@ -173,7 +186,10 @@ def resolve_activation(spec: ClipSpec) -> dict[str, str]:
     elif spec.checkpoint is not None and "openai" in open_clip.list_pretrained_tags_by_model(spec.architecture):
         logging.getLogger(__name__).warning(
             "%s at its own size from a checkpoint: built with the config's %s; if these are OpenAI's weights "
-            "pass --activation quick_gelu", spec.architecture, configured)
+            "pass --activation quick_gelu",
+            spec.architecture,
+            configured,
+        )
     return {"name": configured, "rule": f"auto: the architecture config's activation ({configured})"}
 
 

@@ -28,13 +28,19 @@ class LeanSelfAttention(nn.Module):
         self.in_proj_bias = source.in_proj_bias
         self.out_proj = source.out_proj
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, need_weights: bool = False,
-                attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, None]:
         batch, tokens, width = query.shape
         qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        scores = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
+        scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
         if attn_mask is not None:
             scores = scores + attn_mask
         out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, tokens, width)
@@ -42,8 +48,14 @@ class LeanSelfAttention(nn.Module):
 
 
 def _is_plain_self_attention(module: nn.Module) -> bool:
-    return (isinstance(module, nn.MultiheadAttention) and module.batch_first and module._qkv_same_embed_dim
-            and module.in_proj_bias is not None and module.bias_k is None and not module.add_zero_attn)
+    return (
+        isinstance(module, nn.MultiheadAttention)
+        and module.batch_first
+        and module._qkv_same_embed_dim
+        and module.in_proj_bias is not None
+        and module.bias_k is None
+        and not module.add_zero_attn
+    )
 
 
 def lean_attention_copy(module: nn.Module) -> nn.Module:

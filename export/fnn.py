@@ -71,8 +71,10 @@ def random_word_pairs(prompt_set: PromptSet, config: RandomWordConfig) -> tuple[
     for _ in range(config.pairs):
         template = prompt_set.templates[rng.integers(len(prompt_set.templates))]
         count = rng.integers(config.words_per_prompt[0], config.words_per_prompt[1] + 1)
-        words = ["".join(rng.choice(LETTERS, rng.integers(config.word_length[0], config.word_length[1] + 1)))
-                 for _ in range(count)]
+        words = [
+            "".join(rng.choice(LETTERS, rng.integers(config.word_length[0], config.word_length[1] + 1)))
+            for _ in range(count)
+        ]
         slots = template.format("{}").split()
         positions = sorted(rng.integers(0, len(slots) + 1, size=count), reverse=True)
         for position, word in zip(positions, words):
@@ -101,8 +103,13 @@ class FnnClassifier(nn.Module):
         return self.logits(embeddings).softmax(dim=-1)[..., 1]
 
 
-def train_fnn(classifier: FnnClassifier, normal: torch.Tensor, abnormal: torch.Tensor, config: FnnTrainConfig,
-              progress: bool = True) -> dict:
+def train_fnn(
+    classifier: FnnClassifier,
+    normal: torch.Tensor,
+    abnormal: torch.Tensor,
+    config: FnnTrainConfig,
+    progress: bool = True,
+) -> dict:
     """Train on text embeddings (label 0 normal, 1 abnormal); pairs stay together in the split.
 
     The weights are re-initialised from the seed first, so a seed fixes the result whatever the
@@ -125,7 +132,7 @@ def train_fnn(classifier: FnnClassifier, normal: torch.Tensor, abnormal: torch.T
         permutation = torch.randperm(len(train_y), generator=generator)
         epoch = []
         for start in range(0, len(permutation), config.batch_size):
-            index = permutation[start:start + config.batch_size]
+            index = permutation[start : start + config.batch_size]
             loss = F.cross_entropy(classifier.logits(train_x[index]), train_y[index])
             optimizer.zero_grad()
             loss.backward()
@@ -145,8 +152,14 @@ def _labelled(normal: torch.Tensor, abnormal: torch.Tensor, pairs: torch.Tensor)
     return torch.cat([normal[pairs], abnormal[pairs]]), labels
 
 
-def train_fnn_on_clip_text(classifier: FnnClassifier, model: nn.Module, tokenizer, prompt_set: PromptSet,
-                           config: FnnTrainConfig, progress: bool = True) -> dict:
+def train_fnn_on_clip_text(
+    classifier: FnnClassifier,
+    model: nn.Module,
+    tokenizer,
+    prompt_set: PromptSet,
+    config: FnnTrainConfig,
+    progress: bool = True,
+) -> dict:
     """Generate the random-word prompt pairs, encode them with CLIP's text tower, train `classifier`."""
     normal, abnormal = random_word_pairs(prompt_set, config.words)
     LOG.info("encoding %d random-word prompt pairs", len(normal))
@@ -165,8 +178,9 @@ def load_classifier(classifier: FnnClassifier, path: Path) -> None:
         classifier.load_state_dict({name: torch.from_numpy(data[name]) for name in data.files})
 
 
-def patch_probability_map(probability: torch.Tensor, patch_grid: tuple[int, int],
-                          input_size: tuple[int, int]) -> torch.Tensor:
+def patch_probability_map(
+    probability: torch.Tensor, patch_grid: tuple[int, int], input_size: tuple[int, int]
+) -> torch.Tensor:
     """Per-patch probabilities [B, N] -> bilinear (align_corners=False) map at input size [B, H, W]."""
     grid = probability.reshape(probability.shape[0], 1, *patch_grid)
     return F.interpolate(grid, size=input_size, mode="bilinear", align_corners=False)[:, 0]
@@ -202,5 +216,7 @@ class PromptProbabilityHeads(nn.Module):
     def forward(self, image_embedding: torch.Tensor, surgery_taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = F.normalize(surgery_taps[:, :, 1:], dim=-1)
         patches = (LOGIT_SCALE * tokens @ self.text_features).softmax(dim=-1)[..., 1].mean(dim=1)
-        return (patch_probability_map(patches, self.patch_grid, self.input_size),
-                text_probability(image_embedding, self.text_features))
+        return (
+            patch_probability_map(patches, self.patch_grid, self.input_size),
+            text_probability(image_embedding, self.text_features),
+        )

@@ -18,9 +18,10 @@ import onnx
 import torch
 from torch import nn
 
-from zsad_edge.runtime.bundle import ComponentSpec, TensorSpec
-from zsad_edge.runtime.errors import ParityError
 from zsad_edge.runtime.backends.ort import OrtComponent
+from zsad_edge.runtime.bundle import ComponentSpec, TensorSpec
+from zsad_edge.runtime.comparison import relative_error
+from zsad_edge.runtime.errors import ParityError
 
 LOG = logging.getLogger(__name__)
 OPSET = 18
@@ -36,13 +37,21 @@ class ParityReport:
     relative_error: dict[str, float]
 
     def to_dict(self) -> dict:
-        return {"batch_sizes": self.batch_sizes, "max_abs_error": self.max_abs_error,
-                "relative_error": self.relative_error}
+        return {
+            "batch_sizes": self.batch_sizes,
+            "max_abs_error": self.max_abs_error,
+            "relative_error": self.relative_error,
+        }
 
 
-def export_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path,
-                  input_names: list[str], output_names: list[str],
-                  dynamic_shapes: tuple[dict, ...] | None = None) -> ComponentSpec:
+def export_module(
+    module: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: tuple[dict, ...] | None = None,
+) -> ComponentSpec:
     """Export and check a module; returns the manifest entry.
 
     By default every input gets one shared dynamic leading batch dimension; `dynamic_shapes`
@@ -54,15 +63,22 @@ def export_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], p
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         dynamic_shapes = tuple({0: batch} for _ in example_inputs)
     with torch.no_grad():
-        torch.onnx.export(module, example_inputs, str(path), input_names=input_names, output_names=output_names,
-                          dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=OPSET, verbose=False)
+        torch.onnx.export(
+            module,
+            example_inputs,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            dynamo=True,
+            opset_version=OPSET,
+            verbose=False,
+        )
     onnx.checker.check_model(str(path))
     model = onnx.load(str(path), load_external_data=False)
-    external = sorted({
-        entry.value
-        for tensor in model.graph.initializer
-        for entry in tensor.external_data if entry.key == "location"
-    })
+    external = sorted(
+        {entry.value for tensor in model.graph.initializer for entry in tensor.external_data if entry.key == "location"}
+    )
     return ComponentSpec(
         file=path.name,
         inputs=[_tensor_spec(v) for v in model.graph.input],
@@ -80,8 +96,9 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
 
 
 @torch.no_grad()
-def check_parity(module: nn.Module, onnx_path: Path, make_inputs, batch_sizes: Sequence[int],
-                 tolerance: float) -> ParityReport:
+def check_parity(
+    module: nn.Module, onnx_path: Path, make_inputs, batch_sizes: Sequence[int], tolerance: float
+) -> ParityReport:
     """Run module and graph on the same inputs; raise ParityError if any output's error,
     relative to that output's range, exceeds `tolerance`.
 
@@ -99,11 +116,11 @@ def check_parity(module: nn.Module, onnx_path: Path, make_inputs, batch_sizes: S
             want = want.numpy()
             got = actual[name]
             if got.shape != want.shape:
-                raise ParityError(f"{onnx_path.name}: output {name} has shape {got.shape}, torch gives {want.shape} at batch {batch}")
-            error = float(np.abs(got - want).max())
-            scale = max(float(want.max() - want.min()), float(np.abs(want).max()), 1e-12)
-            max_abs[name] = max(max_abs.get(name, 0.0), error)
-            relative[name] = max(relative.get(name, 0.0), error / scale)
+                raise ParityError(
+                    f"{onnx_path.name}: output {name} has shape {got.shape}, torch gives {want.shape} at batch {batch}"
+                )
+            max_abs[name] = max(max_abs.get(name, 0.0), float(np.abs(got - want).max()))
+            relative[name] = max(relative.get(name, 0.0), relative_error(got, want))
     report = ParityReport(list(batch_sizes), max_abs, relative)
     worst = max(relative, key=relative.get)
     LOG.info("%s parity: worst relative error %.2e (%s)", onnx_path.name, relative[worst], worst)

@@ -33,6 +33,7 @@ class PromptSet:
 
     def sentences(self, object_name: str) -> tuple[list[str], list[str]]:
         """All normal and all abnormal sentences for one object name."""
+
         def expand(states: tuple[str, ...]) -> list[str]:
             return [template.format(state.format(object_name)) for state in states for template in self.templates]
 
@@ -40,11 +41,12 @@ class PromptSet:
 
 
 @torch.no_grad()
-def encode_sentences(model: nn.Module, tokenizer, sentences: list[str], batch_size: int = 64,
-                     progress: bool = False) -> torch.Tensor:
+def encode_sentences(
+    model: nn.Module, tokenizer, sentences: list[str], batch_size: int = 64, progress: bool = False
+) -> torch.Tensor:
     """L2-normalised CLIP text embeddings [len(sentences), embed_dim]."""
     starts = tqdm(range(0, len(sentences), batch_size), desc="encode text", unit="batch", disable=not progress)
-    chunks = [model.encode_text(tokenizer(sentences[start:start + batch_size])) for start in starts]
+    chunks = [model.encode_text(tokenizer(sentences[start : start + batch_size])) for start in starts]
     return F.normalize(torch.cat(chunks).float(), dim=-1)
 
 

@@ -26,8 +26,14 @@ from zsad_edge.runtime.stages.memory_bank import MemoryBank
 class ReferenceDetector(DetectionPipeline, FewShot):
     """Mirrors runtime.Detector stage by stage with torch modules (eager fp32 by default)."""
 
-    def __init__(self, manifest: Manifest, encoder: nn.Module, heads_module: nn.Module,
-                 fnn_module: nn.Module | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        encoder: nn.Module,
+        heads_module: nn.Module,
+        fnn_module: nn.Module | None = None,
+        device: str = "cpu",
+    ) -> None:
         super().__init__(manifest)
         self.device = torch.device(device)
         self.encoder = encoder.eval().to(self.device)
@@ -77,13 +83,19 @@ class ReferenceDetector(DetectionPipeline, FewShot):
         for tap in range(queries.shape[1]):
             distance = 1 - (queries[:, tap] @ bank[tap].T).amax(dim=-1)
             distance = distance.reshape(-1, 1, *grid)
-            total = total + F.interpolate(distance, size=tuple(self.manifest.preprocess.input_size), mode="bilinear",
-                                          align_corners=True)[:, 0]
+            total = (
+                total
+                + F.interpolate(
+                    distance, size=tuple(self.manifest.preprocess.input_size), mode="bilinear", align_corners=True
+                )[:, 0]
+            )
         return total.cpu().numpy()
 
     @torch.no_grad()
     def resize_maps(self, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         return [
-            F.interpolate(torch.from_numpy(m)[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+            F.interpolate(torch.from_numpy(m)[None, None], size=size, mode="bilinear", align_corners=False)[
+                0, 0
+            ].numpy()
             for m, size in zip(maps, sizes)
         ]

@@ -12,18 +12,25 @@ from pathlib import Path
 
 import torch
 
+from zsad_edge.runtime.contract import (
+    IMAGE,
+    SAM_DECODER,
+    SAM_DECODER_INPUTS,
+    SAM_DECODER_OUTPUTS,
+    SAM_ENCODER,
+    SAM_IMAGE_EMBEDDINGS,
+    onnx_file,
+)
+
 from .onnx_export import MAX_BATCH, check_parity, export_module
 from .sam import LoadedSam, SamDecoderGraph, SamEncoderGraph
 
-SAM_ENCODER = "sam_encoder"
-SAM_DECODER = "sam_decoder"
-DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
-DECODER_OUTPUTS = ["iou_predictions", "low_res_masks"]
 MAX_POINTS = 64
 
 
-def decoder_example(sam: LoadedSam, embeddings: torch.Tensor, prompts: int, points: int,
-                    generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+def decoder_example(
+    sam: LoadedSam, embeddings: torch.Tensor, prompts: int, points: int, generator: torch.Generator
+) -> tuple[torch.Tensor, ...]:
     """Random but valid decoder inputs: points inside the image, every label kind, some masks on."""
     size = sam.input_size
     low_res = 4 * sam.embedding_grid[0]
@@ -51,14 +58,27 @@ def export_sam_graphs(sam: LoadedSam, staging: Path, tolerance: float, seed: int
         return decoder_example(sam, embeddings, prompts=batch, points=batch + 1, generator=generator)
 
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    encoder_spec = export_module(encoder, images(1), staging / f"{SAM_ENCODER}.onnx", ["image"], ["image_embeddings"],
-                                 dynamic_shapes=({0: batch},))
+    encoder_spec = export_module(
+        encoder,
+        images(1),
+        staging / onnx_file(SAM_ENCODER),
+        [IMAGE],
+        [SAM_IMAGE_EMBEDDINGS],
+        dynamic_shapes=({0: batch},),
+    )
     encoder_parity = check_parity(encoder, staging / encoder_spec.file, images, (1,), tolerance)
     prompts = torch.export.Dim("prompts", min=1, max=MAX_BATCH)
     points = torch.export.Dim("points", min=1, max=MAX_POINTS)
-    decoder_spec = export_module(decoder, decoder_inputs(2), staging / f"{SAM_DECODER}.onnx", DECODER_INPUTS,
-                                 DECODER_OUTPUTS, dynamic_shapes=(
-                                     {}, {0: prompts, 1: points}, {0: prompts, 1: points}, {0: prompts}, {0: prompts}))
+    decoder_spec = export_module(
+        decoder,
+        decoder_inputs(2),
+        staging / onnx_file(SAM_DECODER),
+        list(SAM_DECODER_INPUTS),
+        list(SAM_DECODER_OUTPUTS),
+        dynamic_shapes=({}, {0: prompts, 1: points}, {0: prompts, 1: points}, {0: prompts}, {0: prompts}),
+    )
     decoder_parity = check_parity(decoder, staging / decoder_spec.file, decoder_inputs, (1, 3), tolerance)
-    return ({SAM_ENCODER: encoder_spec, SAM_DECODER: decoder_spec},
-            {SAM_ENCODER: encoder_parity.to_dict(), SAM_DECODER: decoder_parity.to_dict()})
+    return (
+        {SAM_ENCODER: encoder_spec, SAM_DECODER: decoder_spec},
+        {SAM_ENCODER: encoder_parity.to_dict(), SAM_DECODER: decoder_parity.to_dict()},
+    )

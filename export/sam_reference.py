@@ -33,8 +33,9 @@ class ReferenceSamPredictor:
         return SamImage(self.sam.image_encoder(image).cpu().numpy(), rgb.shape[:2])
 
     @torch.no_grad()
-    def decode(self, image: SamImage, coords: np.ndarray, labels: np.ndarray,
-               mask_input: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def decode(
+        self, image: SamImage, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         embedding = torch.from_numpy(image.embedding).to(self.device)
         ious, masks = [], []
         for index in range(coords.shape[0]):
@@ -43,14 +44,25 @@ class ReferenceSamPredictor:
             is_point = ~is_corner & (kinds != PAD)
             points = None
             if is_point.any():
-                points = (torch.from_numpy(coords[index][is_point][None]).float().to(self.device),
-                          torch.from_numpy(kinds[is_point][None]).float().to(self.device))
-            boxes = torch.from_numpy(coords[index][is_corner].reshape(1, 4)).float().to(self.device) if is_corner.any() else None
-            dense_mask = None if mask_input is None else torch.from_numpy(mask_input[index][None, None]).float().to(self.device)
+                points = (
+                    torch.from_numpy(coords[index][is_point][None]).float().to(self.device),
+                    torch.from_numpy(kinds[is_point][None]).float().to(self.device),
+                )
+            boxes = (
+                torch.from_numpy(coords[index][is_corner].reshape(1, 4)).float().to(self.device)
+                if is_corner.any()
+                else None
+            )
+            dense_mask = (
+                None if mask_input is None else torch.from_numpy(mask_input[index][None, None]).float().to(self.device)
+            )
             sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=dense_mask)
             low_res, iou = self.sam.mask_decoder.predict_masks(
-                image_embeddings=embedding, image_pe=self.sam.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+                image_embeddings=embedding,
+                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+            )
             ious.append(iou.cpu().numpy())
             masks.append(low_res.cpu().numpy())
         return np.concatenate(ious), np.concatenate(masks)

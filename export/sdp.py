@@ -45,8 +45,9 @@ DBSCAN_SETTINGS = {"mvtec": (0.5, 15), "visa": (1.5, 25)}
 LEGACY_CLIPAD_MODE = "clean"
 
 
-def representative_vector(embeddings: torch.Tensor, eps: float, min_samples: int,
-                          round_to_fp16: bool = False) -> torch.Tensor:
+def representative_vector(
+    embeddings: torch.Tensor, eps: float, min_samples: int, round_to_fp16: bool = False
+) -> torch.Tensor:
     """Mean of the largest DBSCAN cluster of normalised prompt embeddings, re-normalised.
 
     Falls back to the plain mean when DBSCAN finds no cluster (every prompt is noise).
@@ -66,8 +67,15 @@ def representative_vector(embeddings: torch.Tensor, eps: float, min_samples: int
     return F.normalize(mean, dim=0)
 
 
-def representative_text_features(model: nn.Module, tokenizer, prompt_set: PromptSet, object_name: str,
-                                  eps: float, min_samples: int, round_to_fp16: bool = False) -> torch.Tensor:
+def representative_text_features(
+    model: nn.Module,
+    tokenizer,
+    prompt_set: PromptSet,
+    object_name: str,
+    eps: float,
+    min_samples: int,
+    round_to_fp16: bool = False,
+) -> torch.Tensor:
     """CLIP-AD class vectors T [embed_dim, 2] (column 0 normal, 1 abnormal), one DBSCAN per class."""
     columns = [
         representative_vector(encode_sentences(model, tokenizer, sentences), eps, min_samples, round_to_fp16)
@@ -81,9 +89,9 @@ def vv_attention(attention: nn.MultiheadAttention, x: torch.Tensor) -> torch.Ten
     batch, tokens, width = x.shape
     heads = attention.num_heads
     head_dim = width // heads
-    value = F.linear(x, attention.in_proj_weight[2 * width:], attention.in_proj_bias[2 * width:])
+    value = F.linear(x, attention.in_proj_weight[2 * width :], attention.in_proj_bias[2 * width :])
     value = value.reshape(batch, tokens, heads, head_dim).transpose(1, 2)  # [B, H, N, D]
-    weights = ((value * head_dim ** -0.5) @ value.transpose(-2, -1)).softmax(dim=-1)
+    weights = ((value * head_dim**-0.5) @ value.transpose(-2, -1)).softmax(dim=-1)
     out = (weights @ value).transpose(1, 2).reshape(batch, tokens, width)
     return attention.out_proj(out)
 
@@ -98,8 +106,9 @@ class SurgeryEncoder(nn.Module):
     residual has been added (the official in-place aliasing); "clean": the block output.
     """
 
-    def __init__(self, visual: nn.Module, taps: list[int], patch_taps: bool = False,
-                 clipad_mode: str = "official") -> None:
+    def __init__(
+        self, visual: nn.Module, taps: list[int], patch_taps: bool = False, clipad_mode: str = "official"
+    ) -> None:
         super().__init__()
         if clipad_mode not in CLIPAD_MODES:
             raise ValueError(f"unknown CLIP-AD mode {clipad_mode!r}; choose one of {', '.join(CLIPAD_MODES)}")
@@ -142,8 +151,9 @@ class SurgeryEncoder(nn.Module):
         original_taps.append(original[:, 1:])
 
 
-def feature_surgery_map(surgery_taps: torch.Tensor, text_features: torch.Tensor, patch_grid: tuple[int, int],
-                        input_size: tuple[int, int]) -> torch.Tensor:
+def feature_surgery_map(
+    surgery_taps: torch.Tensor, text_features: torch.Tensor, patch_grid: tuple[int, int], input_size: tuple[int, int]
+) -> torch.Tensor:
     """Summed feature-surgery scores -> abnormal channel at input size [B, H, W] (before smoothing)."""
     features = F.normalize(surgery_taps, dim=-1)  # [B, T, 1+N, E]
     similarity = features @ text_features  # [B, T, 1+N, 2]
@@ -167,16 +177,22 @@ class SdpHeads(nn.Module):
     image_score [B] = the prompt probability; the runtime combines it with the map peak).
     """
 
-    def __init__(self, text_features: torch.Tensor, patch_grid: tuple[int, int], input_size: tuple[int, int],
-                 linear_heads: AprilGanHeads | None = None) -> None:
+    def __init__(
+        self,
+        text_features: torch.Tensor,
+        patch_grid: tuple[int, int],
+        input_size: tuple[int, int],
+        linear_heads: AprilGanHeads | None = None,
+    ) -> None:
         super().__init__()
         self.register_buffer("text_features", text_features.float().clone())
         self.patch_grid = tuple(patch_grid)
         self.input_size = tuple(input_size)
         self.linear_heads = linear_heads
 
-    def forward(self, image_embedding: torch.Tensor, surgery_taps: torch.Tensor,
-                taps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image_embedding: torch.Tensor, surgery_taps: torch.Tensor, taps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         anomaly_map = feature_surgery_map(surgery_taps, self.text_features, self.patch_grid, self.input_size)
         if self.linear_heads is not None:
             anomaly_map = anomaly_map + self.linear_heads.tap_probabilities(taps).sum(dim=1)

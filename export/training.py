@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from zsad_edge.runtime.evaluation.dataset import Sample, load_mask, scan_dataset
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
+from zsad_edge.runtime.evaluation.dataset import Sample, load_mask, scan_dataset
 from zsad_edge.runtime.image_io import check_image, read_image
 from zsad_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
 
@@ -61,8 +61,10 @@ class TrainingData:
             mask = load_mask(sample, image.shape[:2])
             images.append(image)
             masks.append(cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST))
-        return (torch.from_numpy(preprocess_batch(images, self.spec)),
-                torch.from_numpy(np.stack(masks).astype(np.float32)))
+        return (
+            torch.from_numpy(preprocess_batch(images, self.spec)),
+            torch.from_numpy(np.stack(masks).astype(np.float32)),
+        )
 
 
 def load_training_data(dataset_dir: Path, spec: PreprocessSpec, max_images: int | None = None) -> TrainingData:
@@ -89,7 +91,7 @@ def load_training_data(dataset_dir: Path, spec: PreprocessSpec, max_images: int 
 def focal_loss(probability: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
     """Binary focal loss on the abnormal-class probability, mean over pixels."""
     p_true = torch.where(target > 0.5, probability, 1 - probability).clamp(1e-6, 1.0)
-    return (-(1 - p_true) ** gamma * torch.log(p_true)).mean()
+    return (-((1 - p_true) ** gamma) * torch.log(p_true)).mean()
 
 
 def dice_loss(probability: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -98,8 +100,9 @@ def dice_loss(probability: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1 - (2 * intersection + smooth) / (probability.sum() + target.sum() + smooth)
 
 
-def train_heads(encoder: nn.Module, heads: AprilGanHeads, data: TrainingData, config: TrainConfig,
-                progress: bool = True) -> list[float]:
+def train_heads(
+    encoder: nn.Module, heads: AprilGanHeads, data: TrainingData, config: TrainConfig, progress: bool = True
+) -> list[float]:
     """Train heads.fc in place; returns the mean loss of each epoch. Reproducible for a seed.
 
     encoder: the method's encoder module, whose last output is the taps the heads read
@@ -116,12 +119,14 @@ def train_heads(encoder: nn.Module, heads: AprilGanHeads, data: TrainingData, co
         losses = []
         batches = range(0, len(order), config.batch_size)
         for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress):
-            images, target = data.batch(order[start:start + config.batch_size])
+            images, target = data.batch(order[start : start + config.batch_size])
             with torch.no_grad():
                 taps = encoder(images)[-1]
             probabilities = heads.tap_probabilities(taps)  # [B, T, H, W]
-            loss = sum(focal_loss(probabilities[:, t], target, config.focal_gamma) + dice_loss(probabilities[:, t], target)
-                       for t in range(probabilities.shape[1]))
+            loss = sum(
+                focal_loss(probabilities[:, t], target, config.focal_gamma) + dice_loss(probabilities[:, t], target)
+                for t in range(probabilities.shape[1])
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -15,12 +15,19 @@ from pathlib import Path
 from typing import Sequence
 
 from zsad_edge.calibration.precision import graph_precision_counts
-from zsad_edge.runtime.bundle import ComponentSpec, Manifest, load_manifest
 from zsad_edge.runtime.backends.components import EngineOptions
+from zsad_edge.runtime.backends.trt.engine import (
+    BuildOptions,
+    EngineCache,
+    check_precision,
+    current_device,
+    default_cache_folder,
+    load_or_build,
+)
+from zsad_edge.runtime.backends.trt.profiles import profile_shapes, shape_string
+from zsad_edge.runtime.bundle import ComponentSpec, Manifest, load_manifest
 from zsad_edge.runtime.errors import ZsadEdgeError
 from zsad_edge.runtime.image_io import write_bytes_atomic
-from zsad_edge.runtime.backends.trt.engine import BuildOptions, EngineCache, check_precision, current_device, default_cache_folder, load_or_build
-from zsad_edge.runtime.backends.trt.profiles import profile_shapes, shape_string
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 TRTEXEC_SCRIPT = "trtexec_build.sh"
@@ -44,7 +51,11 @@ def check_engine_precisions(precisions: Sequence[str]) -> None:
     """Refuse precisions TensorRT does not build, before any export or calibration work."""
     for precision in precisions:
         if precision not in ENGINE_PRECISIONS:
-            hint = " (onnxruntime's CPU format; TensorRT takes the Q/DQ graph: int8)" if precision == "int8-dynamic" else ""
+            hint = (
+                " (onnxruntime's CPU format; TensorRT takes the Q/DQ graph: int8)"
+                if precision == "int8-dynamic"
+                else ""
+            )
             raise ZsadEdgeError(f"TensorRT engines come in {', '.join(ENGINE_PRECISIONS)}, not {precision!r}{hint}")
 
 
@@ -70,9 +81,14 @@ def trtexec_commands(jobs: Sequence[EngineJob], options: EngineOptions, folder: 
     lines = []
     for job in jobs:
         shapes = profile_shapes(job.spec.inputs, options.profile)
-        args = ["trtexec", f"--onnx={job.onnx}", f"--saveEngine={folder / f'{job.component}.{job.precision}.engine'}",
-                "--stronglyTyped", f"--memPoolSize=workspace:{int(options.workspace_gb * 1024)}M",
-                f"--timingCacheFile={folder / 'timing.cache'}"]
+        args = [
+            "trtexec",
+            f"--onnx={job.onnx}",
+            f"--saveEngine={folder / f'{job.component}.{job.precision}.engine'}",
+            "--stronglyTyped",
+            f"--memPoolSize=workspace:{int(options.workspace_gb * 1024)}M",
+            f"--timingCacheFile={folder / 'timing.cache'}",
+        ]
         args += [f"--{which}Shapes={shape_string(shapes, which)}" for which in ("min", "opt", "max") if shapes]
         lines.append(" ".join(shlex.quote(a) for a in args))
     return lines
@@ -81,9 +97,13 @@ def trtexec_commands(jobs: Sequence[EngineJob], options: EngineOptions, folder: 
 def write_trtexec_script(jobs: Sequence[EngineJob], options: EngineOptions, cache: Path) -> Path:
     """`<cache>/trtexec_build.sh`; its engines go to `<cache>/trtexec/`, apart from the runtime's own
     (which carry a key record), for users who deploy with their own TensorRT tooling."""
-    header = ["#!/bin/sh", "# TensorRT engines for this bundle, built with trtexec on the target GPU.",
-              "# --stronglyTyped: precision comes from the ONNX (needed on TensorRT 10.x, the default on 11.x).",
-              "set -e", f"mkdir -p {shlex.quote(str(cache / 'trtexec'))}"]
+    header = [
+        "#!/bin/sh",
+        "# TensorRT engines for this bundle, built with trtexec on the target GPU.",
+        "# --stronglyTyped: precision comes from the ONNX (needed on TensorRT 10.x, the default on 11.x).",
+        "set -e",
+        f"mkdir -p {shlex.quote(str(cache / 'trtexec'))}",
+    ]
     text = "\n".join(header + trtexec_commands(jobs, options, cache / "trtexec")) + "\n"
     path = cache / TRTEXEC_SCRIPT
     write_bytes_atomic(path, text.encode("utf-8"))
@@ -107,7 +127,13 @@ def build_trt_engines(bundle_dir: Path, precisions: Sequence[str], options: Engi
     summaries = []
     for job in jobs:
         loaded = load_or_build(job.component, bundle_dir, job.spec, job.onnx_sha256, cache, build, device)
-        summaries.append({"component": job.component, "precision": job.precision,
-                          "engine": str(cache.engine_path(loaded.key)), "gpu": device.gpu_name,
-                          "tensorrt": device.tensorrt_version})
+        summaries.append(
+            {
+                "component": job.component,
+                "precision": job.precision,
+                "engine": str(cache.engine_path(loaded.key)),
+                "gpu": device.gpu_name,
+                "tensorrt": device.tensorrt_version,
+            }
+        )
     return summaries

@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .contract import MANIFEST_FILE
 from .errors import BundleError
 from .image_io import write_bytes_atomic
 from .manifest_schema import check_manifest
 from .preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 REBUILD_HINT = "rebuild it with `python export/build_engines.py`"
 BASE_PRECISION = "fp32"
 
@@ -103,9 +103,11 @@ class Manifest:
             return self
         if precision not in self.precisions:
             available = ", ".join([BASE_PRECISION, *self.precisions])
-            raise BundleError(f"bundle has no {precision!r} variant (available: {available}); add it with "
-                              f"`python export/build_engines.py add-precision BUNDLE --precision {precision} "
-                              "--calibration-images NORMAL_IMAGES`")
+            raise BundleError(
+                f"bundle has no {precision!r} variant (available: {available}); add it with "
+                f"`python export/build_engines.py add-precision BUNDLE --precision {precision} "
+                "--calibration-images NORMAL_IMAGES`"
+            )
         return replace(self, components={**self.components, **self.precisions[precision]["components"]})
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,9 +128,13 @@ class Manifest:
                 scoring=dict(data["scoring"]),
                 files=dict(data["files"]),
                 parity=dict(data.get("parity", {})),
-                precisions={name: {**variant, "components": {c: ComponentSpec.from_dict(spec)
-                                                             for c, spec in variant["components"].items()}}
-                            for name, variant in data.get("precisions", {}).items()},
+                precisions={
+                    name: {
+                        **variant,
+                        "components": {c: ComponentSpec.from_dict(spec) for c, spec in variant["components"].items()},
+                    }
+                    for name, variant in data.get("precisions", {}).items()
+                },
                 producer=data.get("producer", "unknown"),
                 schema_version=int(data["schema_version"]),
             )
@@ -141,18 +147,18 @@ def hash_bundle_files(bundle_dir: Path) -> dict[str, str]:
     return {
         path.relative_to(bundle_dir).as_posix(): sha256_file(path)
         for path in sorted(bundle_dir.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_NAME
+        if path.is_file() and path.name != MANIFEST_FILE
     }
 
 
 def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifest:
     """Read and validate a bundle's manifest; with verify_hashes, check every listed file."""
     bundle_dir = Path(bundle_dir)
-    manifest_path = bundle_dir / MANIFEST_NAME
+    manifest_path = bundle_dir / MANIFEST_FILE
     if not bundle_dir.is_dir():
         raise BundleError(f"bundle folder not found: {bundle_dir}; {REBUILD_HINT}")
     if not manifest_path.is_file():
-        raise BundleError(f"not a zsad-edge bundle (no {MANIFEST_NAME}): {bundle_dir}; {REBUILD_HINT}")
+        raise BundleError(f"not a zsad-edge bundle (no {MANIFEST_FILE}): {bundle_dir}; {REBUILD_HINT}")
     try:
         raw = json.loads(manifest_path.read_text(encoding="utf-8-sig"))  # -sig: Notepad saves a BOM
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -177,7 +183,7 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
 def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
     """Replace manifest.json in one rename: a reader sees the old or the new manifest, never half."""
     text = json.dumps(manifest.to_dict(), indent=2) + "\n"
-    write_bytes_atomic(Path(bundle_dir) / MANIFEST_NAME, text.encode("utf-8"))
+    write_bytes_atomic(Path(bundle_dir) / MANIFEST_FILE, text.encode("utf-8"))
 
 
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
@@ -192,7 +198,11 @@ def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
                 f"bundle file {relative} does not match its manifest sha256 "
                 f"(expected {expected[:12]}..., found {actual[:12]}...): tampered or partly copied; {REBUILD_HINT}"
             )
-    variants = [(f"{precision}/{name}", c) for precision, v in manifest.precisions.items() for name, c in v["components"].items()]
+    variants = [
+        (f"{precision}/{name}", c)
+        for precision, v in manifest.precisions.items()
+        for name, c in v["components"].items()
+    ]
     for name, component in [*manifest.components.items(), *variants]:
         for relative in [component.file, *component.external_data]:
             if relative not in manifest.files:

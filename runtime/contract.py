@@ -84,11 +84,37 @@ def method_by_option(option: str) -> MethodSpec:
     raise KeyError(option)
 
 
-register_method(MethodSpec("aprilgan_zero_shot", "aprilgan", (IMAGE_ENCODER, HEADS), (IMAGE_EMBEDDING, TAPS),
-                           score_rule="prompt", trained_heads=True, few_shot=True))
-register_method(MethodSpec("sdp", "sdp", (IMAGE_ENCODER, HEADS), (IMAGE_EMBEDDING, SURGERY_TAPS),
-                           score_rule="normalised_sum"))
-register_method(MethodSpec("sdpplus", "sdpplus", (IMAGE_ENCODER, HEADS), (IMAGE_EMBEDDING, SURGERY_TAPS, TAPS),
-                           score_rule="normalised_sum", trained_heads=True))
-register_method(MethodSpec("fnn", "fnn", (IMAGE_ENCODER, HEADS, FNN), (IMAGE_EMBEDDING, SURGERY_TAPS),
-                           score_rule="prompt", post_stages=(FNN_FUSION,)))
+APRILGAN = register_method(
+    MethodSpec(
+        "aprilgan_zero_shot",
+        "aprilgan",
+        (IMAGE_ENCODER, HEADS),
+        (IMAGE_EMBEDDING, TAPS),
+        score_rule="prompt",
+        trained_heads=True,
+        few_shot=True,
+    )
+)
+SDP = register_method(
+    MethodSpec("sdp", "sdp", (IMAGE_ENCODER, HEADS), (IMAGE_EMBEDDING, SURGERY_TAPS), score_rule="normalised_sum")
+)
+SDPPLUS = register_method(
+    MethodSpec(
+        "sdpplus",
+        "sdpplus",
+        (IMAGE_ENCODER, HEADS),
+        (IMAGE_EMBEDDING, SURGERY_TAPS, TAPS),
+        score_rule="normalised_sum",
+        trained_heads=True,
+    )
+)
+RANDOM_WORD_FNN = register_method(
+    MethodSpec(
+        "fnn",
+        "fnn",
+        (IMAGE_ENCODER, HEADS, FNN),
+        (IMAGE_EMBEDDING, SURGERY_TAPS),
+        score_rule="prompt",
+        post_stages=(FNN_FUSION,),
+    )
+)

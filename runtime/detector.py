@@ -8,14 +8,24 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .bundle import BASE_PRECISION, REBUILD_HINT, Manifest, load_manifest
-from .sam.cascade import attach_sam
 from .backends.components import EngineOptions, GraphComponent, open_components
-from .contract import (ANOMALY_MAP, FNN, FNN_FUSION, HEADS, IMAGE, IMAGE_ENCODER, IMAGE_SCORE, METHODS, SAM_COMPONENTS,
-                       TAPS)
+from .bundle import BASE_PRECISION, REBUILD_HINT, Manifest, load_manifest
+from .contract import (
+    ANOMALY_MAP,
+    FNN,
+    FNN_FUSION,
+    HEADS,
+    IMAGE,
+    IMAGE_ENCODER,
+    IMAGE_SCORE,
+    METHODS,
+    SAM_COMPONENTS,
+    TAPS,
+)
 from .errors import BundleError
 from .interpolation import upsample_align_corners
 from .pipeline import DetectionPipeline
+from .sam.cascade import attach_sam
 from .sam.predictor import SamGeometry, SamPredictor
 from .smoothing import gaussian_smooth
 from .stages.few_shot import FewShot
@@ -38,8 +48,14 @@ class Detector(DetectionPipeline, FewShot):
     Usage: `Detector.from_bundle("bundle/")(image)` -> DetectionResult.
     """
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, encoder: GraphComponent, heads: GraphComponent,
-                 fnn: GraphComponent | None = None) -> None:
+    def __init__(
+        self,
+        bundle_dir: Path,
+        manifest: Manifest,
+        encoder: GraphComponent,
+        heads: GraphComponent,
+        fnn: GraphComponent | None = None,
+    ) -> None:
         super().__init__(manifest)
         self.bundle_dir = bundle_dir
         self.encoder = encoder
@@ -49,9 +65,15 @@ class Detector(DetectionPipeline, FewShot):
             self.map_stages.append(FnnFusion(self._run_fnn, float(manifest.method["params"]["fusion_weight"])))
 
     @classmethod
-    def from_bundle(cls, bundle_dir: str | Path, backend: str = "auto", verify: bool = True,
-                    intra_op_threads: int | None = None, precision: str = BASE_PRECISION,
-                    engines: EngineOptions | None = None) -> "Detector":
+    def from_bundle(
+        cls,
+        bundle_dir: str | Path,
+        backend: str = "auto",
+        verify: bool = True,
+        intra_op_threads: int | None = None,
+        precision: str = BASE_PRECISION,
+        engines: EngineOptions | None = None,
+    ) -> "Detector":
         """Load a bundle; verify=True checks every file's sha256 against the manifest first.
 
         backend: an onnxruntime backend (auto, cpu, cuda, ort-tensorrt) or "tensorrt" (native
@@ -72,7 +94,9 @@ class Detector(DetectionPipeline, FewShot):
         _check_input_size(graphs[IMAGE_ENCODER], manifest.preprocess.input_size)
         detector = cls(bundle_dir, manifest, graphs[IMAGE_ENCODER], graphs[HEADS], graphs.get(FNN))
         if sam_params:
-            attach_sam(detector, SamPredictor(*(graphs[name] for name in SAM_COMPONENTS), SamGeometry.from_params(sam_params)))
+            attach_sam(
+                detector, SamPredictor(*(graphs[name] for name in SAM_COMPONENTS), SamGeometry.from_params(sam_params))
+            )
         return detector
 
     @property

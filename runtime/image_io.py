@@ -71,8 +71,10 @@ def _decode_flag(data: np.ndarray, keep_side: int | None) -> int:
             mode, shorter = header.mode, min(header.size)
     except Exception:  # not something Pillow knows: let OpenCV decode (or refuse) it as usual
         return cv2.IMREAD_UNCHANGED
-    reduced = {"L": (cv2.IMREAD_REDUCED_GRAYSCALE_2, cv2.IMREAD_REDUCED_GRAYSCALE_4, cv2.IMREAD_REDUCED_GRAYSCALE_8),
-               "RGB": (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_COLOR_8)}.get(mode)
+    reduced = {
+        "L": (cv2.IMREAD_REDUCED_GRAYSCALE_2, cv2.IMREAD_REDUCED_GRAYSCALE_4, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+        "RGB": (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_COLOR_8),
+    }.get(mode)
     if reduced is None:
         return cv2.IMREAD_UNCHANGED
     for factor, flag in zip(REDUCED_DECODE_FACTORS, reduced[::-1]):

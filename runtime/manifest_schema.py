@@ -28,8 +28,12 @@ def _int(value: Any) -> bool:
 
 
 def _numbers(count: int, positive: bool = False) -> Check:
-    return lambda v: (isinstance(v, list) and len(v) == count and all(_number(x) for x in v)
-                      and (not positive or all(x > 0 for x in v)))
+    return lambda v: (
+        isinstance(v, list)
+        and len(v) == count
+        and all(_number(x) for x in v)
+        and (not positive or all(x > 0 for x in v))
+    )
 
 
 def _positive_ints(count: int) -> Check:
@@ -46,14 +50,26 @@ def _one_of(choices) -> Check:
 
 def _tensor_list(value: Any) -> bool:
     return isinstance(value, list) and all(
-        isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("shape"), list)
-        and isinstance(t.get("dtype"), str) for t in value)
+        isinstance(t, dict)
+        and isinstance(t.get("name"), str)
+        and isinstance(t.get("shape"), list)
+        and isinstance(t.get("dtype"), str)
+        for t in value
+    )
 
 
 def _components(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value) and all(
-        isinstance(c, dict) and isinstance(c.get("file"), str) and _tensor_list(c.get("inputs"))
-        and _tensor_list(c.get("outputs")) for c in value.values())
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(
+            isinstance(c, dict)
+            and isinstance(c.get("file"), str)
+            and _tensor_list(c.get("inputs"))
+            and _tensor_list(c.get("outputs"))
+            for c in value.values()
+        )
+    )
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -73,8 +89,12 @@ FIELDS: tuple[tuple[str, bool, str, Check], ...] = (
     ("preprocess.std", True, "three positive numbers (R, G, B)", _numbers(3, positive=True)),
     ("preprocess.resize", False, f"one of {', '.join(RESIZE_RULES)}", _one_of(RESIZE_RULES)),
     ("preprocess.interpolation", False, f"one of {', '.join(INTERPOLATIONS)}", _one_of(INTERPOLATIONS)),
-    ("taps", True, "a non-empty list of distinct positive block numbers",
-     lambda v: isinstance(v, list) and bool(v) and all(_int(t) and t > 0 for t in v) and len(set(v)) == len(v)),
+    (
+        "taps",
+        True,
+        "a non-empty list of distinct positive block numbers",
+        lambda v: isinstance(v, list) and bool(v) and all(_int(t) and t > 0 for t in v) and len(set(v)) == len(v),
+    ),
     ("patch_grid", True, "[rows, columns], two positive integers", _positive_ints(2)),
     ("components", True, "an object of graphs, each with file, inputs and outputs", _components),
     ("scoring", True, "an object", lambda v: isinstance(v, dict)),
@@ -84,15 +104,28 @@ FIELDS: tuple[tuple[str, bool, str, Check], ...] = (
     ("scoring.map_max", False, "a positive number", lambda v: _number(v) and v > 0),
     ("scoring.text_score_range", False, "[low, high], two numbers with low <= high", _range),
     ("scoring.map_max_range", False, "[low, high], two numbers with low <= high", _range),
-    ("files", True, "an object of file name -> sha256 (64 lowercase hex digits)",
-     lambda v: isinstance(v, dict) and all(isinstance(h, str) and _SHA256.fullmatch(h) for h in v.values())),
-    ("precisions", False, "an object of variant name -> {components, ...}",
-     lambda v: isinstance(v, dict) and all(isinstance(p, dict) and _components(p.get("components")) for p in v.values())),
+    (
+        "files",
+        True,
+        "an object of file name -> sha256 (64 lowercase hex digits)",
+        lambda v: isinstance(v, dict) and all(isinstance(h, str) and _SHA256.fullmatch(h) for h in v.values()),
+    ),
+    (
+        "precisions",
+        False,
+        "an object of variant name -> {components, ...}",
+        lambda v: (
+            isinstance(v, dict) and all(isinstance(p, dict) and _components(p.get("components")) for p in v.values())
+        ),
+    ),
 )
 
 # Ranges each score rule normalises by (runtime/scoring.py).
-RULE_RANGES = {"prompt": (), "prompt_and_map_mean": ("map_max_range",),
-               "normalised_sum": ("text_score_range", "map_max_range")}
+RULE_RANGES = {
+    "prompt": (),
+    "prompt_and_map_mean": ("map_max_range",),
+    "normalised_sum": ("text_score_range", "map_max_range"),
+}
 
 
 def _lookup(data: dict, dotted: str) -> Any:
@@ -128,8 +161,9 @@ def manifest_problems(data: dict) -> list[str]:
 
 def scoring_problems(scoring: dict) -> list[str]:
     """The checks of the `scoring` object alone (memory banks carry their own)."""
-    return [p for p in manifest_problems({"scoring": scoring}) if p.startswith("scoring.")] + \
-        _rule_range_problems(scoring)
+    return [p for p in manifest_problems({"scoring": scoring}) if p.startswith("scoring.")] + _rule_range_problems(
+        scoring
+    )
 
 
 def _cross_field_problems(data: dict) -> list[str]:
@@ -142,8 +176,11 @@ def _cross_field_problems(data: dict) -> list[str]:
 
 def _rule_range_problems(scoring: dict) -> list[str]:
     rule = scoring.get("rule", "prompt")
-    return [f"scoring.{name} is missing (score rule {rule!r} needs [low, high])"
-            for name in RULE_RANGES.get(rule, ()) if name not in scoring]
+    return [
+        f"scoring.{name} is missing (score rule {rule!r} needs [low, high])"
+        for name in RULE_RANGES.get(rule, ())
+        if name not in scoring
+    ]
 
 
 def check_manifest(data: dict, source: str, hint: str) -> None:

@@ -50,7 +50,7 @@ def _header(width: int, text: str, low: float, threshold: float, high: float, an
     if left > width // 2:
         bar = _heat(np.tile(np.linspace(low, high, bar_width), (int(10 * scale) + 2, 1)), low, high)
         top = 4
-        strip[top:top + bar.shape[0], left:left + bar_width] = bar
+        strip[top : top + bar.shape[0], left : left + bar_width] = bar
         for value, x in ((low, left), (threshold, left + bar_width // 2), (high, left + bar_width - 1)):
             cv2.line(strip, (x, top), (x, top + bar.shape[0] + 2), WHITE, 1)
             label = f"{value:.3g}"
@@ -60,8 +60,14 @@ def _header(width: int, text: str, low: float, threshold: float, high: float, an
     return strip
 
 
-def render_overlay(image: np.ndarray, result, scoring: Mapping, thresholds: Mapping, alpha: float = 0.45,
-                   sam_mask: np.ndarray | None = None) -> np.ndarray:
+def render_overlay(
+    image: np.ndarray,
+    result,
+    scoring: Mapping,
+    thresholds: Mapping,
+    alpha: float = 0.45,
+    sam_mask: np.ndarray | None = None,
+) -> np.ndarray:
     """uint8 RGB: a header line over the image with the heatmap, the threshold contour and SAM's outline.
 
     result: a DetectionResult; scoring: the detector's scoring in use; thresholds: its record

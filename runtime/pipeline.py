@@ -69,8 +69,11 @@ class DetectionResult:
             "map_max": float(self.anomaly_map.max()),
             "map_mean": float(self.anomaly_map.mean()),
             "mask_fraction": float(self.mask.mean()),
-            **({"sam_mask_fraction": float(self.refinement.mask.mean()), "sam_regions": self.refinement.regions}
-               if self.refinement is not None else {}),
+            **(
+                {"sam_mask_fraction": float(self.refinement.mask.mean()), "sam_regions": self.refinement.regions}
+                if self.refinement is not None
+                else {}
+            ),
             "height": int(self.anomaly_map.shape[0]),
             "width": int(self.anomaly_map.shape[1]),
         }
@@ -137,8 +140,9 @@ class DetectionPipeline(ABC):
     def synchronize(self) -> None:
         """Wait for queued device work; stage timings call it. Host-synchronous backends need nothing."""
 
-    def postprocess(self, maps: np.ndarray, text_scores: np.ndarray,
-                    sizes: Sequence[tuple[int, int]]) -> list[DetectionResult]:
+    def postprocess(
+        self, maps: np.ndarray, text_scores: np.ndarray, sizes: Sequence[tuple[int, int]]
+    ) -> list[DetectionResult]:
         """Maps at model size -> smoothed, scored, resized to each original size and thresholded."""
         maps = self.smooth(maps) if self.gaussian_sigma > 0 else maps
         peaks = maps.max(axis=(1, 2))

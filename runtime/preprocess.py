@@ -77,7 +77,9 @@ def official_interpolation(open_clip_name: str) -> str:
     """The rule for an open_clip preprocessing interpolation name ("bicubic" -> "pil_bicubic")."""
     rule = f"pil_{open_clip_name}"
     if rule not in _PIL_FILTERS:
-        raise BundleError(f"no Pillow resize rule for interpolation {open_clip_name!r}; known: {', '.join(_PIL_FILTERS)}")
+        raise BundleError(
+            f"no Pillow resize rule for interpolation {open_clip_name!r}; known: {', '.join(_PIL_FILTERS)}"
+        )
     return rule
 
 
@@ -86,15 +88,19 @@ def resize_rgb(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     height, width = spec.input_size
     image = check_image(image)
     if spec.interpolation in _OPENCV_INTERPOLATIONS:
-        resized = cv2.resize(to_rgb_float(image), (width, height), interpolation=_OPENCV_INTERPOLATIONS[spec.interpolation])
+        resized = cv2.resize(
+            to_rgb_float(image), (width, height), interpolation=_OPENCV_INTERPOLATIONS[spec.interpolation]
+        )
         return np.clip(resized, 0.0, 1.0)
     kernel = _PIL_FILTERS[spec.interpolation]
     if image.dtype == np.uint8:
         resized = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), kernel).convert("RGB")
         return np.asarray(resized, dtype=np.float32) / np.float32(255.0)
     rgb = to_rgb_float(image)
-    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(rgb[:, :, c])).resize((width, height), kernel))
-                for c in range(3)]
+    channels = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(rgb[:, :, c])).resize((width, height), kernel))
+        for c in range(3)
+    ]
     return np.clip(np.stack(channels, axis=2), 0.0, 1.0)
 
 

@@ -63,5 +63,7 @@ def normalise(values: np.ndarray, value_range: tuple[float, float] | list[float]
 
 def calibrated_ranges(text: np.ndarray, map_peak: np.ndarray) -> dict[str, list[float]]:
     """The ranges a rule normalises by, as seen on a set of normal images."""
-    return {"text_score_range": [float(np.min(text)), float(np.max(text))],
-            "map_max_range": [float(np.min(map_peak)), float(np.max(map_peak))]}
+    return {
+        "text_score_range": [float(np.min(text)), float(np.max(text))],
+        "map_max_range": [float(np.min(map_peak)), float(np.max(map_peak))],
+    }

@@ -20,8 +20,11 @@ def gaussian_smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
         return maps
     radius = int(TRUNCATE_SIGMAS * sigma + 0.5)
     kernel = cv2.getGaussianKernel(2 * radius + 1, sigma, cv2.CV_64F).astype(np.float32)
-    return np.stack([
-        cv2.sepFilter2D(np.ascontiguousarray(m, dtype=np.float32), cv2.CV_32F, kernel, kernel,
-                        borderType=cv2.BORDER_REFLECT)
-        for m in maps
-    ])
+    return np.stack(
+        [
+            cv2.sepFilter2D(
+                np.ascontiguousarray(m, dtype=np.float32), cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_REFLECT
+            )
+            for m in maps
+        ]
+    )

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from helpers import BATTERY_WELD, write_image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on a model hub
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BATTERY_WELD = REPO_ROOT.parent / "shared" / "data" / "battery_weld"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that reads the shared data set `needs_data`; skip `gpu` tests without a GPU."""
+    has_gpu = shutil.which("nvidia-smi") is not None
+    for item in items:
+        if "battery_weld" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_data)
+        if item.get_closest_marker("gpu") and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="no NVIDIA GPU on this machine"))
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +48,6 @@ def battery_weld() -> Path:
     if not BATTERY_WELD.is_dir():
         pytest.skip("../shared/data/battery_weld is absent")
     return BATTERY_WELD
-
-
-def write_image(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), array)
 
 
 @pytest.fixture(scope="session")
@@ -84,16 +88,3 @@ def quirky_set(tmp_path):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
-
-
-def run_onnx(model_or_path, feeds: dict) -> list[np.ndarray]:
-    """Run an ONNX graph (a path or an in-memory ModelProto) on onnxruntime's CPU provider."""
-    import onnxruntime as ort
-
-    source = str(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path.SerializeToString()
-    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)
-
-
-def relative_map_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """Max abs error relative to the reference map's range (the issue's parity measure)."""
-    return float(np.abs(actual - expected).max() / max(np.ptp(expected), 1e-12))

@@ -60,9 +60,12 @@ class _Parser:
     def parse_from_file(self, path: str) -> bool:
         counts = graph_precision_counts(onnx.load(path, load_external_data=False))
         self.network.onnx_path = path
-        self.network.layers = ([_layer("quantize", "int8")] * counts["quantize"]
-                               + [_layer("dequantize", "float")] * counts["dequantize"]
-                               + [_layer("other", "half")] * counts["fp16_tensors"] + [_layer("other", "float")])
+        self.network.layers = (
+            [_layer("quantize", "int8")] * counts["quantize"]
+            + [_layer("dequantize", "float")] * counts["dequantize"]
+            + [_layer("other", "half")] * counts["fp16_tensors"]
+            + [_layer("other", "float")]
+        )
         return True
 
     def get_error(self, index: int) -> str:
@@ -137,12 +140,12 @@ class _Context:
         feeds = {}
         for name in self.engine.session.input_names:
             count = int(np.prod(self.shapes[name]))
-            raw = bytes(memory[self.addresses[name]][:count * 4])
+            raw = bytes(memory[self.addresses[name]][: count * 4])
             feeds[name] = np.frombuffer(raw, np.float32).reshape(self.shapes[name])
         self.outputs = self.engine.session.run(feeds)
         for name, value in self.outputs.items():
             data = np.ascontiguousarray(value, np.float32).tobytes()
-            memory[self.addresses[name]][:len(data)] = data
+            memory[self.addresses[name]][: len(data)] = data
         return True
 
 
@@ -196,9 +199,16 @@ def fake_tensorrt(cudart: "FakeCudart", version: str = "10.3.0") -> types.Module
 
         def build_serialized_network(self, network: _Network, config: _Config) -> bytes:
             profile = config.profiles[0].shapes if config.profiles else {}
-            trt.builds.append({"flags": network.flags, "onnx": network.onnx_path, "pools": config.pools,
-                               "cleared": config.cleared, "profile": profile,
-                               "timing_cache_in": config.timing_cache.data})
+            trt.builds.append(
+                {
+                    "flags": network.flags,
+                    "onnx": network.onnx_path,
+                    "pools": config.pools,
+                    "cleared": config.cleared,
+                    "profile": profile,
+                    "timing_cache_in": config.timing_cache.data,
+                }
+            )
             return ENGINE_MAGIC + json.dumps({"onnx": network.onnx_path, "profile": profile}).encode()
 
     class Runtime:
@@ -208,7 +218,7 @@ def fake_tensorrt(cudart: "FakeCudart", version: str = "10.3.0") -> types.Module
         def deserialize_cuda_engine(self, data: bytes):
             if not data.startswith(ENGINE_MAGIC):
                 return None
-            return _Engine(json.loads(data[len(ENGINE_MAGIC):]), cudart)
+            return _Engine(json.loads(data[len(ENGINE_MAGIC) :]), cudart)
 
     trt.Builder, trt.Runtime = Builder, Runtime
     return trt

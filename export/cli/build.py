@@ -29,23 +29,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_clip_arguments(parser)
     heads = parser.add_mutually_exclusive_group()
-    heads.add_argument("--heads-checkpoint", type=Path,
-                       help="trained linear heads (aprilgan, sdpplus): official APRIL-GAN or CLIP-AD checkpoints, or "
-                            "train-heads output")
+    heads.add_argument(
+        "--heads-checkpoint",
+        type=Path,
+        help="trained linear heads (aprilgan, sdpplus): official APRIL-GAN or CLIP-AD checkpoints, or "
+        "train-heads output",
+    )
     heads.add_argument("--random-heads", action="store_true", help="random heads (tests and timing only)")
-    parser.add_argument("--gaussian-sigma", type=float,
-                        help="map smoothing in px at input size (default: sdp/fnn 8; sdpplus 8, or 2 with --dbscan visa; "
-                             "aprilgan 0)")
+    parser.add_argument(
+        "--gaussian-sigma",
+        type=float,
+        help="map smoothing in px at input size (default: sdp/fnn 8; sdpplus 8, or 2 with --dbscan visa; aprilgan 0)",
+    )
     fnn = parser.add_argument_group("fnn method (defaults and their reasons: export/fnn.py)")
     fnn.add_argument("--fnn-pairs", type=int, help="random-word prompt pairs to train on (default 10000)")
     fnn.add_argument("--fnn-epochs", type=int, help="training epochs (default 20)")
-    fnn.add_argument("--fusion-weight", type=float, help="weight of the FNN vs the prompt score (default 0.5; 1: FNN alone)")
+    fnn.add_argument(
+        "--fusion-weight", type=float, help="weight of the FNN vs the prompt score (default 0.5; 1: FNN alone)"
+    )
     add_sam_arguments(parser)
     add_calibration_arguments(parser, PRECISIONS)
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write (atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
-    parser.add_argument("--parity-tolerance", type=float, default=1e-4,
-                        help="max error of each graph vs PyTorch, relative to the output range")
+    parser.add_argument(
+        "--parity-tolerance",
+        type=float,
+        default=1e-4,
+        help="max error of each graph vs PyTorch, relative to the output range",
+    )
 
 
 def _refuse_foreign_options(args: argparse.Namespace) -> None:
@@ -68,15 +79,27 @@ def config_from_args(args: argparse.Namespace):
 
     _refuse_foreign_options(args)
     fnn = FnnTrainConfig()
-    fnn = replace(fnn, epochs=args.fnn_epochs or fnn.epochs, words=replace(fnn.words, pairs=args.fnn_pairs or fnn.words.pairs))
+    fnn = replace(
+        fnn, epochs=args.fnn_epochs or fnn.epochs, words=replace(fnn.words, pairs=args.fnn_pairs or fnn.words.pairs)
+    )
     cascade = CascadeConfig(prompt_mode=args.sam_prompts or "points", min_agreement=args.sam_min_agreement or 0.0)
     return BuildConfig(
-        clip=clip_spec_from_args(args), out_dir=args.out, method=args.method, object_name=args.object_name,
-        taps=args.taps, heads_checkpoint=args.heads_checkpoint, random_heads=args.random_heads,
-        gaussian_sigma=args.gaussian_sigma, dbscan=args.dbscan, clipad_mode=args.clipad_mode,
-        fusion_weight=args.fusion_weight, fnn=fnn,
+        clip=clip_spec_from_args(args),
+        out_dir=args.out,
+        method=args.method,
+        object_name=args.object_name,
+        taps=args.taps,
+        heads_checkpoint=args.heads_checkpoint,
+        random_heads=args.random_heads,
+        gaussian_sigma=args.gaussian_sigma,
+        dbscan=args.dbscan,
+        clipad_mode=args.clipad_mode,
+        fusion_weight=args.fusion_weight,
+        fnn=fnn,
         sam=SamSpec(args.sam, checkpoint=args.sam_checkpoint, random_init=args.random_sam) if args.sam else None,
-        cascade=cascade, parity_tolerance=args.parity_tolerance, overwrite=args.overwrite,
+        cascade=cascade,
+        parity_tolerance=args.parity_tolerance,
+        overwrite=args.overwrite,
     )
 
 

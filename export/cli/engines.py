@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engines = parser.add_argument_group("TensorRT")
     engines.add_argument("--max-batch", type=int, default=8, help="largest batch the engines accept")
     engines.add_argument("--workspace-gb", type=float, default=DEFAULT_WORKSPACE_GB, help="builder workspace limit")
-    engines.add_argument("--engine-cache", type=Path, help="engine folder (default: <bundle>.engines beside the bundle)")
+    engines.add_argument(
+        "--engine-cache", type=Path, help="engine folder (default: <bundle>.engines beside the bundle)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     add_variants(args.bundle, args, missing, calibration_images(args, missing))
     options = EngineOptions(args.engine_cache, ProfileConfig().with_max_batch(args.max_batch), args.workspace_gb)
     for built in build_trt_engines(args.bundle, precisions, options):
-        print(f"{built['component']} {built['precision']} engine ready: {built['engine']} "
-              f"({built['gpu']}, TensorRT {built['tensorrt']})")
+        print(
+            f"{built['component']} {built['precision']} engine ready: {built['engine']} "
+            f"({built['gpu']}, TensorRT {built['tensorrt']})"
+        )
     return 0

@@ -56,12 +56,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {note}")
     config = TrainConfig(epochs=epochs, batch_size=args.batch_size, learning_rate=learning_rate, seed=args.seed)
     losses = train_heads(modules.encoder, modules.linear_heads, data, config)
-    save_heads_checkpoint(modules.linear_heads, args.out, {
-        "method": args.method, "architecture": spec.architecture, "weights": clip.weights_origin,
-        "activation": clip.activation, "image_size": clip.input_size[0], "taps": taps, "object_name": args.object_name,
-        "text": params, "dataset": str(args.dataset), "images": len(data), "epochs": epochs,
-        "learning_rate": learning_rate, "epoch_losses": losses,
-    })
+    save_heads_checkpoint(
+        modules.linear_heads,
+        args.out,
+        {
+            "method": args.method,
+            "architecture": spec.architecture,
+            "weights": clip.weights_origin,
+            "activation": clip.activation,
+            "image_size": clip.input_size[0],
+            "taps": taps,
+            "object_name": args.object_name,
+            "text": params,
+            "dataset": str(args.dataset),
+            "images": len(data),
+            "epochs": epochs,
+            "learning_rate": learning_rate,
+            "epoch_losses": losses,
+        },
+    )
     print("epoch losses: " + ", ".join(f"{loss:.4f}" for loss in losses))
     print(f"heads written to {args.out}; export with --heads-checkpoint {args.out}")
     return 0

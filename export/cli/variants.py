@@ -47,6 +47,8 @@ def add_variants(bundle: Path, args: argparse.Namespace, variants: list[str], im
     tolerance = DriftTolerance(args.min_map_pearson, args.min_score_spearman)
     for precision in [v for v in variants if v != BASE_PRECISION]:
         drift = add_precision(bundle, precision, images, args.calibration_method, tolerance)["drift"]
-        print(f"{precision} variant added to {bundle}: map Pearson {drift['map_pearson_mean']:.4f} "
-              f"(min {drift['map_pearson_min']:.4f}), score Spearman {drift['score_spearman']:.4f} vs fp32 "
-              f"on {drift['images']} calibration images")
+        print(
+            f"{precision} variant added to {bundle}: map Pearson {drift['map_pearson_mean']:.4f} "
+            f"(min {drift['map_pearson_min']:.4f}), score Spearman {drift['score_spearman']:.4f} vs fp32 "
+            f"on {drift['images']} calibration images"
+        )

@@ -40,5 +40,12 @@ def from_manifest(name: str) -> ExportMethod:
 
 from . import aprilgan, fnn, sdp, sdpplus  # noqa: E402,F401  (each registers itself)
 
-__all__ = ["DATASET_FAMILIES", "EXPORT_METHODS", "ExportMethod", "MethodModules", "export_method", "from_manifest",
-           "register"]
+__all__ = [
+    "DATASET_FAMILIES",
+    "EXPORT_METHODS",
+    "ExportMethod",
+    "MethodModules",
+    "export_method",
+    "from_manifest",
+    "register",
+]

@@ -49,8 +49,9 @@ class ExportMethod:
     defaults: ClassVar[dict[str, Any]]
     options: ClassVar[tuple[str, ...]] = ()
 
-    def params(self, object_name: str, prompt_set: str | None, gaussian_sigma: float | None, dataset: str,
-               **options: Any) -> dict:
+    def params(
+        self, object_name: str, prompt_set: str | None, gaussian_sigma: float | None, dataset: str, **options: Any
+    ) -> dict:
         """The manifest's method parameters: everything that changes the numbers, defaults filled in."""
         if dataset not in DATASET_FAMILIES:
             raise ModelLoadError(f"unknown data-set setting {dataset!r}; choose one of {', '.join(DATASET_FAMILIES)}")
@@ -58,8 +59,12 @@ class ExportMethod:
         if given:
             raise ModelLoadError(f"--{given[0].replace('_', '-')} does not apply to --method {self.spec.option}")
         sigma = self.defaults["gaussian_sigma"][dataset] if gaussian_sigma is None else gaussian_sigma
-        return {"object_name": object_name, "prompt_set": prompt_set or self.defaults["prompt_set"],
-                "logit_scale": LOGIT_SCALE, "gaussian_sigma": float(sigma)}
+        return {
+            "object_name": object_name,
+            "prompt_set": prompt_set or self.defaults["prompt_set"],
+            "logit_scale": LOGIT_SCALE,
+            "gaussian_sigma": float(sigma),
+        }
 
     def text_features(self, clip: LoadedClip, params: dict) -> torch.Tensor:
         """Class vectors T [embed_dim, 2] (column 0 normal, 1 abnormal) from the method's prompt recipe."""

@@ -11,12 +11,18 @@ from typing import Any
 
 import torch
 
-from zsad_edge.runtime.contract import FNN, FNN_WEIGHTS_FILE, METHODS
+from zsad_edge.runtime.contract import FNN, FNN_WEIGHTS_FILE, RANDOM_WORD_FNN
 from zsad_edge.runtime.errors import ModelLoadError
 
 from ..clip_backbone import LoadedClip
-from ..fnn import (FnnClassifier, FnnScorer, PromptProbabilityHeads, load_classifier, save_classifier,
-                   train_fnn_on_clip_text)
+from ..fnn import (
+    FnnClassifier,
+    FnnScorer,
+    PromptProbabilityHeads,
+    load_classifier,
+    save_classifier,
+    train_fnn_on_clip_text,
+)
 from ..prompts import PromptSet
 from . import register
 from .base import MethodModules
@@ -25,10 +31,17 @@ from .sdp import ClipAdMethod
 
 @register
 class Fnn(ClipAdMethod):
-    spec = METHODS["fnn"]
-    defaults = {"arch": "ViT-B-16-plus-240", "pretrained": "laion400m_e31", "image_size": 240, "prompt_set": "clipad",
-                "gaussian_sigma": {"mvtec": 8.0, "visa": 8.0}, "clipad_mode": "clean", "fusion_weight": 0.5,
-                "fnn_pairs": 10_000}
+    spec = RANDOM_WORD_FNN
+    defaults = {
+        "arch": "ViT-B-16-plus-240",
+        "pretrained": "laion400m_e31",
+        "image_size": 240,
+        "prompt_set": "clipad",
+        "gaussian_sigma": {"mvtec": 8.0, "visa": 8.0},
+        "clipad_mode": "clean",
+        "fusion_weight": 0.5,
+        "fnn_pairs": 10_000,
+    }
     options = (*ClipAdMethod.options, "fusion_weight")
 
     def params(self, object_name, prompt_set, gaussian_sigma, dataset, **options) -> dict:
@@ -42,18 +55,29 @@ class Fnn(ClipAdMethod):
     def assemble(self, clip: LoadedClip, taps: list[int], text: torch.Tensor, params: dict) -> MethodModules:
         scorer = FnnScorer(FnnClassifier(clip.embed_dim), clip.patch_grid, clip.input_size).eval()
         heads = PromptProbabilityHeads(text, clip.patch_grid, clip.input_size).eval()
-        return MethodModules(self.encoder(clip, taps, params), heads, list(self.spec.encoder_outputs),
-                             extra_graphs={FNN: scorer})
+        return MethodModules(
+            self.encoder(clip, taps, params), heads, list(self.spec.encoder_outputs), extra_graphs={FNN: scorer}
+        )
 
     def default_scoring(self, num_taps: int, image_threshold: float | None) -> dict:
         """Fused probabilities: map and score both in [0, 1]."""
-        return {"rule": self.spec.score_rule, "map_threshold": 0.5, "map_max": 1.0,
-                "image_threshold": 0.5 if image_threshold is None else image_threshold, "calibrated": False}
+        return {
+            "rule": self.spec.score_rule,
+            "map_threshold": 0.5,
+            "map_max": 1.0,
+            "image_threshold": 0.5 if image_threshold is None else image_threshold,
+            "calibrated": False,
+        }
 
     def prepare(self, modules: MethodModules, clip: LoadedClip, params: dict, config: Any) -> None:
         """Train the FNN on random-word prompt pairs (text only); the report goes into the manifest."""
-        report = train_fnn_on_clip_text(modules.extra_graphs[FNN].classifier, clip.model, clip.tokenizer,
-                                        PromptSet.load(params["prompt_set"]), config.fnn)
+        report = train_fnn_on_clip_text(
+            modules.extra_graphs[FNN].classifier,
+            clip.model,
+            clip.tokenizer,
+            PromptSet.load(params["prompt_set"]),
+            config.fnn,
+        )
         params["fnn"] = {"weights": FNN_WEIGHTS_FILE, "training": config.fnn.to_dict(), "report": report}
 
     def write_files(self, modules: MethodModules, staging: Path, params: dict) -> None:

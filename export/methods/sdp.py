@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from zsad_edge.runtime.contract import METHODS
+from zsad_edge.runtime.contract import SDP
 from zsad_edge.runtime.errors import ModelLoadError
 
 from ..clip_backbone import LoadedClip
@@ -34,21 +34,33 @@ class ClipAdMethod(ExportMethod):
         return {**params, "dbscan": {"setting": dataset, "eps": eps, "min_samples": min_samples}, "clipad_mode": mode}
 
     def text_features(self, clip: LoadedClip, params: dict) -> torch.Tensor:
-        return representative_text_features(clip.model, clip.tokenizer, PromptSet.load(params["prompt_set"]),
-                                            params["object_name"], params["dbscan"]["eps"],
-                                            params["dbscan"]["min_samples"],
-                                            round_to_fp16=clipad_mode(params) == "official")
+        return representative_text_features(
+            clip.model,
+            clip.tokenizer,
+            PromptSet.load(params["prompt_set"]),
+            params["object_name"],
+            params["dbscan"]["eps"],
+            params["dbscan"]["min_samples"],
+            round_to_fp16=clipad_mode(params) == "official",
+        )
 
     def encoder(self, clip: LoadedClip, taps: list[int], params: dict) -> SurgeryEncoder:
-        return SurgeryEncoder(clip.model.visual, taps, patch_taps=self.spec.trained_heads,
-                              clipad_mode=clipad_mode(params)).eval()
+        return SurgeryEncoder(
+            clip.model.visual, taps, patch_taps=self.spec.trained_heads, clipad_mode=clipad_mode(params)
+        ).eval()
 
 
 @register
 class Sdp(ClipAdMethod):
-    spec = METHODS["sdp"]
-    defaults = {"arch": "ViT-B-16-plus-240", "pretrained": "laion400m_e31", "image_size": 240, "prompt_set": "clipad",
-                "gaussian_sigma": {"mvtec": 8.0, "visa": 8.0}, "clipad_mode": "official"}
+    spec = SDP
+    defaults = {
+        "arch": "ViT-B-16-plus-240",
+        "pretrained": "laion400m_e31",
+        "image_size": 240,
+        "prompt_set": "clipad",
+        "gaussian_sigma": {"mvtec": 8.0, "visa": 8.0},
+        "clipad_mode": "official",
+    }
 
     def assemble(self, clip: LoadedClip, taps: list[int], text: torch.Tensor, params: dict) -> MethodModules:
         linear = self.linear_heads(clip, taps, text) if self.spec.trained_heads else None
@@ -59,6 +71,12 @@ class Sdp(ClipAdMethod):
         """Each tap's feature-surgery score is (s_a w_a - s_n w_n) / 2 with |s| <= 1 and w_a + w_n = 2, so in
         [-1, 1]; SDP+ adds [0, 1] per tap. Thresholds sit at the middle of each part's range."""
         low, high = float(-num_taps), float(num_taps * (2 if self.spec.trained_heads else 1))
-        return {"rule": self.spec.score_rule, "text_score_range": [0.0, 1.0], "map_max_range": [low, high],
-                "map_threshold": 0.5 * (low + high), "map_max": high,
-                "image_threshold": 1.0 if image_threshold is None else image_threshold, "calibrated": False}
+        return {
+            "rule": self.spec.score_rule,
+            "text_score_range": [0.0, 1.0],
+            "map_max_range": [low, high],
+            "map_threshold": 0.5 * (low + high),
+            "map_max": high,
+            "image_threshold": 1.0 if image_threshold is None else image_threshold,
+            "calibrated": False,
+        }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zsad_edge.runtime.contract import METHODS
+from zsad_edge.runtime.contract import SDPPLUS
 
 from . import register
 from .sdp import Sdp
@@ -10,5 +10,5 @@ from .sdp import Sdp
 
 @register
 class SdpPlus(Sdp):
-    spec = METHODS["sdpplus"]
+    spec = SDPPLUS
     defaults = {**Sdp.defaults, "gaussian_sigma": {"mvtec": 8.0, "visa": 2.0}, "learning_rate": 1e-4, "epochs": 5}

@@ -48,44 +48,73 @@ class EngineOptions:
     allow_build: bool = True
 
 
-def ort_tensorrt_options(manifest: Manifest, name: str, cache: Path, profile: ProfileConfig) -> dict[str, dict[str, str]]:
+def ort_tensorrt_options(
+    manifest: Manifest, name: str, cache: Path, profile: ProfileConfig
+) -> dict[str, dict[str, str]]:
     """onnxruntime's TensorRT provider: its engines and timing cache in `<cache>/onnxruntime`
     (created here), and the same profile as the native engines."""
     folder = cache / "onnxruntime"
     folder.mkdir(parents=True, exist_ok=True)
-    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder),
-               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(folder)}
+    options = {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(folder),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(folder),
+    }
     shapes = profile_shapes(manifest.components[name].inputs, profile)
     if shapes:
         options.update({f"trt_profile_{which}_shapes": shape_string(shapes, which) for which in ("min", "opt", "max")})
     return {_ORT_TRT_PROVIDER: options}
 
 
-def open_components(bundle_dir: Path, manifest: Manifest, names: Sequence[str], backend: str,
-                    intra_op_threads: int | None = None, engines: EngineOptions | None = None) -> dict[str, GraphComponent]:
+def open_components(
+    bundle_dir: Path,
+    manifest: Manifest,
+    names: Sequence[str],
+    backend: str,
+    intra_op_threads: int | None = None,
+    engines: EngineOptions | None = None,
+) -> dict[str, GraphComponent]:
     """Each named component of the (precision-resolved) manifest, ready to run on `backend`."""
     engines = engines or EngineOptions()
     cache = engines.cache_folder or default_cache_folder(bundle_dir)
     if backend == TENSORRT:
         return _open_engines(bundle_dir, manifest, names, engines, cache)
-    wants_trt = backend in ("auto", "ort-tensorrt") and _ORT_TRT_PROVIDER in import_onnxruntime().get_available_providers()
-    return {name: OrtComponent(bundle_dir / manifest.components[name].file, backend, intra_op_threads,
-                               manifest.components[name].precision,
-                               ort_tensorrt_options(manifest, name, cache, engines.profile) if wants_trt else None)
-            for name in names}
+    wants_trt = (
+        backend in ("auto", "ort-tensorrt") and _ORT_TRT_PROVIDER in import_onnxruntime().get_available_providers()
+    )
+    return {
+        name: OrtComponent(
+            bundle_dir / manifest.components[name].file,
+            backend,
+            intra_op_threads,
+            manifest.components[name].precision,
+            ort_tensorrt_options(manifest, name, cache, engines.profile) if wants_trt else None,
+        )
+        for name in names
+    }
 
 
-def _open_engines(bundle_dir: Path, manifest: Manifest, names: Sequence[str], engines: EngineOptions,
-                  cache: Path) -> dict[str, GraphComponent]:
-    from .trt.runner import TrtComponent
+def _open_engines(
+    bundle_dir: Path, manifest: Manifest, names: Sequence[str], engines: EngineOptions, cache: Path
+) -> dict[str, GraphComponent]:
     from .trt.engine import BuildOptions, EngineCache, current_device, load_or_build
+    from .trt.runner import TrtComponent
 
     device = current_device()
     options = BuildOptions(engines.profile, engines.workspace_gb)
     components = {}
     for name in names:
         spec = manifest.components[name]
-        loaded = load_or_build(name, bundle_dir, spec, manifest.component_digest(name), EngineCache(cache), options,
-                               device, engines.allow_build)
+        loaded = load_or_build(
+            name,
+            bundle_dir,
+            spec,
+            manifest.component_digest(name),
+            EngineCache(cache),
+            options,
+            device,
+            engines.allow_build,
+        )
         components[name] = TrtComponent(name, loaded, spec, engines.profile)
     return components

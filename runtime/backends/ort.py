@@ -62,8 +62,14 @@ def optimization_level(ort, precision: str):
 class OrtComponent:
     """One exported graph loaded in an onnxruntime session."""
 
-    def __init__(self, onnx_path: Path, backend: str = "auto", intra_op_threads: int | None = None,
-                 precision: str = "fp32", provider_options: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        onnx_path: Path,
+        backend: str = "auto",
+        intra_op_threads: int | None = None,
+        precision: str = "fp32",
+        provider_options: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         """provider_options: per provider name, options for the providers this build offers
         (e.g. TensorrtExecutionProvider's engine cache and profile shapes)."""
         ort = import_onnxruntime()

@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from ..errors import ZsadEdgeError
-from ..stopping import StopRequest, Stopped
+from ..stopping import Stopped, StopRequest
 from . import calibrate, detect, evaluate, fit_normal, info
 from .common import EXIT_ERROR
 from .detect import run_detect
@@ -31,8 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
         module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.__doc__, parents=module.PARENTS))
-    sub.add_parser("build", help="build bundles, variants, engines; train heads (torch side: zsad-edge[export]); "
-                                 "see `zsad-edge build --help`")
+    sub.add_parser(
+        "build",
+        help="build bundles, variants, engines; train heads (torch side: zsad-edge[export]); "
+        "see `zsad-edge build --help`",
+    )
     return parser
 
 
@@ -61,7 +64,9 @@ def _build(argv: list[str]) -> int:
     try:
         from zsad_edge.export.cli import main as build_main
     except ImportError as exc:
-        print(f"error: `zsad-edge build` needs the torch side ({exc.name} missing): pip install 'zsad-edge[export]'",
-              file=sys.stderr)
+        print(
+            f"error: `zsad-edge build` needs the torch side ({exc.name} missing): pip install 'zsad-edge[export]'",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     return build_main(argv, prog="zsad-edge build")

@@ -16,12 +16,18 @@ PARENTS = (backend_arguments(with_precision=False),)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("normal_images", nargs="+", help="normal (defect-free) images and/or folders")
-    parser.add_argument("--image-quantile", type=float, default=1.0,
-                        help="image threshold = this quantile of normal image scores (1.0 = max)")
-    parser.add_argument("--pixel-quantile", type=float, default=0.999,
-                        help="map threshold = this quantile of normal map pixels")
-    parser.add_argument("--memory-bank", type=Path,
-                        help="few-shot: calibrate with this bank and store the constants in the bank file")
+    parser.add_argument(
+        "--image-quantile",
+        type=float,
+        default=1.0,
+        help="image threshold = this quantile of normal image scores (1.0 = max)",
+    )
+    parser.add_argument(
+        "--pixel-quantile", type=float, default=0.999, help="map threshold = this quantile of normal map pixels"
+    )
+    parser.add_argument(
+        "--memory-bank", type=Path, help="few-shot: calibrate with this bank and store the constants in the bank file"
+    )
 
 
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
@@ -30,8 +36,12 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
 
     detector = open_detector(args.bundle, args.backend, args.memory_bank)
     paths = list_images(args.normal_images)
-    options = {"image_quantile": args.image_quantile, "pixel_quantile": args.pixel_quantile,
-               "progress": len(paths) > 1, "stop": stop}
+    options = {
+        "image_quantile": args.image_quantile,
+        "pixel_quantile": args.pixel_quantile,
+        "progress": len(paths) > 1,
+        "stop": stop,
+    }
     if detector.memory_bank is not None:
         scoring = calibrate_memory_bank(detector, paths, **options)
         detector.memory_bank.save(args.memory_bank)
@@ -40,8 +50,10 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         scoring = calibrate_scores(detector, paths, **options)
         write_scoring(args.bundle, scoring)
         target = args.bundle
-    print(f"calibrated on {scoring['calibration']['images']} normal image(s): image threshold "
-          f"{scoring['image_threshold']:.6g}, map threshold {scoring['map_threshold']:.6g}; written to {target}")
+    print(
+        f"calibrated on {scoring['calibration']['images']} normal image(s): image threshold "
+        f"{scoring['image_threshold']:.6g}, map threshold {scoring['map_threshold']:.6g}; written to {target}"
+    )
     for reason in scoring["calibration"]["skipped"]:
         print(f"  skipped: {reason}")
     return 0

@@ -20,14 +20,17 @@ def backend_arguments(with_precision: bool = True, with_verify: bool = False) ->
     group = parent.add_argument_group("backend")
     group.add_argument("--backend", choices=BACKENDS, default="auto")
     if with_precision:
-        group.add_argument("--precision", default=BASE_PRECISION, help="fp32 or a variant the bundle holds (see `info`)")
+        group.add_argument(
+            "--precision", default=BASE_PRECISION, help="fp32 or a variant the bundle holds (see `info`)"
+        )
     if with_verify:
         group.add_argument("--no-verify", action="store_true", help="skip the sha256 check of bundle files")
     return parent
 
 
-def open_detector(bundle: Path, backend: str, memory_bank: Path | None = None, verify: bool = True,
-                  precision: str = BASE_PRECISION) -> Detector:
+def open_detector(
+    bundle: Path, backend: str, memory_bank: Path | None = None, verify: bool = True, precision: str = BASE_PRECISION
+) -> Detector:
     detector = Detector.from_bundle(bundle, backend=backend, verify=verify, precision=precision)
     if memory_bank is not None:
         detector.load_memory_bank(memory_bank)

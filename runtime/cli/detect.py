@@ -48,8 +48,11 @@ def plan_jobs(inputs: Sequence[str | Path], out_dir: Path) -> list[Job]:
     jobs, used = [], set()
     for item in map(Path, inputs):
         if item.is_dir():
-            pairs = [(p, p.relative_to(item).with_suffix("")) for p in list_images([item])
-                     if not p.resolve().is_relative_to(out)]
+            pairs = [
+                (p, p.relative_to(item).with_suffix(""))
+                for p in list_images([item])
+                if not p.resolve().is_relative_to(out)
+            ]
         else:
             pairs = [(item, Path(item.stem))]
         for image, stem in pairs:
@@ -67,11 +70,17 @@ def run_record(detector: Detector, bundle: Path, precision: str, memory_bank: Pa
     scoring = detector.scoring
     from_bank = detector.memory_bank is not None and bool(detector.memory_bank.scoring)
     return {
-        "bundle": str(bundle), "method": detector.manifest.method.get("name"), "precision": precision,
-        "providers": detector.providers, "memory_bank": str(memory_bank) if memory_bank else None,
-        "thresholds": {"image": scoring["image_threshold"], "map": scoring["map_threshold"],
-                       "calibrated": bool(scoring.get("calibrated", False)),
-                       "source": "memory bank" if from_bank else "bundle"},
+        "bundle": str(bundle),
+        "method": detector.manifest.method.get("name"),
+        "precision": precision,
+        "providers": detector.providers,
+        "memory_bank": str(memory_bank) if memory_bank else None,
+        "thresholds": {
+            "image": scoring["image_threshold"],
+            "map": scoring["map_threshold"],
+            "calibrated": bool(scoring.get("calibrated", False)),
+            "source": "memory bank" if from_bank else "bundle",
+        },
     }
 
 
@@ -117,15 +126,29 @@ class DetectRun:
 
     def summary(self, total: int, stop: StopRequest) -> dict:
         done = len(self.results) + len(self.failures)
-        return {"run": self.record, "images": total, "scored": len(self.results), "resumed": self.resumed,
-                "skipped": len(self.failures),
-                "stopped": f"stopped by {stop.signal_name} after {done} of {total}" if stop.requested else None,
-                "elapsed_s": round(time.perf_counter() - self.started, 3),
-                "results": self.results, "failures": self.failures}
+        return {
+            "run": self.record,
+            "images": total,
+            "scored": len(self.results),
+            "resumed": self.resumed,
+            "skipped": len(self.failures),
+            "stopped": f"stopped by {stop.signal_name} after {done} of {total}" if stop.requested else None,
+            "elapsed_s": round(time.perf_counter() - self.started, 3),
+            "results": self.results,
+            "failures": self.failures,
+        }
 
 
-def detect_jobs(detector: Detector, jobs: Sequence[Job], out_dir: Path, record: dict, batch_size: int = 1,
-               resume: bool = False, stop: StopRequest = NEVER, progress: bool = True) -> dict:
+def detect_jobs(
+    detector: Detector,
+    jobs: Sequence[Job],
+    out_dir: Path,
+    record: dict,
+    batch_size: int = 1,
+    resume: bool = False,
+    stop: StopRequest = NEVER,
+    progress: bool = True,
+) -> dict:
     """Detect on every job (in batches); returns the summary, also written to out_dir/summary.json."""
     from tqdm import tqdm
 
@@ -164,15 +187,21 @@ def uncalibrated_warning(summary: dict) -> str | None:
     flagged = sum(r["is_anomalous"] for r in scored)
     if summary["run"]["thresholds"]["calibrated"] or not scored or flagged <= UNCALIBRATED_FLAG_WARNING * len(scored):
         return None
-    return (f"warning: {flagged} of {len(scored)} images flagged by an uncalibrated bundle: its thresholds are "
-            "placeholders; run `zsad-edge calibrate BUNDLE NORMAL_IMAGES` first")
+    return (
+        f"warning: {flagged} of {len(scored)} images flagged by an uncalibrated bundle: its thresholds are "
+        "placeholders; run `zsad-edge calibrate BUNDLE NORMAL_IMAGES` first"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="bundle folder written by export/build_engines.py")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder; mirrors the input folders' layout (<name>.json, <name>_overlay.png)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder; mirrors the input folders' layout (<name>.json, <name>_overlay.png)",
+    )
     parser.add_argument("--resume", action="store_true", help="skip images whose results are already in --out")
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call")
     parser.add_argument("--memory-bank", type=Path, help="few-shot: a bank written by `zsad-edge fit-normal`")
@@ -181,9 +210,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 PARENTS = (backend_arguments(with_verify=True),)
 
 
-def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str = "auto", batch_size: int = 1,
-               verify: bool = True, memory_bank: Path | None = None, precision: str = BASE_PRECISION,
-               resume: bool = False, stop: StopRequest = NEVER) -> dict:
+def run_detect(
+    bundle: Path,
+    inputs: Sequence[str],
+    out_dir: Path,
+    backend: str = "auto",
+    batch_size: int = 1,
+    verify: bool = True,
+    memory_bank: Path | None = None,
+    precision: str = BASE_PRECISION,
+    resume: bool = False,
+    stop: StopRequest = NEVER,
+) -> dict:
     """Detect on every image; returns the summary written to out_dir/summary.json."""
     detector = open_detector(bundle, backend, memory_bank, verify, precision)
     weights = detector.manifest.clip.get("weights", {})
@@ -192,16 +230,27 @@ def run_detect(bundle: Path, inputs: Sequence[str], out_dir: Path, backend: str 
     jobs = plan_jobs(inputs, out_dir)
     if not jobs:
         raise ImageReadError(f"no images found in {', '.join(map(str, inputs))}")
-    return detect_jobs(detector, jobs, out_dir, run_record(detector, bundle, precision, memory_bank), batch_size,
-                       resume, stop)
+    return detect_jobs(
+        detector, jobs, out_dir, run_record(detector, bundle, precision, memory_bank), batch_size, resume, stop
+    )
 
 
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
     """One line (plus the skipped files) and the exit code of a detect run."""
     if args.batch_size < 1:
         raise ZsadEdgeError("--batch-size must be at least 1")
-    summary = run_detect(args.bundle, args.inputs, args.out, args.backend, args.batch_size, not args.no_verify,
-                         args.memory_bank, args.precision, args.resume, stop)
+    summary = run_detect(
+        args.bundle,
+        args.inputs,
+        args.out,
+        args.backend,
+        args.batch_size,
+        not args.no_verify,
+        args.memory_bank,
+        args.precision,
+        args.resume,
+        stop,
+    )
     scored, failed = summary["scored"], summary["skipped"]
     if not scored and failed and not stop.requested:
         raise ImageReadError(f"no image could be read: {'; '.join(summary['failures'].values())}")

@@ -20,10 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", type=Path, help="a category folder (with test/) or a folder of categories")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument("--memory-bank", type=Path, help="few-shot: evaluate with this memory bank")
-    parser.add_argument("--pixel-size", type=int, default=256,
-                        help="pixel metrics with the longest side at this size, aspect kept (0: original size)")
-    parser.add_argument("--mask-threshold", type=float, default=0.0,
-                        help="a mask pixel is a defect above this fraction of full scale (0: any non-zero)")
+    parser.add_argument(
+        "--pixel-size",
+        type=int,
+        default=256,
+        help="pixel metrics with the longest side at this size, aspect kept (0: original size)",
+    )
+    parser.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=0.0,
+        help="a mask pixel is a defect above this fraction of full scale (0: any non-zero)",
+    )
     reference = parser.add_argument_group("PyTorch reference (needs zsad-edge[export])")
     reference.add_argument("--reference", action="store_true", help="also run the reference rebuilt from the manifest")
     reference.add_argument("--clip-checkpoint", type=Path, help="the bundle's CLIP checkpoint")
@@ -36,7 +44,9 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     try:
         from ..evaluation.evaluate import evaluate, format_report
     except ImportError as exc:
-        raise ZsadEdgeError(f"evaluation needs scikit-learn ({exc.name} missing): pip install 'zsad-edge[eval]'") from None
+        raise ZsadEdgeError(
+            f"evaluation needs scikit-learn ({exc.name} missing): pip install 'zsad-edge[eval]'"
+        ) from None
     from ..evaluation.dataset import scan_dataset
 
     if not 0.0 <= args.mask_threshold < 1.0:
@@ -45,8 +55,9 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     detectors = {"runtime": open_detector(args.bundle, args.backend, args.memory_bank, precision=args.precision)}
     if args.reference:
         detectors["reference"] = _reference(args)
-    report = evaluate(detectors, categories, pixel_size=args.pixel_size or None, stop=stop,
-                      mask_threshold=args.mask_threshold)
+    report = evaluate(
+        detectors, categories, pixel_size=args.pixel_size or None, stop=stop, mask_threshold=args.mask_threshold
+    )
     report["bundle"] = str(args.bundle)
     print(format_report(report))
     for name, category in report["categories"].items():
@@ -64,9 +75,12 @@ def _reference(args: argparse.Namespace):
     try:
         from zsad_edge.export.build import reference_from_bundle
     except ImportError as exc:
-        raise ZsadEdgeError(f"--reference needs the torch side ({exc.name} missing): pip install 'zsad-edge[export]'") from None
-    reference = reference_from_bundle(args.bundle, args.clip_checkpoint, args.heads_checkpoint,
-                                      sam_checkpoint=args.sam_checkpoint)
+        raise ZsadEdgeError(
+            f"--reference needs the torch side ({exc.name} missing): pip install 'zsad-edge[export]'"
+        ) from None
+    reference = reference_from_bundle(
+        args.bundle, args.clip_checkpoint, args.heads_checkpoint, sam_checkpoint=args.sam_checkpoint
+    )
     if args.memory_bank is not None:
         reference.load_memory_bank(args.memory_bank)
     return reference

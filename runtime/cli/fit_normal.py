@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..errors import ImageReadError, ZsadEdgeError
 from ..image_io import check_image, list_images
-from ..stopping import StopRequest, Stopped
+from ..stopping import Stopped, StopRequest
 from .common import backend_arguments, open_detector
 
 HELP = "few-shot: build an APRIL-GAN memory bank from k normal images"

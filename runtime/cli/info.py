@@ -20,15 +20,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
     manifest = load_manifest(args.bundle, verify_hashes=False)
     params = manifest.method.get("params", {})
-    print(json.dumps({
-        "method": manifest.method["name"],
-        "clip": manifest.clip,
-        "clipad_mode": params.get("clipad_mode"),
-        "preprocess": manifest.preprocess.to_dict(),
-        "taps": manifest.taps,
-        "components": {k: v.file for k, v in manifest.components.items()},
-        "sam": params.get("sam", {}).get("kind"),
-        "precisions": {BASE_PRECISION: "as exported", **{name: v["drift"] for name, v in manifest.precisions.items()}},
-        "scoring": manifest.scoring,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "method": manifest.method["name"],
+                "clip": manifest.clip,
+                "clipad_mode": params.get("clipad_mode"),
+                "preprocess": manifest.preprocess.to_dict(),
+                "taps": manifest.taps,
+                "components": {k: v.file for k, v in manifest.components.items()},
+                "sam": params.get("sam", {}).get("kind"),
+                "precisions": {
+                    BASE_PRECISION: "as exported",
+                    **{name: v["drift"] for name, v in manifest.precisions.items()},
+                },
+                "scoring": manifest.scoring,
+            },
+            indent=2,
+        )
+    )
     return 0

@@ -66,8 +66,9 @@ def _find_mask(masks: dict[str, list[Path]], image: Path) -> Path | None:
     for stem in (f"{image.stem}_mask", image.stem):
         candidates = masks.get(stem, [])
         if candidates:
-            return min(candidates, key=lambda p: (p.suffix.lower() != image.suffix.lower(), p.suffix.lower() != ".png",
-                                                  p.name))
+            return min(
+                candidates, key=lambda p: (p.suffix.lower() != image.suffix.lower(), p.suffix.lower() != ".png", p.name)
+            )
     return None
 
 
@@ -134,7 +135,9 @@ def load_mask(sample: Sample, shape: tuple[int, int], threshold: float = 0.0) ->
     if mask.ndim == 3:
         mask = mask[:, :, :3].max(axis=2)
     if mask.shape != tuple(shape):
-        raise ImageReadError(f"mask {sample.mask.name} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}")
+        raise ImageReadError(
+            f"mask {sample.mask.name} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}"
+        )
     full_scale = np.iinfo(mask.dtype).max if np.issubdtype(mask.dtype, np.integer) else 1.0
     return mask > threshold * full_scale
 

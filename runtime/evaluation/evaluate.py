@@ -16,12 +16,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .dataset import Category, load_mask
 from ..errors import ImageReadError
 from ..image_io import check_image, read_image
 from ..pipeline import DetectionPipeline
 from ..stopping import NEVER, StopRequest
-
+from .dataset import Category, load_mask
 from .metrics import aupro, detection_metrics
 
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
@@ -39,8 +38,9 @@ class _Collected:
         result = {f"image_{k}": v for k, v in image.items()}
         has_region = any(m.any() for m in self.masks)
         if self.masks and has_region and not all(m.all() for m in self.masks):
-            pixel = detection_metrics(np.concatenate([m.ravel() for m in self.masks]),
-                                      np.concatenate([m.ravel() for m in self.maps]))
+            pixel = detection_metrics(
+                np.concatenate([m.ravel() for m in self.masks]), np.concatenate([m.ravel() for m in self.maps])
+            )
             result.update({f"pixel_{k}": v for k, v in pixel.items()})
             result["aupro"] = aupro(self.maps, self.masks, fpr_limit)
         else:
@@ -65,21 +65,36 @@ def _resize_pair(anomaly_map: np.ndarray, mask: np.ndarray, size: int | None) ->
     target = pixel_metric_size(mask.shape, size)
     if target == (mask.shape[1], mask.shape[0]):
         return anomaly_map, mask
-    return (cv2.resize(anomaly_map, target, interpolation=cv2.INTER_LINEAR),
-            cv2.resize(mask.astype(np.uint8), target, interpolation=cv2.INTER_NEAREST).astype(bool))
+    return (
+        cv2.resize(anomaly_map, target, interpolation=cv2.INTER_LINEAR),
+        cv2.resize(mask.astype(np.uint8), target, interpolation=cv2.INTER_NEAREST).astype(bool),
+    )
 
 
-def evaluate(detectors: dict[str, DetectionPipeline], categories: Sequence[Category], pixel_size: int | None = 256,
-             fpr_limit: float = 0.3, progress: bool = True, stop: StopRequest = NEVER,
-             mask_threshold: float = 0.0) -> dict:
+def evaluate(
+    detectors: dict[str, DetectionPipeline],
+    categories: Sequence[Category],
+    pixel_size: int | None = 256,
+    fpr_limit: float = 0.3,
+    progress: bool = True,
+    stop: StopRequest = NEVER,
+    mask_threshold: float = 0.0,
+) -> dict:
     """Report: per category, per detector metrics, plus skipped items and notes; and the mean.
 
     A stop request ends the run after the image in hand; the report covers the images scored
     so far and says so in `stopped`. `skipped_images` counts the unreadable images.
     """
     total = sum(len(c.samples) for c in categories)
-    report: dict = {"categories": {}, "mean": {}, "pixel_size": pixel_size, "aupro_fpr_limit": fpr_limit,
-                    "mask_threshold": mask_threshold, "skipped_images": 0, "stopped": None}
+    report: dict = {
+        "categories": {},
+        "mean": {},
+        "pixel_size": pixel_size,
+        "aupro_fpr_limit": fpr_limit,
+        "mask_threshold": mask_threshold,
+        "skipped_images": 0,
+        "stopped": None,
+    }
     seen = 0
     for category in stop.each(categories):
         collected = {name: _Collected() for name in detectors}
@@ -125,7 +140,8 @@ def evaluate(detectors: dict[str, DetectionPipeline], categories: Sequence[Categ
     for name in detectors:
         report["mean"][name] = {
             metric: float(np.nanmean([c["metrics"][name][metric] for c in report["categories"].values()]))
-            if any(not math.isnan(c["metrics"][name][metric]) for c in report["categories"].values()) else math.nan
+            if any(not math.isnan(c["metrics"][name][metric]) for c in report["categories"].values())
+            else math.nan
             for metric in METRICS
         }
     return report

@@ -15,7 +15,8 @@ Regions with the same number of points run together as one decoder batch. A regi
 SAM mask is empty keeps its CLIP pixels, and so does one whose mask agrees with the CLIP region
 (IoU) less than `min_agreement`. That gate is off by default (as published); it exists for SAMs
 that do not fit the domain: LiteMedSAM's battery_weld masks reach a mean IoU of 0.154 against the
-truth where the region they start from reaches 0.818, worse on every image, and a 0.5 gate turns the cascade from harmful (F1 0.922
+truth where the region they start from reaches 0.818, worse on every image, and a 0.5 gate turns
+the cascade from harmful (F1 0.922
 -> 0.789) into neutral (0.922), benchmarks/sam_refinement.py --min-agreement 0.5. A correct mask of
 a thin defect inside a blobby CLIP region can agree < 0.5, hence not on by default.
 
@@ -37,7 +38,6 @@ import numpy as np
 from ..errors import BundleError
 from ..image_io import to_rgb_float
 from .predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE, SamGeometry, SamImage
-
 
 PROMPT_MODES = ("points", "box")
 
@@ -93,8 +93,9 @@ class Predictor(Protocol):
 
     def encode(self, rgb: np.ndarray) -> SamImage: ...
 
-    def decode(self, image: SamImage, coords: np.ndarray, labels: np.ndarray,
-               mask_input: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+    def decode(
+        self, image: SamImage, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -142,8 +143,12 @@ class _FeatureLookup:
         height, width = image.original_size
         new_h, new_w = geometry.resized_size(height, width)
         cell = geometry.input_size / geometry.embedding_grid[0]  # model pixels per embedding cell
-        self.cols = np.minimum((np.arange(width) + 0.5) * new_w / width // cell, geometry.embedding_grid[1] - 1).astype(int)
-        self.rows = np.minimum((np.arange(height) + 0.5) * new_h / height // cell, geometry.embedding_grid[0] - 1).astype(int)
+        self.cols = np.minimum((np.arange(width) + 0.5) * new_w / width // cell, geometry.embedding_grid[1] - 1).astype(
+            int
+        )
+        self.rows = np.minimum(
+            (np.arange(height) + 0.5) * new_h / height // cell, geometry.embedding_grid[0] - 1
+        ).astype(int)
         features = image.embedding[0]  # [C, g, g]
         self.features = features
         self.unit = features / np.maximum(np.linalg.norm(features, axis=0, keepdims=True), 1e-12)
@@ -165,15 +170,16 @@ def _mask_box(low_res: np.ndarray, geometry: SamGeometry) -> np.ndarray | None:
     return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], np.float32) * scale
 
 
-def refine(predictor: Predictor, rgb: np.ndarray, anomaly_map: np.ndarray, region_threshold: float,
-           config: CascadeConfig) -> SamRefinement:
+def refine(
+    predictor: Predictor, rgb: np.ndarray, anomaly_map: np.ndarray, region_threshold: float, config: CascadeConfig
+) -> SamRefinement:
     """Run the cascade for every anomalous region of `anomaly_map` (original size) on `rgb`."""
     anomalous = anomaly_map > region_threshold
     count, labels = cv2.connectedComponents(anomalous.astype(np.uint8), connectivity=8)
     if count <= 1:  # no region: nothing for SAM to refine, the encoder is not even run
         return SamRefinement(np.zeros_like(anomalous), anomaly_map.copy())
     peaks = [(float(anomaly_map[labels == r].max()), r) for r in range(1, count)]
-    regions = [r for _, r in sorted(peaks, reverse=True)[:config.max_regions]]
+    regions = [r for _, r in sorted(peaks, reverse=True)[: config.max_regions]]
     geometry = predictor.geometry
     image = predictor.encode(rgb)
     longer = max(anomaly_map.shape)
@@ -244,8 +250,10 @@ def _cascade(predictor: Predictor, image: SamImage, group: list) -> list[tuple[i
     corner_labels = np.tile(np.array([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], np.float32), (count, 1))
     region_boxes = np.stack([_region_box(p[1], image, geometry) for p in group])
     if points.shape[1]:
-        first = (np.concatenate([points, np.zeros((count, 1, 2), np.float32)], axis=1),
-                 np.concatenate([labels, np.full((count, 1), PAD, np.float32)], axis=1))
+        first = (
+            np.concatenate([points, np.zeros((count, 1, 2), np.float32)], axis=1),
+            np.concatenate([labels, np.full((count, 1), PAD, np.float32)], axis=1),
+        )
     else:
         first = (region_boxes, corner_labels)
     ambiguous = points.shape[1] == 1
@@ -258,8 +266,16 @@ def _cascade(predictor: Predictor, image: SamImage, group: list) -> list[tuple[i
     final = (np.concatenate([points, np.stack(boxes)], axis=1), np.concatenate([labels, corner_labels], axis=1))
     iou, low_res = select_masks(*predictor.decode(image, *final, low_res), False)
     return [
-        (r, logits, {"positive_points": int((lab == POSITIVE).sum()), "negative_points": int((lab == NEGATIVE).sum()),
-                     "box_model_px": box.ravel().round(2).tolist(), "sam_iou": float(score)})
+        (
+            r,
+            logits,
+            {
+                "positive_points": int((lab == POSITIVE).sum()),
+                "negative_points": int((lab == NEGATIVE).sum()),
+                "box_model_px": box.ravel().round(2).tolist(),
+                "sam_iou": float(score),
+            },
+        )
         for (r, _, _, lab), logits, box, score in zip(group, low_res, boxes, iou)
     ]
 
@@ -281,7 +297,9 @@ class SamRefinementStage:
         threshold = self.map_threshold() if threshold is None else threshold
         for result, image in zip(results, images):
             if result.is_anomalous:
-                result.refinement = refine(self.predictor, to_rgb_float(image), result.anomaly_map, threshold, self.config)
+                result.refinement = refine(
+                    self.predictor, to_rgb_float(image), result.anomaly_map, threshold, self.config
+                )
 
 
 def attach_sam(pipeline, predictor: Predictor) -> None:

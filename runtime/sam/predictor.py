@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..errors import ZsadEdgeError
 from ..backends.components import GraphComponent
+from ..contract import IMAGE, SAM_DECODER_INPUTS, SAM_DECODER_OUTPUTS, SAM_IMAGE_EMBEDDINGS
+from ..errors import ZsadEdgeError
 
 # Point labels understood by the decoder graph (segment_anything's prompt encoder conventions).
 PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
@@ -33,8 +34,13 @@ class SamGeometry:
 
     @classmethod
     def from_params(cls, params: dict) -> "SamGeometry":
-        return cls(int(params["input_size"]), tuple(params["pixel_mean"]), tuple(params["pixel_std"]),
-                   tuple(params["embedding_grid"]), float(params.get("mask_threshold", 0.0)))
+        return cls(
+            int(params["input_size"]),
+            tuple(params["pixel_mean"]),
+            tuple(params["pixel_std"]),
+            tuple(params["embedding_grid"]),
+            float(params.get("mask_threshold", 0.0)),
+        )
 
     @property
     def low_res_size(self) -> int:
@@ -92,11 +98,12 @@ class SamPredictor:
         """Run the image encoder once; every prompt on this image reuses the result."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
             raise ZsadEdgeError(f"SAM needs an H x W x 3 RGB image, got shape {rgb.shape}")
-        embedding = self.encoder.run({"image": self.geometry.preprocess(rgb)})["image_embeddings"]
+        embedding = self.encoder.run({IMAGE: self.geometry.preprocess(rgb)})[SAM_IMAGE_EMBEDDINGS]
         return SamImage(embedding, rgb.shape[:2])
 
-    def decode(self, image: SamImage, coords: np.ndarray, labels: np.ndarray,
-               mask_input: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def decode(
+        self, image: SamImage, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Prompts [P, K, 2] (model pixels) with labels [P, K] -> (iou [P, 4], low-res logits [P, 4, l, l]).
 
         mask_input [P, l, l] (previous low-res logits) or None; mask 0 is the single-mask answer.
@@ -105,14 +112,15 @@ class SamPredictor:
         size = self.geometry.low_res_size
         has_mask = np.full(prompts, 0.0 if mask_input is None else 1.0, np.float32)
         masks = np.zeros((prompts, 1, size, size), np.float32) if mask_input is None else mask_input[:, None]
-        out = self.decoder.run({
-            "image_embeddings": image.embedding,
-            "point_coords": np.ascontiguousarray(coords, dtype=np.float32),
-            "point_labels": np.ascontiguousarray(labels, dtype=np.float32),
-            "mask_input": np.ascontiguousarray(masks, dtype=np.float32),
-            "has_mask_input": has_mask,
-        })
-        return out["iou_predictions"], out["low_res_masks"]
+        feeds = (
+            image.embedding,
+            np.ascontiguousarray(coords, dtype=np.float32),
+            np.ascontiguousarray(labels, dtype=np.float32),
+            np.ascontiguousarray(masks, dtype=np.float32),
+            has_mask,
+        )
+        out = self.decoder.run(dict(zip(SAM_DECODER_INPUTS, feeds)))
+        return tuple(out[name] for name in SAM_DECODER_OUTPUTS)
 
     def predict_box(self, image: SamImage, box_xyxy: np.ndarray) -> tuple[np.ndarray, float]:
         """One box in original pixels -> (mask at original size, predicted IoU), SAM's single-mask answer."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..contract import IMAGE_ENCODER, METHODS
 from ..errors import BundleError
-from ..stopping import NEVER, StopRequest, Stopped
+from ..stopping import NEVER, Stopped, StopRequest
 from .memory_bank import MemoryBank, default_map_max_range
 
 FEW_SHOT_RULE = "prompt_and_map_mean"
@@ -55,8 +55,10 @@ class FewShot:
         for start in range(0, len(images), chunk):
             if stop.requested:
                 raise Stopped(stop, start, len(images), "no memory bank written")
-            taps.append(self.taps_as_numpy(self.encode(self.preprocess(images[start:start + chunk])[0])))
-        self.attach_memory_bank(MemoryBank.from_taps(np.concatenate(taps), self.manifest.component_digest(IMAGE_ENCODER)))
+            taps.append(self.taps_as_numpy(self.encode(self.preprocess(images[start : start + chunk])[0])))
+        self.attach_memory_bank(
+            MemoryBank.from_taps(np.concatenate(taps), self.manifest.component_digest(IMAGE_ENCODER))
+        )
         return self.memory_bank
 
     def load_memory_bank(self, path: str | os.PathLike) -> MemoryBank:
@@ -74,8 +76,13 @@ class FewShot:
         self._check_few_shot()
         self.memory_bank = bank
         uncalibrated = {"calibrated": False, "map_max_range": list(default_map_max_range(len(self.manifest.taps)))}
-        self._use_scoring({**{k: v for k, v in self.manifest.scoring.items() if k != "map_normal_median"},
-                           "rule": FEW_SHOT_RULE, **(bank.scoring or uncalibrated)})
+        self._use_scoring(
+            {
+                **{k: v for k, v in self.manifest.scoring.items() if k != "map_normal_median"},
+                "rule": FEW_SHOT_RULE,
+                **(bank.scoring or uncalibrated),
+            }
+        )
         self.map_stages = [s for s in self.map_stages if not isinstance(s, FewShotStage)]
         self.map_stages.append(FewShotStage(self.few_shot_map))
 

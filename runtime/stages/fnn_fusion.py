@@ -21,4 +21,6 @@ class FnnFusion:
 
     def __call__(self, features: Any, maps: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         fnn_maps, fnn_scores = self.scorer(features)
-        return (1.0 - self.weight) * maps + self.weight * fnn_maps, (1.0 - self.weight) * scores + self.weight * fnn_scores
+        return (1.0 - self.weight) * maps + self.weight * fnn_maps, (
+            1.0 - self.weight
+        ) * scores + self.weight * fnn_scores

@@ -50,8 +50,10 @@ class MemoryBank:
     def distances(self, taps: np.ndarray) -> np.ndarray:
         """[B, n_taps, N, width] queries -> [B, N] summed (1 - max cosine) over taps."""
         if taps.shape[1] != self.tokens.shape[0] or taps.shape[3] != self.tokens.shape[2]:
-            raise BundleError(f"memory bank holds {self.tokens.shape[0]} taps of width {self.tokens.shape[2]}, "
-                              f"the encoder gives {taps.shape[1]} of width {taps.shape[3]}: rebuild it with fit_normal")
+            raise BundleError(
+                f"memory bank holds {self.tokens.shape[0]} taps of width {self.tokens.shape[2]}, "
+                f"the encoder gives {taps.shape[1]} of width {taps.shape[3]}: rebuild it with fit_normal"
+            )
         queries = l2_normalise(taps.astype(np.float32))
         batch, n_taps, patches, _ = queries.shape
         total = np.zeros((batch, patches), dtype=np.float32)
@@ -59,7 +61,7 @@ class MemoryBank:
             flat = queries[:, tap].reshape(batch * patches, -1)
             best = np.full(batch * patches, -np.inf, dtype=np.float32)
             for start in range(0, self.tokens.shape[1], CHUNK_TOKENS):
-                chunk = self.tokens[tap, start:start + CHUNK_TOKENS]
+                chunk = self.tokens[tap, start : start + CHUNK_TOKENS]
                 np.maximum(best, (flat @ chunk.T).max(axis=1), out=best)
             total += (1.0 - best).reshape(batch, patches)
         return total
@@ -67,8 +69,13 @@ class MemoryBank:
     def save(self, path: str | Path) -> None:
         """Write atomically as .npz; float16 would halve the size but shifts distances by ~1e-3."""
         buffer = io.BytesIO()
-        np.savez(buffer, tokens=self.tokens, shots=self.shots, encoder_sha256=self.encoder_sha256,
-                 scoring=json.dumps(self.scoring))
+        np.savez(
+            buffer,
+            tokens=self.tokens,
+            shots=self.shots,
+            encoder_sha256=self.encoder_sha256,
+            scoring=json.dumps(self.scoring),
+        )
         write_bytes_atomic(Path(path), buffer.getvalue())
 
     @classmethod
@@ -80,15 +87,18 @@ class MemoryBank:
         rebuild = "rebuild it with `zsad-edge fit-normal`"
         try:
             with np.load(path, allow_pickle=False) as data:
-                bank = cls(data["tokens"], int(data["shots"]), str(data["encoder_sha256"]),
-                           json.loads(str(data["scoring"])))
+                bank = cls(
+                    data["tokens"], int(data["shots"]), str(data["encoder_sha256"]), json.loads(str(data["scoring"]))
+                )
         except Exception as exc:  # zip, zlib, npy-format and JSON errors of a truncated or foreign file
-            raise BundleError(f"memory bank {path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); "
-                              f"{rebuild}") from None
+            raise BundleError(
+                f"memory bank {path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); {rebuild}"
+            ) from None
         problems = [] if bank.scoring is None else scoring_problems(bank.scoring)
         if bank.tokens.ndim != 3 or not np.issubdtype(bank.tokens.dtype, np.floating):
-            problems.append(f"tokens must be a float array [taps, tokens, width], got {bank.tokens.dtype} "
-                            f"{list(bank.tokens.shape)}")
+            problems.append(
+                f"tokens must be a float array [taps, tokens, width], got {bank.tokens.dtype} {list(bank.tokens.shape)}"
+            )
         if problems:
             raise BundleError(f"memory bank {path} is invalid: {'; '.join(problems)}; {rebuild}")
         if bank.encoder_sha256 != encoder_sha256:

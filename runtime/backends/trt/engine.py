@@ -33,8 +33,10 @@ from .profiles import ProfileConfig, profile_shapes
 LOG = logging.getLogger(__name__)
 
 DEFAULT_WORKSPACE_GB = 2.0
-_TRT_INSTALL = ("pip install 'zsad-edge[trt]' --extra-index-url https://pypi.nvidia.com on the GPU machine "
-                "(JetPack ships TensorRT for the system Python)")
+_TRT_INSTALL = (
+    "pip install 'zsad-edge[trt]' --extra-index-url https://pypi.nvidia.com on the GPU machine "
+    "(JetPack ships TensorRT for the system Python)"
+)
 
 
 class EngineError(ZsadEdgeError):
@@ -87,8 +89,9 @@ def current_device(device_index: int = 0) -> DeviceInfo:
     try:
         count = cuda_check(cudart, cudart.cudaGetDeviceCount(), "device query")
     except BackendUnavailableError as exc:
-        raise BackendUnavailableError(f"no usable CUDA GPU: {exc}; TensorRT engines are built and run on the "
-                                      "GPU machine itself") from None
+        raise BackendUnavailableError(
+            f"no usable CUDA GPU: {exc}; TensorRT engines are built and run on the GPU machine itself"
+        ) from None
     if count <= device_index:
         raise BackendUnavailableError(f"no CUDA GPU {device_index} on this machine ({count} found)")
     props = cuda_check(cudart, cudart.cudaGetDeviceProperties(device_index), "device properties")
@@ -109,19 +112,30 @@ class EngineKey:
     profile: dict[str, list[int]]
 
     @classmethod
-    def for_component(cls, component: str, spec: ComponentSpec, onnx_sha256: str, device: DeviceInfo,
-                      profile: ProfileConfig) -> "EngineKey":
+    def for_component(
+        cls, component: str, spec: ComponentSpec, onnx_sha256: str, device: DeviceInfo, profile: ProfileConfig
+    ) -> "EngineKey":
         used = {d for t in spec.inputs for d in t.shape if isinstance(d, str)}
-        return cls(component, spec.precision, onnx_sha256, device.gpu_name, device.compute_capability,
-                   device.tensorrt_version, {n: r for n, r in profile.to_dict().items() if n in used})
+        return cls(
+            component,
+            spec.precision,
+            onnx_sha256,
+            device.gpu_name,
+            device.compute_capability,
+            device.tensorrt_version,
+            {n: r for n, r in profile.to_dict().items() if n in used},
+        )
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:
         """Human-readable fields where a recorded key differs from this one."""
-        return [f"{name} {recorded.get(name)!r} (needed: {value!r})"
-                for name, value in asdict(self).items() if recorded.get(name) != value]
+        return [
+            f"{name} {recorded.get(name)!r} (needed: {value!r})"
+            for name, value in asdict(self).items()
+            if recorded.get(name) != value
+        ]
 
 
 def _slug(text: str) -> str:
@@ -146,7 +160,10 @@ class EngineCache:
 
     def timing_cache_path(self, device: DeviceInfo) -> Path:
         """One timing cache per GPU model and TensorRT version, shared by every engine built there."""
-        return self.folder / f"timing-{_slug(device.gpu_name)}-sm{device.compute_capability}-trt{device.tensorrt_version}.cache"
+        return (
+            self.folder
+            / f"timing-{_slug(device.gpu_name)}-sm{device.compute_capability}-trt{device.tensorrt_version}.cache"
+        )
 
     def problem(self, key: EngineKey) -> str | None:
         """Why the cached engine for `key` cannot be used, or None when it can."""
@@ -193,9 +210,11 @@ def check_precision(precision: str, counts: dict[str, int], source: str) -> None
         raise EngineError(f"unknown engine precision {precision!r}; choose one of {', '.join(expected)}")
     want_qdq, want_fp16 = expected[precision]
     if has_qdq != want_qdq or (want_fp16 is not None and has_fp16 != want_fp16):
-        raise EngineError(f"{source} is not a {precision} graph ({counts['quantize']} Quantize, "
-                          f"{counts['dequantize']} Dequantize, {counts['fp16_tensors']} fp16 tensors); "
-                          "build its variant with `python export/build_engines.py --add-to BUNDLE --precision ...`")
+        raise EngineError(
+            f"{source} is not a {precision} graph ({counts['quantize']} Quantize, "
+            f"{counts['dequantize']} Dequantize, {counts['fp16_tensors']} fp16 tensors); "
+            "build its variant with `python export/build_engines.py --add-to BUNDLE --precision ...`"
+        )
 
 
 def network_precision_counts(trt, network) -> dict[str, int]:
@@ -246,8 +265,12 @@ def build_engine(onnx_path: Path, spec: ComponentSpec, options: BuildOptions, ti
     if serialized is None:
         raise EngineError(f"TensorRT failed to build an engine from {onnx_path.name} (see the TensorRT log above)")
     write_bytes_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
-    info = {"precision_counts": counts, "profile": {n: asdict(p) for n, p in shapes.items()},
-            "workspace_gb": options.workspace_gb, "strongly_typed": strongly_typed is not None}
+    info = {
+        "precision_counts": counts,
+        "profile": {n: asdict(p) for n, p in shapes.items()},
+        "workspace_gb": options.workspace_gb,
+        "strongly_typed": strongly_typed is not None,
+    }
     return bytes(memoryview(serialized)), info
 
 
@@ -273,13 +296,23 @@ def deserialize(engine_path: Path, spec: ComponentSpec, key: EngineKey) -> Loade
         return None
     expected = sorted(t.name for t in [*spec.inputs, *spec.outputs])
     if sorted(engine_io_names(engine)) != expected:
-        raise EngineError(f"{engine_path.name} has tensors {sorted(engine_io_names(engine))}, the bundle's graph "
-                          f"{expected}: delete {engine_path.parent} and run again to rebuild")
+        raise EngineError(
+            f"{engine_path.name} has tensors {sorted(engine_io_names(engine))}, the bundle's graph "
+            f"{expected}: delete {engine_path.parent} and run again to rebuild"
+        )
     return LoadedEngine(engine, runtime, key)
 
 
-def load_or_build(component: str, bundle_dir: Path, spec: ComponentSpec, onnx_sha256: str, cache: EngineCache,
-                  options: BuildOptions, device: DeviceInfo | None = None, allow_build: bool = True) -> LoadedEngine:
+def load_or_build(
+    component: str,
+    bundle_dir: Path,
+    spec: ComponentSpec,
+    onnx_sha256: str,
+    cache: EngineCache,
+    options: BuildOptions,
+    device: DeviceInfo | None = None,
+    allow_build: bool = True,
+) -> LoadedEngine:
     """The component's engine from the cache, rebuilt from the bundle's ONNX when missing, stale or corrupt."""
     device = device or current_device()
     key = EngineKey.for_component(component, spec, onnx_sha256, device, options.profile)
@@ -292,8 +325,12 @@ def load_or_build(component: str, bundle_dir: Path, spec: ComponentSpec, onnx_sh
     if not allow_build or not onnx_path.is_file():
         why = "building is disabled" if not allow_build else f"{onnx_path} is missing"
         raise EngineError(f"cannot use the cached {component} engine ({problem}) and cannot rebuild it: {why}")
-    LOG.warning("building the %s %s TensorRT engine (%s); this takes minutes once per device", component,
-                spec.precision, problem)
+    LOG.warning(
+        "building the %s %s TensorRT engine (%s); this takes minutes once per device",
+        component,
+        spec.precision,
+        problem,
+    )
     engine_bytes, info = build_engine(onnx_path, spec, options, cache.timing_cache_path(device))
     path = cache.store(key, engine_bytes, info)
     loaded = deserialize(path, spec, key)

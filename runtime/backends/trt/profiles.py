@@ -33,7 +33,9 @@ class ProfileConfig:
     def __post_init__(self) -> None:
         for name, (low, opt, high) in self.ranges.items():
             if not 1 <= low <= opt <= high:
-                raise ZsadEdgeError(f"profile range for {name!r} must satisfy 1 <= min <= opt <= max, got {(low, opt, high)}")
+                raise ZsadEdgeError(
+                    f"profile range for {name!r} must satisfy 1 <= min <= opt <= max, got {(low, opt, high)}"
+                )
 
     def with_max_batch(self, max_batch: int) -> "ProfileConfig":
         """The same profile with another largest batch (the opt batch is kept where it still fits)."""
@@ -62,8 +64,10 @@ def profile_shapes(inputs: Sequence[TensorSpec], config: ProfileConfig) -> dict[
             continue
         unknown = [d for d in dynamic if d not in config.ranges]
         if unknown:
-            raise ZsadEdgeError(f"input {spec.name!r} has dynamic dimension {unknown[0]!r} with no profile range "
-                                f"(known: {', '.join(sorted(config.ranges))})")
+            raise ZsadEdgeError(
+                f"input {spec.name!r} has dynamic dimension {unknown[0]!r} with no profile range "
+                f"(known: {', '.join(sorted(config.ranges))})"
+            )
         shapes[spec.name] = InputProfile(*(_shape_at(spec, config, i) for i in range(3)))
     return shapes
 
@@ -79,5 +83,5 @@ def max_shape(spec: TensorSpec, config: ProfileConfig) -> Shape:
 
 
 def shape_string(shapes: dict[str, InputProfile], which: str) -> str:
-    """"name:1x3x224x224,other:..." for one of min/opt/max, as trtexec and onnxruntime take it."""
+    """ "name:1x3x224x224,other:..." for one of min/opt/max, as trtexec and onnxruntime take it."""
     return ",".join(f"{name}:{'x'.join(str(d) for d in getattr(p, which))}" for name, p in shapes.items())

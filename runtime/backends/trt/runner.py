@@ -42,9 +42,12 @@ class TrtComponent:
         self.input_shapes = {t.name: list(t.shape) for t in spec.inputs}
         self.input_names = [t.name for t in spec.inputs]
         self.output_names = [t.name for t in spec.outputs]
-        self._dtypes = {t: np.dtype(trt.nptype(self.engine.get_tensor_dtype(t))) for t in [*self.input_names, *self.output_names]}
-        self._max_batch = {t.name: profile.ranges[t.shape[0]][2] for t in spec.inputs
-                           if t.shape and isinstance(t.shape[0], str)}
+        self._dtypes = {
+            t: np.dtype(trt.nptype(self.engine.get_tensor_dtype(t))) for t in [*self.input_names, *self.output_names]
+        }
+        self._max_batch = {
+            t.name: profile.ranges[t.shape[0]][2] for t in spec.inputs if t.shape and isinstance(t.shape[0], str)
+        }
         self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), "stream creation")
         self._buffers: dict[str, int] = {}
         for tensor in [*spec.inputs, *spec.outputs]:
@@ -60,8 +63,10 @@ class TrtComponent:
             raise EngineError(f"{self.name}: inputs disagree on their batch size {sorted(leading)}")
         total = leading.pop() if leading else 1
         step = min(self._max_batch.values(), default=total)
-        chunks = [self._run_once({n: a[i:i + step] if n in self._max_batch else a for n, a in arrays.items()})
-                  for i in range(0, total, step)]
+        chunks = [
+            self._run_once({n: a[i : i + step] if n in self._max_batch else a for n, a in arrays.items()})
+            for i in range(0, total, step)
+        ]
         return {name: np.concatenate([c[name] for c in chunks]) for name in self.output_names}
 
     def _run_once(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -70,15 +75,21 @@ class TrtComponent:
         for name, array in arrays.items():
             if not self.context.set_input_shape(name, array.shape):
                 raise EngineError(f"{self.name}: input {name} of shape {array.shape} is outside the engine's profile")
-            cuda_check(cudart, cudart.cudaMemcpyAsync(self._buffers[name], array.ctypes.data, array.nbytes, to_device, stream),
-                       f"copy of {name} to the GPU")
+            cuda_check(
+                cudart,
+                cudart.cudaMemcpyAsync(self._buffers[name], array.ctypes.data, array.nbytes, to_device, stream),
+                f"copy of {name} to the GPU",
+            )
         if not self.context.execute_async_v3(_stream_handle(stream)):
             raise EngineError(f"TensorRT failed to run {self.name}")
         outputs = {}
         for name in self.output_names:
             out = np.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._dtypes[name])
-            cuda_check(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name], out.nbytes, to_host, stream),
-                       f"copy of {name} from the GPU")
+            cuda_check(
+                cudart,
+                cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name], out.nbytes, to_host, stream),
+                f"copy of {name} from the GPU",
+            )
             outputs[name] = out
         cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "stream synchronisation")
         return outputs

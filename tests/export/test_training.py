@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import REPO_ROOT
 
 from zsad_edge.export.aprilgan import load_head_weights
 from zsad_edge.export.build import BuildConfig, build_bundle
@@ -15,16 +16,22 @@ from zsad_edge.export.clip_backbone import ClipSpec
 from zsad_edge.export.training import dice_loss, focal_loss
 from zsad_edge.runtime.errors import ModelLoadError
 
-REPO = Path(__file__).resolve().parents[1]
-TRAIN = [sys.executable, str(REPO / "export" / "train_heads.py"), "--arch", "zsad-tiny-vit", "--random-init",
-         "--image-size", "224"]
+TRAIN = [
+    sys.executable,
+    str(REPO_ROOT / "export" / "train_heads.py"),
+    "--arch",
+    "zsad-tiny-vit",
+    "--random-init",
+    "--image-size",
+    "224",
+]
 
 
 def test_focal_and_dice_by_hand():
     p = torch.tensor([0.9, 0.2, 0.6, 0.1])
     y = torch.tensor([1.0, 0.0, 0.0, 1.0])
     p_true = np.array([0.9, 0.8, 0.4, 0.1])
-    expected_focal = np.mean(-(1 - p_true) ** 2 * np.log(p_true))
+    expected_focal = np.mean(-((1 - p_true) ** 2) * np.log(p_true))
     assert float(focal_loss(p, y, 2.0)) == pytest.approx(expected_focal, rel=1e-6)
     expected_dice = 1 - (2 * (0.9 + 0.1) + 1) / (p.sum().item() + 2 + 1)
     assert float(dice_loss(p, y)) == pytest.approx(expected_dice, rel=1e-6)
@@ -40,8 +47,8 @@ def _stripe_set(root: Path, count: int = 12):
         defect = "good" if i % 3 == 0 else "stripe"
         if defect == "stripe":
             x = rng.integers(5, 50)
-            image[:, x:x + 8] = 250
-            mask[:, x:x + 8] = 255
+            image[:, x : x + 8] = 250
+            mask[:, x : x + 8] = 255
             (root / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(root / "ground_truth" / defect / f"p{i}_mask.png"), mask)
         (root / "test" / defect).mkdir(parents=True, exist_ok=True)
@@ -51,13 +58,22 @@ def _stripe_set(root: Path, count: int = 12):
 def test_training_cli_lowers_the_loss_and_the_checkpoint_exports(tmp_path):
     _stripe_set(tmp_path / "stripes")
     out = tmp_path / "heads.pth"
-    proc = subprocess.run([*TRAIN, "--dataset", str(tmp_path / "stripes"), "--epochs", "4", "--batch-size", "4",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*TRAIN, "--dataset", str(tmp_path / "stripes"), "--epochs", "4", "--batch-size", "4", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     losses = torch.load(out, weights_only=True)["zsad_edge"]["epoch_losses"]
     assert len(losses) == 4 and losses[-1] < 0.9 * losses[0]
-    built = build_bundle(BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
-                                              out_dir=tmp_path / "bundle", heads_checkpoint=out))
+    built = build_bundle(
+        BuildConfig(
+            clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
+            out_dir=tmp_path / "bundle",
+            heads_checkpoint=out,
+        )
+    )
     assert built.manifest.method["params"]["heads"]["kind"] == "checkpoint"
     trained_weight = torch.load(out, weights_only=True)["trainable_linearlayer"]["fc.0.weight"]
     torch.testing.assert_close(built.heads.fc[0].weight, trained_weight)
@@ -66,8 +82,12 @@ def test_training_cli_lowers_the_loss_and_the_checkpoint_exports(tmp_path):
 
 def test_training_on_battery_weld_ci_sized(battery_weld, tmp_path):
     out = tmp_path / "weld.pth"
-    proc = subprocess.run([*TRAIN, "--dataset", str(battery_weld), "--max-images", "24", "--epochs", "3",
-                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [*TRAIN, "--dataset", str(battery_weld), "--max-images", "24", "--epochs", "3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "training on 24 image(s)" in proc.stdout
     losses = torch.load(out, weights_only=True)["zsad_edge"]["epoch_losses"]
@@ -77,8 +97,12 @@ def test_training_on_battery_weld_ci_sized(battery_weld, tmp_path):
 def test_dataset_without_masks_is_refused(tmp_path):
     (tmp_path / "d" / "test" / "broken").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "d" / "test" / "broken" / "x.png"), np.zeros((20, 20), np.uint8))
-    proc = subprocess.run([*TRAIN, "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "h.pth")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*TRAIN, "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "h.pth")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no image with a usable mask")
     assert not (tmp_path / "h.pth").exists()
@@ -87,14 +111,36 @@ def test_dataset_without_masks_is_refused(tmp_path):
 def test_sdpplus_training_uses_its_schedule_and_exports(tmp_path):
     _stripe_set(tmp_path / "stripes")
     out = tmp_path / "sdpplus.pth"
-    proc = subprocess.run([*TRAIN, "--method", "sdpplus", "--dataset", str(tmp_path / "stripes"), "--epochs", "3",
-                           "--batch-size", "4", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            *TRAIN,
+            "--method",
+            "sdpplus",
+            "--dataset",
+            str(tmp_path / "stripes"),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     meta = torch.load(out, weights_only=True)["zsad_edge"]
     assert meta["method"] == "sdpplus" and meta["learning_rate"] == 1e-4 and meta["text"]["dbscan"]["eps"] == 0.5
     assert meta["epoch_losses"][-1] < meta["epoch_losses"][0]
-    built = build_bundle(BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="sdpplus",
-                                     out_dir=tmp_path / "bundle", heads_checkpoint=out))
+    built = build_bundle(
+        BuildConfig(
+            clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
+            method="sdpplus",
+            out_dir=tmp_path / "bundle",
+            heads_checkpoint=out,
+        )
+    )
     trained_weight = torch.load(out, weights_only=True)["trainable_linearlayer"]["fc.0.weight"]
     torch.testing.assert_close(built.heads.linear_heads.fc[0].weight, trained_weight)
     assert meta["text"]["clipad_mode"] == "official" and meta["activation"]["name"] == "gelu"
@@ -120,12 +166,32 @@ def test_sdpplus_training_reads_the_taps_of_its_clipad_mode(tmp_path):
 def test_heads_trained_in_another_mode_are_refused_with_the_flag_to_use(tmp_path):
     _stripe_set(tmp_path / "stripes", count=6)
     out = tmp_path / "clean.pth"
-    proc = subprocess.run([*TRAIN, "--method", "sdpplus", "--clipad-mode", "clean", "--dataset", str(tmp_path / "stripes"),
-                           "--epochs", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            *TRAIN,
+            "--method",
+            "sdpplus",
+            "--clipad-mode",
+            "clean",
+            "--dataset",
+            str(tmp_path / "stripes"),
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
-    config = dict(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="sdpplus", heads_checkpoint=out)
-    with pytest.raises(ModelLoadError, match="trained with clipad_mode 'clean', this build uses 'official': build with "
-                                             "--clipad-mode clean"):
+    config = dict(
+        clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="sdpplus", heads_checkpoint=out
+    )
+    with pytest.raises(
+        ModelLoadError,
+        match="trained with clipad_mode 'clean', this build uses 'official': build with --clipad-mode clean",
+    ):
         build_bundle(BuildConfig(out_dir=tmp_path / "official", **config))
     built = build_bundle(BuildConfig(out_dir=tmp_path / "clean", clipad_mode="clean", **config))
     assert built.manifest.method["params"]["clipad_mode"] == "clean"

@@ -4,12 +4,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import relative_map_error
 
-from conftest import relative_map_error
 from zsad_edge.export.build import BuildConfig, build_bundle, reference_from_bundle
 from zsad_edge.export.clip_backbone import ClipSpec
-from zsad_edge.export.fnn import (FnnClassifier, FnnScorer, FnnTrainConfig, PromptProbabilityHeads, RandomWordConfig,
-                                  random_word_pairs, train_fnn)
+from zsad_edge.export.fnn import (
+    FnnClassifier,
+    FnnScorer,
+    FnnTrainConfig,
+    PromptProbabilityHeads,
+    RandomWordConfig,
+    random_word_pairs,
+    train_fnn,
+)
 from zsad_edge.export.prompts import PromptSet
 from zsad_edge.runtime.detector import Detector
 
@@ -23,6 +30,7 @@ def _softmax(x, axis=-1):
 
 def _bilinear_half_pixel(grid, size):
     """align_corners=False bilinear upsampling written out (edge-clamped sample positions)."""
+
     def weights(n_in, n_out):
         matrix = np.zeros((n_out, n_in))
         for i in range(n_out):
@@ -32,6 +40,7 @@ def _bilinear_half_pixel(grid, size):
             matrix[i, low] += 1 - (x - low)
             matrix[i, high] += x - low
         return matrix
+
     return weights(grid.shape[0], size[0]) @ grid @ weights(grid.shape[1], size[1]).T
 
 
@@ -43,7 +52,11 @@ def test_random_word_pairs_differ_only_in_the_state():
     state_words = {w for s in CLIPAD.normal_states + CLIPAD.abnormal_states for w in s.format("object").split()}
 
     def skeletons(sentence, states):
-        return {sentence.replace(state.format("object"), "<STATE>") for state in states if state.format("object") in sentence}
+        return {
+            sentence.replace(state.format("object"), "<STATE>")
+            for state in states
+            if state.format("object") in sentence
+        }
 
     for n, a in zip(normal, abnormal):
         # one skeleton (template + random words at the same places) with a normal / abnormal state in it
@@ -109,9 +122,14 @@ def test_training_is_seeded_and_learns_a_separable_text_set():
 @pytest.fixture(scope="module", params=["clean", "official"])
 def fnn_built(request, tmp_path_factory):
     """The FNN runs on CLIP-AD's encoder: every parity test runs in both CLIP-AD modes."""
-    config = BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="fnn",
-                         out_dir=tmp_path_factory.mktemp("fnn") / "bundle", gaussian_sigma=4.0, clipad_mode=request.param,
-                         fnn=FnnTrainConfig(epochs=3, words=RandomWordConfig(pairs=300)))
+    config = BuildConfig(
+        clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
+        method="fnn",
+        out_dir=tmp_path_factory.mktemp("fnn") / "bundle",
+        gaussian_sigma=4.0,
+        clipad_mode=request.param,
+        fnn=FnnTrainConfig(epochs=3, words=RandomWordConfig(pairs=300)),
+    )
     return build_bundle(config)
 
 

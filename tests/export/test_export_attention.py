@@ -15,8 +15,9 @@ def test_lean_attention_equals_multihead_attention():
     mask = torch.randn(17, 17)
     lean = LeanSelfAttention(mha)
     torch.testing.assert_close(lean(x, x, x)[0], mha(x, x, x, need_weights=False)[0], rtol=0, atol=1e-5)
-    torch.testing.assert_close(lean(x, x, x, attn_mask=mask)[0], mha(x, x, x, need_weights=False, attn_mask=mask)[0],
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        lean(x, x, x, attn_mask=mask)[0], mha(x, x, x, need_weights=False, attn_mask=mask)[0], rtol=0, atol=1e-5
+    )
 
 
 @torch.no_grad()

@@ -23,7 +23,9 @@ def test_constants_follow_the_normal_statistics(tiny_detector, normal_images):
     results = [tiny_detector(im) for im in normal_images]
     scores = [r.score for r in results]
     assert scoring["image_threshold"] == pytest.approx(max(scores), abs=1e-7)
-    assert scoring["text_score_range"] == pytest.approx([min(scores), max(scores)], abs=1e-7)  # APRIL-GAN: score = prompt
+    assert scoring["text_score_range"] == pytest.approx(
+        [min(scores), max(scores)], abs=1e-7
+    )  # APRIL-GAN: score = prompt
     assert scoring["map_max_range"][1] == pytest.approx(max(r.map_peak for r in results), abs=1e-6)
     all_pixels = np.concatenate([r.anomaly_map.ravel() for r in results])  # small maps: every pixel is used
     assert scoring["map_threshold"] == pytest.approx(np.quantile(all_pixels, 0.999), abs=1e-6)
@@ -52,8 +54,12 @@ def test_too_few_readable_images_is_an_error_naming_them(tiny_detector, tmp_path
 def test_calibrate_cli_on_battery_weld_train_good(tiny_built, battery_weld, tmp_path):
     bundle = tmp_path / "b"
     shutil.copytree(tiny_built.path, bundle)
-    proc = subprocess.run([sys.executable, "-m", "zsad_edge.runtime.cli", "calibrate", str(bundle),
-                           str(battery_weld / "train" / "good")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "zsad_edge.runtime.cli", "calibrate", str(bundle), str(battery_weld / "train" / "good")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "calibrated on 37 normal image(s)" in proc.stdout
     assert load_manifest(bundle).scoring["calibration"]["images"] == 37

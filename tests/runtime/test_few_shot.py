@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from helpers import relative_map_error
 
-from conftest import relative_map_error
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import BundleError
 from zsad_edge.runtime.interpolation import align_corners_matrix

@@ -20,8 +20,12 @@ def _bilinear_align_corners(grid: np.ndarray, size: int) -> np.ndarray:
             y0, x0 = int(np.floor(y)), int(np.floor(x))
             y1, x1 = min(y0 + 1, g - 1), min(x0 + 1, g - 1)
             dy, dx = y - y0, x - x0
-            out[i, j] = (grid[y0, x0] * (1 - dy) * (1 - dx) + grid[y0, x1] * (1 - dy) * dx
-                         + grid[y1, x0] * dy * (1 - dx) + grid[y1, x1] * dy * dx)
+            out[i, j] = (
+                grid[y0, x0] * (1 - dy) * (1 - dx)
+                + grid[y0, x1] * (1 - dy) * dx
+                + grid[y1, x0] * dy * (1 - dx)
+                + grid[y1, x1] * dy * dx
+            )
     return out
 
 
@@ -79,6 +83,7 @@ def test_prompt_ensemble_size_and_class_vectors():
     assert "a photo of a battery weld with defect." in abnormal
 
     import open_clip
+
     from zsad_edge.export.clip_backbone import ClipSpec, load_clip
 
     clip = load_clip(ClipSpec("zsad-tiny-vit", random_init=True))
@@ -96,8 +101,10 @@ def _heads(n_taps=4):
 
 def test_official_checkpoint_format_loads(tmp_path):
     source = _heads()
-    torch.save({OFFICIAL_CHECKPOINT_KEY: {k: v for k, v in source.state_dict().items() if k.startswith("fc.")}},
-               tmp_path / "official.pth")
+    torch.save(
+        {OFFICIAL_CHECKPOINT_KEY: {k: v for k, v in source.state_dict().items() if k.startswith("fc.")}},
+        tmp_path / "official.pth",
+    )
     target = _heads()
     digest = load_head_weights(target, tmp_path / "official.pth")
     assert len(digest) == 64

@@ -3,9 +3,10 @@
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
-RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
+from helpers import REPO_ROOT
+
+RUNTIME = REPO_ROOT / "runtime"
 FORBIDDEN = {"torch", "open_clip", "segment_anything", "torchvision"}
 
 

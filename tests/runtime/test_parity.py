@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from helpers import relative_map_error
 
-from conftest import relative_map_error
 from zsad_edge.runtime.image_io import list_images, read_image
 
 MAP_TOLERANCE = 1e-4
@@ -80,12 +80,17 @@ def test_vit_b16_parity_at_224(tmp_path, rng):
     from zsad_edge.export.clip_backbone import ClipSpec
     from zsad_edge.runtime.detector import Detector
 
-    built = build_bundle(BuildConfig(clip=ClipSpec("ViT-B-16", random_init=True, image_size=224),
-                                              out_dir=tmp_path / "vitb16", random_heads=True))
+    built = build_bundle(
+        BuildConfig(
+            clip=ClipSpec("ViT-B-16", random_init=True, image_size=224), out_dir=tmp_path / "vitb16", random_heads=True
+        )
+    )
     assert built.manifest.patch_grid == [14, 14] and built.manifest.taps == [3, 6, 9, 12]
     images = _mixed_images(rng)
-    _assert_parity(Detector.from_bundle(built.path, backend="cpu").detect_batch(images),
-                   built.reference_detector().detect_batch(images))
+    _assert_parity(
+        Detector.from_bundle(built.path, backend="cpu").detect_batch(images),
+        built.reference_detector().detect_batch(images),
+    )
 
 
 @pytest.mark.slow
@@ -95,10 +100,18 @@ def test_vit_b16_plus_240_sdpplus_parity(tmp_path, rng):
     from zsad_edge.export.clip_backbone import ClipSpec
     from zsad_edge.runtime.detector import Detector
 
-    built = build_bundle(BuildConfig(clip=ClipSpec("ViT-B-16-plus-240", random_init=True), method="sdpplus",
-                                     out_dir=tmp_path / "sdpplus", random_heads=True))
+    built = build_bundle(
+        BuildConfig(
+            clip=ClipSpec("ViT-B-16-plus-240", random_init=True),
+            method="sdpplus",
+            out_dir=tmp_path / "sdpplus",
+            random_heads=True,
+        )
+    )
     assert built.manifest.patch_grid == [15, 15] and tuple(built.manifest.preprocess.input_size) == (240, 240)
     assert built.manifest.clip["width"] == 896 and built.manifest.clip["embed_dim"] == 640
     images = _mixed_images(rng)
-    _assert_parity(Detector.from_bundle(built.path, backend="cpu").detect_batch(images),
-                   built.reference_detector().detect_batch(images))
+    _assert_parity(
+        Detector.from_bundle(built.path, backend="cpu").detect_batch(images),
+        built.reference_detector().detect_batch(images),
+    )

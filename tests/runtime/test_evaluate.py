@@ -6,11 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import write_image
 
-from conftest import write_image
-from zsad_edge.runtime.evaluation.evaluate import METRICS, evaluate
-from zsad_edge.runtime.evaluation.dataset import scan_dataset
 from zsad_edge.runtime.errors import ZsadEdgeError
+from zsad_edge.runtime.evaluation.dataset import scan_dataset
+from zsad_edge.runtime.evaluation.evaluate import METRICS, evaluate
 
 
 def test_reader_finds_both_mask_namings_and_lists_problems(quirky_set):
@@ -26,8 +26,9 @@ def test_reader_finds_both_mask_namings_and_lists_problems(quirky_set):
 
 def test_partial_report_names_what_was_skipped(quirky_set, tiny_built, tiny_detector):
     categories = scan_dataset(quirky_set)
-    report = evaluate({"runtime": tiny_detector, "reference": tiny_built.reference_detector()}, categories,
-                      progress=False)
+    report = evaluate(
+        {"runtime": tiny_detector, "reference": tiny_built.reference_detector()}, categories, progress=False
+    )
     entry = report["categories"]["parts"]
     assert entry["images"] == 7  # corrupt image skipped; no_mask and wrong_size kept for image metrics
     skipped = "\n".join(entry["skipped"])
@@ -56,9 +57,22 @@ def test_bad_dataset_folders_are_named(tmp_path):
 
 
 def test_eval_cli_on_battery_weld_runtime_vs_reference(tiny_built, battery_weld, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "zsad_edge.runtime.cli", "eval", str(tiny_built.path), str(battery_weld),
-                           "--reference", "--out", str(tmp_path / "report.json")],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zsad_edge.runtime.cli",
+            "eval",
+            str(tiny_built.path),
+            str(battery_weld),
+            "--reference",
+            "--out",
+            str(tmp_path / "report.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     entry = report["categories"]["battery_weld"]
@@ -69,8 +83,12 @@ def test_eval_cli_on_battery_weld_runtime_vs_reference(tiny_built, battery_weld,
 
 
 def test_eval_cli_error_is_one_line(tiny_built, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "zsad_edge.runtime.cli", "eval", str(tiny_built.path), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "zsad_edge.runtime.cli", "eval", str(tiny_built.path), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no MVTec-layout category")
 

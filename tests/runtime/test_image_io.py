@@ -54,12 +54,15 @@ def test_float_images_beyond_one_are_read_by_their_range(caplog, monkeypatch):
         to_rgb_float(np.full((4, 4), 1e6))
 
 
-@pytest.mark.parametrize("array, message", [
-    (np.zeros((4, 4, 2), np.uint8), "unsupported image shape"),
-    (np.zeros((4, 4), np.int32), "unsupported image dtype"),
-    (np.zeros((1, 9), np.uint8), "image too small"),
-    (np.full((4, 4), np.nan, np.float32), "NaN"),
-])
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((4, 4, 2), np.uint8), "unsupported image shape"),
+        (np.zeros((4, 4), np.int32), "unsupported image dtype"),
+        (np.zeros((1, 9), np.uint8), "image too small"),
+        (np.full((4, 4), np.nan, np.float32), "NaN"),
+    ],
+)
 def test_bad_arrays_are_named(array, message):
     with pytest.raises(ImageReadError, match=message):
         to_rgb_float(array)

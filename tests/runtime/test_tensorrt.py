@@ -17,21 +17,30 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from fake_tensorrt import ENGINE_MAGIC, FakeCudart, fake_tensorrt
+from helpers import REPO_ROOT
+
 from zsad_edge.calibration.drift import DriftTolerance
 from zsad_edge.calibration.precision import graph_precision_counts
 from zsad_edge.calibration.variants import add_precision, load_calibration_images
 from zsad_edge.export.trt_target import TRTEXEC_SCRIPT, build_trt_engines, engine_jobs, trtexec_commands
-from zsad_edge.runtime.backends.trt import runner as trt_backend, engine as trt_engine
-from zsad_edge.runtime.bundle import TensorSpec, load_manifest
 from zsad_edge.runtime.backends.components import EngineOptions, ort_tensorrt_options
+from zsad_edge.runtime.backends.trt import engine as trt_engine
+from zsad_edge.runtime.backends.trt import runner as trt_backend
+from zsad_edge.runtime.backends.trt.engine import (
+    BuildOptions,
+    DeviceInfo,
+    EngineCache,
+    EngineError,
+    EngineKey,
+    check_precision,
+    load_or_build,
+)
+from zsad_edge.runtime.backends.trt.profiles import ProfileConfig, profile_shapes, shape_string
+from zsad_edge.runtime.bundle import TensorSpec, load_manifest
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import BackendUnavailableError, ZsadEdgeError
-from zsad_edge.runtime.backends.trt.engine import BuildOptions, DeviceInfo, EngineCache, EngineError, EngineKey, check_precision, load_or_build
-from zsad_edge.runtime.backends.trt.profiles import ProfileConfig, profile_shapes, shape_string
 
-REPO = Path(__file__).resolve().parents[1]
 TENSORRT_INSTALLED = importlib.util.find_spec("tensorrt") is not None
 DEVICE = DeviceInfo("Fake GPU", "8.7", "10.3.0")
 LOOSE = DriftTolerance(min_map_pearson=0.9, min_score_spearman=None)
@@ -63,9 +72,15 @@ def test_profiles_cover_batch_prompts_and_points():
     config = ProfileConfig()
     image = TensorSpec("image", ["batch", 3, 224, 224], "float32")
     shapes = profile_shapes([image], config.with_max_batch(4))
-    assert (shapes["image"].min, shapes["image"].opt, shapes["image"].max) == ((1, 3, 224, 224), (1, 3, 224, 224), (4, 3, 224, 224))
-    decoder = [TensorSpec("image_embeddings", [1, 256, 64, 64], "float32"),
-               TensorSpec("point_coords", ["prompts", "points", 2], "float32")]
+    assert (shapes["image"].min, shapes["image"].opt, shapes["image"].max) == (
+        (1, 3, 224, 224),
+        (1, 3, 224, 224),
+        (4, 3, 224, 224),
+    )
+    decoder = [
+        TensorSpec("image_embeddings", [1, 256, 64, 64], "float32"),
+        TensorSpec("point_coords", ["prompts", "points", 2], "float32"),
+    ]
     shapes = profile_shapes(decoder, config)
     assert list(shapes) == ["point_coords"]  # static inputs need no profile entry
     assert shapes["point_coords"].max == (8, 16, 2) and shapes["point_coords"].opt == (1, 7, 2)
@@ -82,9 +97,15 @@ def _key(**changes) -> EngineKey:
 
 
 def test_engine_key_changes_with_every_field_and_names_differences():
-    digests = {_key().digest(), _key(onnx_sha256="cd" * 32).digest(), _key(gpu_name="NVIDIA H100").digest(),
-               _key(tensorrt_version="11.0.0").digest(), _key(precision="fp16").digest(),
-               _key(compute_capability="9.0").digest(), _key(profile={"batch": [1, 1, 4]}).digest()}
+    digests = {
+        _key().digest(),
+        _key(onnx_sha256="cd" * 32).digest(),
+        _key(gpu_name="NVIDIA H100").digest(),
+        _key(tensorrt_version="11.0.0").digest(),
+        _key(precision="fp16").digest(),
+        _key(compute_capability="9.0").digest(),
+        _key(profile={"batch": [1, 1, 4]}).digest(),
+    }
     assert len(digests) == 7 and _key().digest() == _key().digest()
     recorded = json.loads(json.dumps(_key(gpu_name="NVIDIA H100", tensorrt_version="11.0.0").__dict__))
     differences = _key().differences(recorded)
@@ -110,9 +131,15 @@ def test_engine_cache_records_and_refuses_stale_or_corrupt_engines(tmp_path):
 
 def test_precision_is_read_from_the_onnx(variant_bundle):
     manifest = load_manifest(variant_bundle)
-    counts = {p: graph_precision_counts(onnx.load(str(variant_bundle / manifest.with_precision(p).components["image_encoder"].file),
-                                                  load_external_data=False))
-              for p in ("fp32", "int8", "fp16")}
+    counts = {
+        p: graph_precision_counts(
+            onnx.load(
+                str(variant_bundle / manifest.with_precision(p).components["image_encoder"].file),
+                load_external_data=False,
+            )
+        )
+        for p in ("fp32", "int8", "fp16")
+    }
     assert counts["fp32"] == {"quantize": 0, "dequantize": 0, "fp16_tensors": 0}
     assert counts["int8"]["quantize"] > 0 and counts["int8"]["dequantize"] >= counts["int8"]["quantize"]
     assert counts["fp16"]["fp16_tensors"] > 0 and counts["fp16"]["quantize"] == 0
@@ -128,12 +155,18 @@ def test_engine_jobs_share_fp32_graphs_and_write_trtexec_lines(variant_bundle):
     manifest = load_manifest(variant_bundle)
     jobs = engine_jobs(variant_bundle, manifest, ["fp32", "int8", "fp16"])
     assert [(j.component, j.precision) for j in jobs] == [
-        ("image_encoder", "fp32"), ("heads", "fp32"), ("image_encoder", "int8"), ("image_encoder", "fp16")]
+        ("image_encoder", "fp32"),
+        ("heads", "fp32"),
+        ("image_encoder", "int8"),
+        ("image_encoder", "fp16"),
+    ]
     options = EngineOptions(profile=ProfileConfig().with_max_batch(4), workspace_gb=1.5)
     lines = trtexec_commands(jobs, options, Path("/cache"))
-    assert lines[2].startswith(f"trtexec --onnx={variant_bundle / 'image_encoder.int8.onnx'} "
-                               "--saveEngine=/cache/image_encoder.int8.engine --stronglyTyped "
-                               "--memPoolSize=workspace:1536M --timingCacheFile=/cache/timing.cache")
+    assert lines[2].startswith(
+        f"trtexec --onnx={variant_bundle / 'image_encoder.int8.onnx'} "
+        "--saveEngine=/cache/image_encoder.int8.engine --stronglyTyped "
+        "--memPoolSize=workspace:1536M --timingCacheFile=/cache/timing.cache"
+    )
     assert "--minShapes=image:1x3x224x224 --optShapes=image:1x3x224x224 --maxShapes=image:4x3x224x224" in lines[2]
     assert "--maxShapes=image_embedding:4x32,taps:4x4x196x64" in lines[1]
     with pytest.raises(ZsadEdgeError, match="not 'int8-dynamic' .onnxruntime's CPU format"):
@@ -142,7 +175,9 @@ def test_engine_jobs_share_fp32_graphs_and_write_trtexec_lines(variant_bundle):
 
 def test_onnxruntime_tensorrt_provider_gets_engine_cache_and_profile(variant_bundle, tmp_path):
     manifest = load_manifest(variant_bundle)
-    options = ort_tensorrt_options(manifest, "heads", tmp_path, ProfileConfig().with_max_batch(3))["TensorrtExecutionProvider"]
+    options = ort_tensorrt_options(manifest, "heads", tmp_path, ProfileConfig().with_max_batch(3))[
+        "TensorrtExecutionProvider"
+    ]
     assert options["trt_engine_cache_path"] == str(tmp_path / "onnxruntime") and (tmp_path / "onnxruntime").is_dir()
     assert options["trt_profile_max_shapes"] == "image_embedding:3x32,taps:3x4x196x64"
     assert options["trt_profile_opt_shapes"] == "image_embedding:1x32,taps:1x4x196x64"
@@ -168,9 +203,15 @@ def test_no_gpu_is_a_clear_refusal(fake_gpu, monkeypatch):
 
 def test_build_is_strongly_typed_with_profile_workspace_and_timing_cache(fake_gpu, variant_bundle, tmp_path):
     trt, _ = fake_gpu
-    options = EngineOptions(cache_folder=tmp_path / "engines", profile=ProfileConfig().with_max_batch(4), workspace_gb=1.0)
+    options = EngineOptions(
+        cache_folder=tmp_path / "engines", profile=ProfileConfig().with_max_batch(4), workspace_gb=1.0
+    )
     built = build_trt_engines(variant_bundle, ["fp32", "int8"], options)
-    assert [(b["component"], b["precision"]) for b in built] == [("image_encoder", "fp32"), ("heads", "fp32"), ("image_encoder", "int8")]
+    assert [(b["component"], b["precision"]) for b in built] == [
+        ("image_encoder", "fp32"),
+        ("heads", "fp32"),
+        ("image_encoder", "int8"),
+    ]
     assert built[0]["gpu"] == "Fake GPU" and built[0]["tensorrt"] == "10.3.0"
     first, _, int8 = trt.builds
     assert first["flags"] == 1 << 1 and first["pools"] == {"workspace": 1 << 30}
@@ -233,13 +274,20 @@ def test_tensorrt_detector_matches_onnxruntime_and_reuses_buffers(fake_gpu, vari
 
 
 def test_build_engines_cli_engines_errors(variant_bundle, tmp_path):
-    script = [sys.executable, str(REPO / "export" / "build_engines.py")]
-    wrong = subprocess.run([*script, "engines", str(variant_bundle), "--precision", "int8-dynamic"],
-                           capture_output=True, text=True, timeout=120)
+    script = [sys.executable, str(REPO_ROOT / "export" / "build_engines.py")]
+    wrong = subprocess.run(
+        [*script, "engines", str(variant_bundle), "--precision", "int8-dynamic"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert wrong.returncode == 2 and "not 'int8-dynamic'" in wrong.stderr and "Traceback" not in wrong.stderr
     if not TENSORRT_INSTALLED:
-        absent = subprocess.run([*script, "engines", str(variant_bundle), "--precision", "fp32",
-                                 "--engine-cache", str(tmp_path / "e")], capture_output=True, text=True, timeout=120)
+        absent = subprocess.run(
+            [*script, "engines", str(variant_bundle), "--precision", "fp32", "--engine-cache", str(tmp_path / "e")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert absent.returncode == 2 and "TensorRT is not installed" in absent.stderr
         assert (tmp_path / "e" / TRTEXEC_SCRIPT).is_file()
-

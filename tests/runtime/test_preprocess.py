@@ -1,4 +1,4 @@
-"""The model input tensor: the official torchvision/Pillow result for 8-bit images, the recorded rule for old bundles."""
+"""The model input tensor: the official torchvision/Pillow result for 8-bit images, old bundles' recorded rule."""
 
 import json
 import shutil
@@ -22,13 +22,15 @@ def _official_tensor(array: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
     from torchvision import transforms
 
-    official = transforms.Compose([
-        transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(size),
-        lambda image: image.convert("RGB"),
-        transforms.ToTensor(),
-        transforms.Normalize(OPENAI_MEAN, OPENAI_STD),
-    ])
+    official = transforms.Compose(
+        [
+            transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(size),
+            lambda image: image.convert("RGB"),
+            transforms.ToTensor(),
+            transforms.Normalize(OPENAI_MEAN, OPENAI_STD),
+        ]
+    )
     return official(Image.fromarray(array)).numpy()
 
 
@@ -64,8 +66,13 @@ def test_detector_reads_a_png_file_into_the_official_tensor(tiny_built, tmp_path
     from PIL import Image
     from torchvision import transforms
 
-    official = transforms.Compose([transforms.Resize(spec.input_size, interpolation=transforms.InterpolationMode.BICUBIC),
-                                   transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)])
+    official = transforms.Compose(
+        [
+            transforms.Resize(spec.input_size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.ToTensor(),
+            transforms.Normalize(spec.mean, spec.std),
+        ]
+    )
     want = official(Image.open(tmp_path / "part.png")).numpy()
     assert sizes == [(256, 400)] and np.abs(batch[0] - want).max() <= 1e-6
 

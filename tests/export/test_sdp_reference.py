@@ -8,8 +8,13 @@ from torch import nn
 
 from zsad_edge.export.clip_backbone import ClipSpec, load_clip
 from zsad_edge.export.prompts import PromptSet
-from zsad_edge.export.sdp import (SurgeryEncoder, feature_surgery_map, representative_vector, text_probability,
-                                  vv_attention)
+from zsad_edge.export.sdp import (
+    SurgeryEncoder,
+    feature_surgery_map,
+    representative_vector,
+    text_probability,
+    vv_attention,
+)
 
 
 def _softmax(x, axis=-1):
@@ -26,7 +31,7 @@ def test_vv_attention_by_hand():
     value = x[0].numpy() @ w[16:].T + b[16:]
     heads = []
     for h in range(2):
-        v = value[:, 4 * h:4 * h + 4]
+        v = value[:, 4 * h : 4 * h + 4]
         heads.append(_softmax(v @ v.T / 2.0) @ v)
     expected = np.concatenate(heads, axis=1) @ attention.out_proj.weight.numpy().T + attention.out_proj.bias.numpy()
     np.testing.assert_allclose(vv_attention(attention, x)[0].numpy(), expected, atol=1e-5)
@@ -56,7 +61,6 @@ def test_staged_surgery_stream_on_a_two_block_model(two_block_visual, taps, rest
     torch.testing.assert_close(original[:, -1], x2[:, 1:], rtol=0, atol=1e-5)
     torch.testing.assert_close(embedding, two_block_visual(image), rtol=0, atol=1e-5)  # original path unchanged
     assert surgery.shape == (2, len(taps), 197, 32) and original.shape == (2, len(taps), 196, 64)
-
 
 
 @torch.no_grad()
@@ -119,7 +123,9 @@ def test_official_mode_reproduces_clipad_in_place_tap_aliasing():
 def test_official_text_vectors_are_rounded_and_normalised_in_float16():
     """As CLIP-AD does: the cluster mean becomes float16, then is divided by its float16 norm."""
     rng = np.random.default_rng(1)
-    embeddings = torch.tensor(np.array([1.0, 0.2, -0.3, 0.1]) + 0.01 * rng.standard_normal((30, 4)), dtype=torch.float32)
+    embeddings = torch.tensor(
+        np.array([1.0, 0.2, -0.3, 0.1]) + 0.01 * rng.standard_normal((30, 4)), dtype=torch.float32
+    )
     mean = F.normalize(embeddings, dim=-1).mean(0).numpy()
     official = torch.tensor(mean, dtype=torch.float16)
     official /= official.norm()
@@ -127,6 +133,7 @@ def test_official_text_vectors_are_rounded_and_normalised_in_float16():
     assert got.dtype == torch.float32 and torch.equal(got, official.float())
     clean = representative_vector(embeddings, eps=0.5, min_samples=15)
     assert 0 < (got - clean).abs().max() < 1e-3
+
 
 def test_feature_surgery_by_hand():
     rng = np.random.default_rng(0)
@@ -168,9 +175,12 @@ def test_text_probability_and_prompt_counts():
     assert (len(normal), len(abnormal)) == (9 * 22, 10 * 22)
     assert "a photo of a weld with crack for visual inspection." in abnormal
     # The official template order (state-major, as CLIP-AD's prompt_ensemble expands them)
-    assert normal[12:18] == [f"a photo of {a} flawless weld." for a in ("the", "a")] + \
-        ["a photo of a large flawless weld.", "a photo of the small flawless weld.",
-         "a photo of the large flawless weld.", "a photo of a small flawless weld."]
+    assert normal[12:18] == [f"a photo of {a} flawless weld." for a in ("the", "a")] + [
+        "a photo of a large flawless weld.",
+        "a photo of the small flawless weld.",
+        "a photo of the large flawless weld.",
+        "a photo of a small flawless weld.",
+    ]
 
 
 @torch.no_grad()

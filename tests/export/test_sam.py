@@ -4,7 +4,6 @@ the CLIP-SAM cascade's prompts and edge cases, and CLIP-SAM bundles end to end."
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,12 +13,11 @@ import torch
 from zsad_edge.export.sam import SamDecoderGraph, SamSpec, load_sam
 from zsad_edge.export.sam_export import export_sam_graphs
 from zsad_edge.export.sam_reference import ReferenceSamPredictor
-from zsad_edge.runtime.sam.cascade import CascadeConfig, refine, select_masks, top_peaks
-from zsad_edge.runtime.errors import BundleError, ModelLoadError
 from zsad_edge.runtime.backends.ort import OrtComponent
+from zsad_edge.runtime.errors import BundleError, ModelLoadError
+from zsad_edge.runtime.sam.cascade import CascadeConfig, refine, select_masks, top_peaks
 from zsad_edge.runtime.sam.predictor import SamGeometry, SamPredictor
 
-REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 300, 420
 
 
@@ -29,8 +27,9 @@ def _geometry(sam):
 
 def _predictor(sam, folder):
     export_sam_graphs(sam, folder, tolerance=1e-4)  # raises ParityError beyond 1e-4 of the output range
-    return SamPredictor(OrtComponent(folder / "sam_encoder.onnx"), OrtComponent(folder / "sam_decoder.onnx"),
-                        _geometry(sam))
+    return SamPredictor(
+        OrtComponent(folder / "sam_encoder.onnx"), OrtComponent(folder / "sam_decoder.onnx"), _geometry(sam)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +87,29 @@ def test_decoder_graph_equals_segment_anything_prompt_api(litemedsam):
     box = torch.tensor([[40.0, 50.0, 180.0, 200.0]])
     mask = torch.randn(1, 1, 256, 256, generator=generator)
     cases = [
-        (dict(points=(points, point_labels), boxes=None, masks=None),
-         torch.cat([points, torch.zeros(1, 1, 2)], 1), torch.tensor([[1.0, 0.0, -1.0]]), None),
+        (
+            dict(points=(points, point_labels), boxes=None, masks=None),
+            torch.cat([points, torch.zeros(1, 1, 2)], 1),
+            torch.tensor([[1.0, 0.0, -1.0]]),
+            None,
+        ),
         (dict(points=None, boxes=box, masks=None), box.reshape(1, 2, 2), torch.tensor([[2.0, 3.0]]), None),
-        (dict(points=(points, point_labels), boxes=box, masks=mask),
-         torch.cat([points, box.reshape(1, 2, 2)], 1), torch.tensor([[1.0, 0.0, 2.0, 3.0]]), mask),
+        (
+            dict(points=(points, point_labels), boxes=box, masks=mask),
+            torch.cat([points, box.reshape(1, 2, 2)], 1),
+            torch.tensor([[1.0, 0.0, 2.0, 3.0]]),
+            mask,
+        ),
     ]
     for api_prompts, coords, labels, mask_input in cases:
         sparse, dense = litemedsam.prompt_encoder(**api_prompts)
         want_masks, want_iou = litemedsam.mask_decoder.predict_masks(
-            embedding, litemedsam.prompt_encoder.get_dense_pe(), sparse, dense)
+            embedding, litemedsam.prompt_encoder.get_dense_pe(), sparse, dense
+        )
         has_mask = torch.tensor([0.0 if mask_input is None else 1.0])
-        got_iou, got_masks = graph(embedding, coords, labels,
-                                   torch.zeros(1, 1, 256, 256) if mask_input is None else mask_input, has_mask)
+        got_iou, got_masks = graph(
+            embedding, coords, labels, torch.zeros(1, 1, 256, 256) if mask_input is None else mask_input, has_mask
+        )
         torch.testing.assert_close(got_masks, want_masks, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got_iou, want_iou, rtol=0, atol=1e-6)
 
@@ -184,8 +193,9 @@ def test_agreement_gate_keeps_the_clip_region_when_sam_disagrees(real_predictor)
     agreement = accepted.regions[0]["clip_agreement"]
     assert 0.0 < agreement < 0.99 and not accepted.regions[0]["fallback_to_clip"]
     assert agreement == pytest.approx(_iou(accepted.mask, region), abs=1e-4)
-    gated = refine(real_predictor, _textured(shape), coarse, 0.5,
-                   CascadeConfig(prompt_mode="box", min_agreement=agreement + 0.01))
+    gated = refine(
+        real_predictor, _textured(shape), coarse, 0.5, CascadeConfig(prompt_mode="box", min_agreement=agreement + 0.01)
+    )
     assert gated.regions[0]["fallback_to_clip"] and np.array_equal(gated.mask, region)
     np.testing.assert_allclose(gated.anomaly_map, 0.5 * coarse + 0.5 * np.where(region, coarse.max(), 0), atol=1e-6)
 
@@ -220,8 +230,14 @@ def clipsam_bundle(tmp_path_factory):
     from zsad_edge.export.build import BuildConfig, build_bundle
     from zsad_edge.export.clip_backbone import ClipSpec
 
-    return build_bundle(BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="sdp",
-                                    out_dir=tmp_path_factory.mktemp("clipsam") / "bundle", sam=SamSpec("litemedsam")))
+    return build_bundle(
+        BuildConfig(
+            clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
+            method="sdp",
+            out_dir=tmp_path_factory.mktemp("clipsam") / "bundle",
+            sam=SamSpec("litemedsam"),
+        )
+    )
 
 
 def test_clipsam_bundle_runtime_matches_reference(clipsam_bundle):
@@ -256,8 +272,21 @@ def test_clipsam_cli_writes_sam_masks(clipsam_bundle, tmp_path):
     manifest = json.loads(manifest_path.read_text())
     manifest["scoring"].update(image_threshold=-1e9, map_threshold=-1e9)  # flag it; the whole map is one region
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    proc = subprocess.run([sys.executable, "-m", "zsad_edge.runtime.cli", "detect", str(bundle), str(image),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zsad_edge.runtime.cli",
+            "detect",
+            str(bundle),
+            str(image),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     sam_mask = cv2.imread(str(tmp_path / "out" / "part_sam_mask.png"), cv2.IMREAD_GRAYSCALE)
     assert sam_mask.shape == (HEIGHT, WIDTH) and set(np.unique(sam_mask)) <= {0, 255}
@@ -296,8 +325,11 @@ def test_segment_anything_vit_b_from_a_checkpoint_exports_and_matches(tmp_path):
     """segment_anything's vit_b (1024 px, random weights saved as a local checkpoint): load, export, parity."""
     random_sam = load_sam(SamSpec("vit_b", random_init=True, seed=3))
     checkpoint = tmp_path / "sam_vit_b_random.pth"
-    state = {f"{part}.{key}": value for part in ("image_encoder", "prompt_encoder", "mask_decoder")
-             for key, value in getattr(random_sam, part).state_dict().items()}
+    state = {
+        f"{part}.{key}": value
+        for part in ("image_encoder", "prompt_encoder", "mask_decoder")
+        for key, value in getattr(random_sam, part).state_dict().items()
+    }
     torch.save(state, checkpoint)
     sam = load_sam(SamSpec("vit_b", checkpoint=checkpoint))
     assert sam.weights_origin["kind"] == "checkpoint" and (sam.input_size, sam.embedding_grid) == (1024, (64, 64))

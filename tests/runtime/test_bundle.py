@@ -9,7 +9,8 @@ from zsad_edge.export.build import BuildConfig, build_bundle
 from zsad_edge.export.bundle_writer import staged_bundle
 from zsad_edge.export.clip_backbone import ClipSpec
 from zsad_edge.export.demo import demo_config
-from zsad_edge.runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION, load_manifest
+from zsad_edge.runtime.bundle import SCHEMA_VERSION, load_manifest
+from zsad_edge.runtime.contract import MANIFEST_FILE
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import BundleError, ModelLoadError, ParityError, ZsadEdgeError
 
@@ -22,7 +23,7 @@ def bundle_copy(tiny_built, tmp_path):
 
 
 def _edit_manifest(bundle, **changes):
-    path = bundle / MANIFEST_NAME
+    path = bundle / MANIFEST_FILE
     data = json.loads(path.read_text())
     data.update(changes)
     path.write_text(json.dumps(data))
@@ -30,12 +31,14 @@ def _edit_manifest(bundle, **changes):
 
 def test_manifest_lists_every_file_with_its_hash(tiny_built):
     manifest = load_manifest(tiny_built.path)
-    on_disk = {p.name for p in tiny_built.path.iterdir()} - {MANIFEST_NAME}
+    on_disk = {p.name for p in tiny_built.path.iterdir()} - {MANIFEST_FILE}
     assert set(manifest.files) == on_disk
     assert {"image_encoder.onnx", "image_encoder.onnx.data", "heads.onnx", "text_embeddings.npy"} <= on_disk
     assert manifest.components["image_encoder"].external_data == ["image_encoder.onnx.data"]
     assert manifest.components["image_encoder"].inputs[0].shape == ["batch", 3, 224, 224]
-    assert manifest.clip["weights"]["kind"] == "random" and "never for inspection" in manifest.clip["weights"]["warning"]
+    assert (
+        manifest.clip["weights"]["kind"] == "random" and "never for inspection" in manifest.clip["weights"]["warning"]
+    )
 
 
 def test_tampered_file_is_refused(bundle_copy):
@@ -58,13 +61,16 @@ def test_newer_schema_is_refused_with_upgrade_hint(bundle_copy):
         Detector.from_bundle(bundle_copy)
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not valid JSON"),
-    ('{"schema_version": 1}', "malformed"),
-    ("[]", "no schema_version"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"schema_version": 1}', "malformed"),
+        ("[]", "no schema_version"),
+    ],
+)
 def test_malformed_manifests_are_named(bundle_copy, content, message):
-    (bundle_copy / MANIFEST_NAME).write_text(content)
+    (bundle_copy / MANIFEST_FILE).write_text(content)
     with pytest.raises(BundleError, match=message):
         load_manifest(bundle_copy)
 
@@ -77,9 +83,9 @@ def test_not_a_bundle_and_missing_folder(tmp_path):
 
 
 def test_graph_and_manifest_size_mismatch_is_refused(bundle_copy):
-    manifest = json.loads((bundle_copy / MANIFEST_NAME).read_text())
+    manifest = json.loads((bundle_copy / MANIFEST_FILE).read_text())
     manifest["preprocess"]["input_size"] = [240, 240]
-    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"expects images of \[224, 224\].*\[240, 240\]: mismatched"):
         Detector.from_bundle(bundle_copy)
 
@@ -121,9 +127,9 @@ def test_heads_are_required(tmp_path):
 def test_reference_rebuild_needs_the_recorded_checkpoint(bundle_copy, tmp_path):
     from zsad_edge.export.build import reference_from_bundle
 
-    manifest = json.loads((bundle_copy / MANIFEST_NAME).read_text())
+    manifest = json.loads((bundle_copy / MANIFEST_FILE).read_text())
     manifest["clip"]["weights"] = {"kind": "checkpoint", "file": "clip.pt", "sha256": "0" * 64}
-    (bundle_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ModelLoadError, match="built from checkpoint clip.pt: pass it again with --clip-checkpoint"):
         reference_from_bundle(bundle_copy)
     (tmp_path / "other.pt").write_bytes(b"x")
@@ -141,4 +147,6 @@ def test_existing_output_is_refused_before_any_slow_work(tmp_path, monkeypatch):
     monkeypatch.setattr(build_module, "load_clip", must_not_load)
     (tmp_path / "b").mkdir()
     with pytest.raises(ZsadEdgeError, match="output folder exists"):
-        build_bundle(BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True), method="fnn", out_dir=tmp_path / "b"))
+        build_bundle(
+            BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True), method="fnn", out_dir=tmp_path / "b")
+        )

@@ -39,7 +39,7 @@ def _case(seed, quantise):
         mask = np.zeros((12, 15), bool)
         for _ in range(rng.integers(0, 3)):
             y, x = rng.integers(0, 9), rng.integers(0, 12)
-            mask[y:y + rng.integers(1, 4), x:x + rng.integers(1, 4)] = True
+            mask[y : y + rng.integers(1, 4), x : x + rng.integers(1, 4)] = True
         score = rng.random((12, 15)) + 0.8 * mask
         maps.append(np.round(score, 1) if quantise else score)
         masks.append(mask)

@@ -5,15 +5,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
+from helpers import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _run(args, cwd=REPO):
+def _run(args, cwd=REPO_ROOT):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
@@ -27,8 +25,10 @@ def _error_lines(stderr):
 
 
 def test_demo_builds_and_detects_offline(tmp_path):
-    proc = _run([sys.executable, str(REPO / "export" / "build_engines.py"), "demo", "--out", str(tmp_path / "demo")],
-                cwd=tmp_path)
+    proc = _run(
+        [sys.executable, str(REPO_ROOT / "export" / "build_engines.py"), "demo", "--out", str(tmp_path / "demo")],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "demo" / "manifest.json").is_file()
     result = json.loads((tmp_path / "demo_output" / "synthetic_part.json").read_text())
@@ -36,10 +36,13 @@ def test_demo_builds_and_detects_offline(tmp_path):
     overlay = cv2.imread(str(tmp_path / "demo_output" / "synthetic_part_overlay.png"))
     assert overlay.shape[1:] == (400, 3) and 256 < overlay.shape[0] < 256 + 60  # the image below a header line
     manifest = (tmp_path / "demo" / "manifest.json").read_bytes()
-    again = _run([sys.executable, str(REPO / "export" / "build_engines.py"), "demo", "--out", str(tmp_path / "demo")],
-                 cwd=tmp_path)
+    again = _run(
+        [sys.executable, str(REPO_ROOT / "export" / "build_engines.py"), "demo", "--out", str(tmp_path / "demo")],
+        cwd=tmp_path,
+    )
     assert again.returncode == 2 and _error_lines(again.stderr) == [
-        f"error: output folder exists: {tmp_path / 'demo'} (pass --overwrite to replace it)"]
+        f"error: output folder exists: {tmp_path / 'demo'} (pass --overwrite to replace it)"
+    ]
     assert (tmp_path / "demo" / "manifest.json").read_bytes() == manifest
 
 
@@ -67,7 +70,9 @@ def test_single_corrupt_image_is_one_error_line(tiny_built, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"nope")
     proc = _zsad("detect", tiny_built.path, tmp_path / "bad.png", "--out", tmp_path / "out")
     assert proc.returncode == 2
-    assert _error_lines(proc.stderr) == [f"error: no image could be read: cannot decode image (corrupt or not an image): {tmp_path / 'bad.png'}"]
+    assert _error_lines(proc.stderr) == [
+        f"error: no image could be read: cannot decode image (corrupt or not an image): {tmp_path / 'bad.png'}"
+    ]
     assert "Traceback" not in proc.stderr
 
 
@@ -95,9 +100,13 @@ def test_bad_bundles_give_one_error_line(tiny_built, tmp_path):
 
 
 def test_build_errors_are_one_line(tmp_path):
-    build = [sys.executable, str(REPO / "export" / "build_engines.py"), "--arch", "zsad-tiny-vit"]
-    proc = _run([*build, "--clip-checkpoint", str(tmp_path / "missing.pt"), "--random-heads", "--out", str(tmp_path / "b")])
-    assert proc.returncode == 2 and _error_lines(proc.stderr) == [f"error: CLIP checkpoint not found: {tmp_path / 'missing.pt'}"]
+    build = [sys.executable, str(REPO_ROOT / "export" / "build_engines.py"), "--arch", "zsad-tiny-vit"]
+    proc = _run(
+        [*build, "--clip-checkpoint", str(tmp_path / "missing.pt"), "--random-heads", "--out", str(tmp_path / "b")]
+    )
+    assert proc.returncode == 2 and _error_lines(proc.stderr) == [
+        f"error: CLIP checkpoint not found: {tmp_path / 'missing.pt'}"
+    ]
     proc = _run([*build, "--random-init", "--out", str(tmp_path / "b")])
     assert proc.returncode == 2 and "--heads-checkpoint PATH" in _error_lines(proc.stderr)[0]
     assert not (tmp_path / "b").exists()
@@ -134,10 +143,23 @@ def _write_normals(folder, count, seed=3, shape=(50, 70)):
 
 
 def test_sdp_cli_build_calibrate_detect(tmp_path):
-    build = [sys.executable, str(REPO / "export" / "build_engines.py"), "--method", "sdp", "--arch", "zsad-tiny-vit",
-             "--random-init", "--image-size", "224", "--gaussian-sigma", "4"]
+    build = [
+        sys.executable,
+        str(REPO_ROOT / "export" / "build_engines.py"),
+        "--method",
+        "sdp",
+        "--arch",
+        "zsad-tiny-vit",
+        "--random-init",
+        "--image-size",
+        "224",
+        "--gaussian-sigma",
+        "4",
+    ]
     proc = _run([*build, "--heads-checkpoint", str(tmp_path / "h.pth"), "--out", str(tmp_path / "x")])
-    assert proc.returncode == 2 and "sdp is training-free and takes no --heads-checkpoint" in _error_lines(proc.stderr)[0]
+    assert (
+        proc.returncode == 2 and "sdp is training-free and takes no --heads-checkpoint" in _error_lines(proc.stderr)[0]
+    )
     proc = _run([*build, "--out", str(tmp_path / "sdp")])
     assert proc.returncode == 0, proc.stderr
     normals = _write_normals(tmp_path / "normals", 3)
@@ -151,9 +173,25 @@ def test_sdp_cli_build_calibrate_detect(tmp_path):
 
 
 def test_fnn_cli_build_trains_with_a_progress_bar(tmp_path):
-    proc = _run([sys.executable, str(REPO / "export" / "build_engines.py"), "--method", "fnn", "--arch", "zsad-tiny-vit",
-                 "--random-init", "--image-size", "224", "--fnn-pairs", "100", "--fnn-epochs", "2",
-                 "--out", str(tmp_path / "fnn")])
+    proc = _run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "export" / "build_engines.py"),
+            "--method",
+            "fnn",
+            "--arch",
+            "zsad-tiny-vit",
+            "--random-init",
+            "--image-size",
+            "224",
+            "--fnn-pairs",
+            "100",
+            "--fnn-epochs",
+            "2",
+            "--out",
+            str(tmp_path / "fnn"),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     assert "train FNN" in proc.stderr and "encode text" in proc.stderr  # tqdm progress bars
     info = json.loads(_zsad("info", tmp_path / "fnn").stdout)

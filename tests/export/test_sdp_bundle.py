@@ -4,9 +4,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import relative_map_error, run_onnx
 from torch import nn
 
-from conftest import relative_map_error, run_onnx
 from zsad_edge.export.build import BuildConfig, build_bundle, reference_from_bundle
 from zsad_edge.export.clip_backbone import ClipSpec
 from zsad_edge.export.sdp import SurgeryEncoder
@@ -14,13 +14,21 @@ from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import BundleError, ModelLoadError
 
 
-@pytest.fixture(scope="module", params=[("sdp", "official"), ("sdpplus", "official"), ("sdp", "clean"),
-                                        ("sdpplus", "clean")], ids="-".join)
+@pytest.fixture(
+    scope="module",
+    params=[("sdp", "official"), ("sdpplus", "official"), ("sdp", "clean"), ("sdpplus", "clean")],
+    ids="-".join,
+)
 def sdp_built(request, tmp_path_factory):
     """Every parity test below runs for both methods in both CLIP-AD modes."""
     method, mode = request.param
-    config = BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method=method,
-                         out_dir=tmp_path_factory.mktemp(method) / "bundle", random_heads=True, clipad_mode=mode)
+    config = BuildConfig(
+        clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
+        method=method,
+        out_dir=tmp_path_factory.mktemp(method) / "bundle",
+        random_heads=True,
+        clipad_mode=mode,
+    )
     return build_bundle(config)
 
 
@@ -48,7 +56,9 @@ def test_manifest_records_the_method_and_its_defaults(sdp_built):
 def test_encoder_graph_carries_the_surgery_path(sdp_built, rng):
     """The ONNX encoder's surgery output equals the torch v-v surgery stream, not the plain taps."""
     detector = Detector.from_bundle(sdp_built.path)
-    outputs = [o.name for o in onnx.load(str(sdp_built.path / "image_encoder.onnx"), load_external_data=False).graph.output]
+    outputs = [
+        o.name for o in onnx.load(str(sdp_built.path / "image_encoder.onnx"), load_external_data=False).graph.output
+    ]
     assert "surgery_taps" in outputs and ("taps" in outputs) == (sdp_built.manifest.method["name"] == "sdpplus")
     batch, _ = detector.preprocess(_images(rng, 2))
     got = detector.encode(batch)["surgery_taps"]
@@ -95,8 +105,8 @@ def test_few_shot_is_refused(sdp_built, rng):
 
 def test_eval_runtime_and_rebuilt_reference_agree(sdp_built, quirky_set):
     """`zsad-edge eval --reference` for SDP bundles: metrics of both sides match."""
-    from zsad_edge.runtime.evaluation.evaluate import METRICS, evaluate
     from zsad_edge.runtime.evaluation.dataset import scan_dataset
+    from zsad_edge.runtime.evaluation.evaluate import METRICS, evaluate
 
     detectors = {"runtime": Detector.from_bundle(sdp_built.path), "reference": reference_from_bundle(sdp_built.path)}
     metrics = evaluate(detectors, scan_dataset(quirky_set), progress=False)["categories"]["parts"]["metrics"]
@@ -140,8 +150,14 @@ def test_official_clipad_sdpplus_checkpoint_loads_and_runs(tmp_path, rng):
     layers = _ClipAdLinearLayers(64, 32, 4)
     checkpoint = tmp_path / "train_on_visa.pth"
     torch.save({"linear_layers": layers.state_dict()}, checkpoint)
-    built = build_bundle(BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="sdpplus",
-                                     out_dir=tmp_path / "bundle", heads_checkpoint=checkpoint))
+    built = build_bundle(
+        BuildConfig(
+            clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
+            method="sdpplus",
+            out_dir=tmp_path / "bundle",
+            heads_checkpoint=checkpoint,
+        )
+    )
     assert built.manifest.method["params"]["heads"]["kind"] == "checkpoint"
     for mine, official in zip(built.modules.linear_heads.fc, layers.fc):
         assert torch.equal(mine.weight, official.weight) and torch.equal(mine.bias, official.bias)
@@ -155,10 +171,17 @@ def test_official_clipad_sdpplus_checkpoint_loads_and_runs(tmp_path, rng):
 def test_heads_checkpoint_of_unknown_layout_names_the_accepted_ones(tmp_path):
     checkpoint = tmp_path / "other.pth"
     torch.save({"model": {"head.weight": torch.zeros(2, 2)}, "epoch": 3}, checkpoint)
-    config = BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224), method="sdpplus",
-                         out_dir=tmp_path / "bundle", heads_checkpoint=checkpoint)
-    with pytest.raises(ModelLoadError, match=r"unknown layout \(top-level keys: epoch, model\).*trainable_linearlayer.*"
-                                             r"linear_layers.*bare state dict"):
+    config = BuildConfig(
+        clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
+        method="sdpplus",
+        out_dir=tmp_path / "bundle",
+        heads_checkpoint=checkpoint,
+    )
+    with pytest.raises(
+        ModelLoadError,
+        match=r"unknown layout \(top-level keys: epoch, model\).*trainable_linearlayer.*"
+        r"linear_layers.*bare state dict",
+    ):
         build_bundle(config)
     torch.save([1, 2, 3], checkpoint)
     with pytest.raises(ModelLoadError, match="holds a list, not a dict"):
@@ -166,8 +189,10 @@ def test_heads_checkpoint_of_unknown_layout_names_the_accepted_ones(tmp_path):
     assert not (tmp_path / "bundle").exists()
 
 
-@pytest.mark.parametrize("method, setting, sigma", [("sdp", "visa", 8.0), ("sdpplus", "visa", 2.0),
-                                                    ("sdpplus", "mvtec", 8.0), ("fnn", "visa", 8.0)])
+@pytest.mark.parametrize(
+    "method, setting, sigma",
+    [("sdp", "visa", 8.0), ("sdpplus", "visa", 2.0), ("sdpplus", "mvtec", 8.0), ("fnn", "visa", 8.0)],
+)
 def test_published_smoothing_per_data_set(method, setting, sigma):
     """CLIP-AD's scripts: sigma 8, except SDP+ on VisA (2)."""
     from zsad_edge.export.methods import export_method

@@ -9,12 +9,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import run_onnx, write_image
 from onnx import numpy_helper
 
-from conftest import run_onnx, write_image
 from zsad_edge.calibration.drift import DriftTolerance, measure_drift
 from zsad_edge.calibration.ort_fusion import fuse_for_onnxruntime, fuse_self_attention
-from zsad_edge.calibration.precision import convert, input_linear_layers, quantize_input_linear_layers, weight_node_names
+from zsad_edge.calibration.precision import (
+    convert,
+    input_linear_layers,
+    quantize_input_linear_layers,
+    weight_node_names,
+)
 from zsad_edge.calibration.variants import add_precision, load_calibration_images
 from zsad_edge.runtime.bundle import load_manifest
 from zsad_edge.runtime.detector import Detector
@@ -46,9 +51,14 @@ def test_int8_qdq_graph_quantizes_only_weight_nodes_symmetrically(bundle, normal
     producers = {out: node for node in model.graph.node for out in node.output}
     for node in model.graph.node:
         if node.op_type in ("LayerNormalization", "Softmax", "Add", "Erf"):  # ViT rules: these stay float
-            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input), node.name
-    dequantized_consumers = {n.op_type for n in model.graph.node
-                             if any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)}
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input), (
+                node.name
+            )
+    dequantized_consumers = {
+        n.op_type
+        for n in model.graph.node
+        if any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)
+    }
     assert dequantized_consumers <= {"MatMul", "Conv", "Gemm", "Shape"}  # Shape reads no values
     initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     quantize_nodes = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -72,7 +82,9 @@ def test_fp16_graph_keeps_layernorm_and_io_in_fp32(bundle, tmp_path):
         assert all(types[i] == onnx.TensorProto.FLOAT for i in node.input[1:] if i in types)
         assert by_output[node.input[0]].op_type == "Cast"
     assert "LayerNormalization" in plan.kept_float_ops
-    assert all(t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for t in [*model.graph.input, *model.graph.output])
+    assert all(
+        t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for t in [*model.graph.input, *model.graph.output]
+    )
 
 
 def test_onnxruntime_fusions_are_exact_and_int8_dynamic_quantizes_the_fused_attention(bundle, rng, tmp_path):
@@ -117,16 +129,25 @@ def test_heads_int8_takes_only_the_linear_layers_on_the_taps(bundle, rng, tmp_pa
     assert plan.weight_nodes == 4
     quantized = onnx.load(str(tmp_path / "heads.int8-dynamic.onnx"))
     assert sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in quantized.graph.node) == 4
-    feeds = {"image_embedding": rng.standard_normal((2, 32)).astype(np.float32),
-             "taps": rng.standard_normal((2, 4, 196, 64)).astype(np.float32)}
-    (got_map, got_score), (want_map, want_score) = run_onnx(tmp_path / "heads.int8-dynamic.onnx", feeds), run_onnx(source, feeds)
+    feeds = {
+        "image_embedding": rng.standard_normal((2, 32)).astype(np.float32),
+        "taps": rng.standard_normal((2, 4, 196, 64)).astype(np.float32),
+    }
+    (got_map, got_score), (want_map, want_score) = (
+        run_onnx(tmp_path / "heads.int8-dynamic.onnx", feeds),
+        run_onnx(source, feeds),
+    )
     assert np.corrcoef(got_map.ravel(), want_map.ravel())[0, 1] > 0.99
     np.testing.assert_array_equal(got_score, want_score)  # the image score path has no linear layer: untouched
 
 
 def test_identical_detectors_have_no_drift(tiny_detector, normal_folder):
     drift = measure_drift(tiny_detector, tiny_detector, sorted(map(str, normal_folder.iterdir())))
-    assert drift["images"] == 6 and drift["map_pearson_mean"] == pytest.approx(1.0) and drift["map_pearson_min"] == pytest.approx(1.0)
+    assert (
+        drift["images"] == 6
+        and drift["map_pearson_mean"] == pytest.approx(1.0)
+        and drift["map_pearson_min"] == pytest.approx(1.0)
+    )
     assert drift["score_spearman"] == pytest.approx(1.0) and drift["map_max_error_of_range"] == 0.0
     with pytest.raises(ZsadEdgeError, match="at least 3 images"):
         measure_drift(tiny_detector, tiny_detector, [str(next(normal_folder.iterdir()))])
@@ -148,9 +169,16 @@ def test_variants_join_the_bundle_with_drift_and_run_in_the_runtime(bundle, norm
         drift = measure_drift(fp32, variant, images)
         assert drift["map_pearson_mean"] >= min_pearson, (precision, drift)
         assert drift == pytest.approx(manifest.precisions[precision]["drift"], rel=1e-5)  # the manifest tells the truth
-    assert measure_drift(fp32, Detector.from_bundle(bundle, backend="cpu", precision="fp16"), images)["map_max_error_of_range"] < 0.01
+    assert (
+        measure_drift(fp32, Detector.from_bundle(bundle, backend="cpu", precision="fp16"), images)[
+            "map_max_error_of_range"
+        ]
+        < 0.01
+    )
     dynamic = manifest.precisions["int8-dynamic"]  # int8-dynamic also carries int8 heads; the others keep fp32 heads
-    assert dynamic["components"]["heads"].file == "heads.int8-dynamic.onnx" and dynamic["heads_plan"]["weight_nodes"] == 4
+    assert (
+        dynamic["components"]["heads"].file == "heads.int8-dynamic.onnx" and dynamic["heads_plan"]["weight_nodes"] == 4
+    )
     assert "heads" not in manifest.precisions["int8"]["components"] and "heads_plan" not in manifest.precisions["int8"]
     (bundle / "image_encoder.int8.onnx.data").write_bytes(b"tampered")
     with pytest.raises(BundleError, match="image_encoder.int8.onnx.data does not match"):
@@ -159,13 +187,21 @@ def test_variants_join_the_bundle_with_drift_and_run_in_the_runtime(bundle, norm
 
 def test_drift_gate_refuses_a_variant_and_leaves_the_bundle_as_it_was(bundle, normal_folder):
     before = {p.name: p.read_bytes() for p in bundle.iterdir()}
-    with pytest.raises(ParityError, match=r"int8-dynamic image encoder \+ heads drifts too far from fp32 on 6 images: map Pearson [01]\.\d{4} < 1\.01 \(map max error"):
-        add_precision(bundle, "int8-dynamic", load_calibration_images([normal_folder], None), tolerance=DriftTolerance(1.01, None))
+    with pytest.raises(
+        ParityError,
+        match=r"int8-dynamic image encoder \+ heads drifts too far from fp32 on 6 images: "
+        r"map Pearson [01]\.\d{4} < 1\.01 \(map max error",
+    ):
+        add_precision(
+            bundle, "int8-dynamic", load_calibration_images([normal_folder], None), tolerance=DriftTolerance(1.01, None)
+        )
     assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
 
 
 def test_missing_variant_and_bad_calibration_input_are_named(bundle, tmp_path):
-    with pytest.raises(BundleError, match=r"no 'int8' variant \(available: fp32\); add it with .*add-precision BUNDLE --precision int8"):
+    with pytest.raises(
+        BundleError, match=r"no 'int8' variant \(available: fp32\); add it with .*add-precision BUNDLE --precision int8"
+    ):
         Detector.from_bundle(bundle, backend="cpu", precision="int8")
     (tmp_path / "few").mkdir()
     write_image(tmp_path / "few" / "a.png", np.zeros((8, 8), np.uint8))
@@ -181,8 +217,21 @@ def test_missing_variant_and_bad_calibration_input_are_named(bundle, tmp_path):
 def test_build_engines_adds_variants_to_an_existing_bundle(bundle, normal_folder, capsys):
     from zsad_edge.export.cli import main
 
-    assert main(["add-precision", str(bundle), "--precision", "int8-dynamic", "--calibration-images", str(normal_folder),
-                 "--min-score-spearman", "0"]) == 0
+    assert (
+        main(
+            [
+                "add-precision",
+                str(bundle),
+                "--precision",
+                "int8-dynamic",
+                "--calibration-images",
+                str(normal_folder),
+                "--min-score-spearman",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "int8-dynamic variant added" in capsys.readouterr().out
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["precisions"]["int8-dynamic"]["tolerance"] == {"min_map_pearson": 0.97, "min_score_spearman": 0.0}

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO_ROOT
 
-from zsad_edge.export.clip_backbone import (ClipSpec, ImageEncoderWithTaps, default_taps, load_clip,
-                                            validate_taps)
+from zsad_edge.export.clip_backbone import ClipSpec, ImageEncoderWithTaps, default_taps, load_clip, validate_taps
 from zsad_edge.runtime.errors import ModelLoadError
 
 TINY = "zsad-tiny-vit"
@@ -65,8 +65,9 @@ def test_checkpoint_round_trip_and_interpolated_position_embedding(tiny_clip, tm
     assert larger.patch_grid == (20, 20)
     assert larger.model.visual.positional_embedding.shape == (1 + 20 * 20, 64)
     # The class-token position is carried over untouched; the grid part is interpolated.
-    torch.testing.assert_close(larger.model.visual.positional_embedding[0],
-                               tiny_clip.model.visual.positional_embedding[0])
+    torch.testing.assert_close(
+        larger.model.visual.positional_embedding[0], tiny_clip.model.visual.positional_embedding[0]
+    )
 
 
 def test_weight_source_errors_are_actionable(tmp_path):
@@ -95,9 +96,22 @@ def test_offline_pretrained_tag_tells_how_to_pass_a_local_checkpoint(tmp_path):
     """The real download path runs; offline it must end in one actionable line, exit code 2."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "export/build_engines.py", "--arch", "ViT-B-16", "--pretrained", "laion2b_s34b_b88k",
-         "--random-heads", "--out", str(tmp_path / "b")],
-        capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300,
+        [
+            sys.executable,
+            "export/build_engines.py",
+            "--arch",
+            "ViT-B-16",
+            "--pretrained",
+            "laion2b_s34b_b88k",
+            "--random-heads",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=300,
     )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -124,7 +138,10 @@ def _activation_layers(model) -> set[str]:
 def test_auto_activation_follows_the_official_factory(tiny_openai_tag, caplog):
     """Off the architecture's size (APRIL-GAN's 518 for a 336 model): the config's GELU, whatever the source.
     At its own size an OpenAI tag gives QuickGELU; a checkpoint keeps the config's and says how to change it."""
-    for spec in (ClipSpec(TINY, pretrained="openai", image_size=240), ClipSpec(TINY, checkpoint=tiny_openai_tag, image_size=240)):
+    for spec in (
+        ClipSpec(TINY, pretrained="openai", image_size=240),
+        ClipSpec(TINY, checkpoint=tiny_openai_tag, image_size=240),
+    ):
         clip = load_clip(spec)
         assert clip.activation["name"] == "gelu" and "240 px is not" in clip.activation["rule"]
         assert _activation_layers(clip.model) == {"GELU"}
@@ -147,8 +164,14 @@ def test_each_activation_choice_gives_one_model_through_both_load_paths(tiny_ope
     torch.testing.assert_close(from_tag.model.encode_image(image), from_file.model.encode_image(image), rtol=0, atol=0)
     tokens = from_tag.tokenizer(["a photo of a weld"])
     torch.testing.assert_close(from_tag.model.encode_text(tokens), from_file.model.encode_text(tokens), rtol=0, atol=0)
-    other = load_clip(ClipSpec(TINY, checkpoint=tiny_openai_tag, image_size=240,
-                               activation="gelu" if activation == "quick_gelu" else "quick_gelu"))
+    other = load_clip(
+        ClipSpec(
+            TINY,
+            checkpoint=tiny_openai_tag,
+            image_size=240,
+            activation="gelu" if activation == "quick_gelu" else "quick_gelu",
+        )
+    )
     assert not torch.allclose(other.model.encode_image(image), from_file.model.encode_image(image), atol=1e-4)
 
 
@@ -163,8 +186,9 @@ def test_activation_is_recorded_shown_and_reused_by_the_reference(tiny_openai_ta
     from zsad_edge.runtime.cli import main as cli_main
     from zsad_edge.runtime.detector import Detector
 
-    built = build_bundle(BuildConfig(clip=ClipSpec(TINY, pretrained="openai", image_size=240), out_dir=tmp_path / "b",
-                                     random_heads=True))
+    built = build_bundle(
+        BuildConfig(clip=ClipSpec(TINY, pretrained="openai", image_size=240), out_dir=tmp_path / "b", random_heads=True)
+    )
     assert built.manifest.clip["activation"]["name"] == "gelu"
     assert cli_main(["info", str(built.path)]) == 0
     assert json.loads(capsys.readouterr().out)["clip"]["activation"]["name"] == "gelu"

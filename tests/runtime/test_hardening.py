@@ -1,7 +1,6 @@
 """Issue 13: damaged inputs, stops and outputs, each reproduced through the command line a user runs."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -12,17 +11,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import REPO_ROOT, write_image
 
-from conftest import write_image
 from zsad_edge.runtime.bundle import load_manifest
-from zsad_edge.runtime.errors import BundleError
 
-REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "zsad_edge.runtime.cli"]
 
 
 def _zsad(*args, **kwargs):
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=REPO, **kwargs)
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, **kwargs)
 
 
 def _errors(stderr: str) -> list[str]:
@@ -40,7 +37,9 @@ def _one_error(proc) -> str:
 def _parts(folder: Path, count: int, shape=(48, 64), seed=0) -> Path:
     rng = np.random.default_rng(seed)
     for i in range(count):
-        write_image(folder / f"p{i:03d}.png", (np.clip(0.5 + 0.1 * rng.standard_normal(shape), 0, 1) * 255).astype(np.uint8))
+        write_image(
+            folder / f"p{i:03d}.png", (np.clip(0.5 + 0.1 * rng.standard_normal(shape), 0, 1) * 255).astype(np.uint8)
+        )
     return folder
 
 
@@ -54,14 +53,27 @@ def _edited_bundle(tiny_built, tmp_path, edit) -> Path:
 
 
 # 1. hand-edited manifests
-@pytest.mark.parametrize("edit, named", [
-    (lambda m: m["scoring"].update(image_threshold="0,5"), "scoring.image_threshold must be a number, got '0,5'"),
-    (lambda m: m["scoring"].pop("map_threshold"), "scoring.map_threshold is missing (needs a number)"),
-    (lambda m: m["preprocess"].update(mean=[0.5, 0.5]), "preprocess.mean must be three numbers (R, G, B), got [0.5, 0.5]"),
-    (lambda m: m.update(taps=[1, 2, 9]), "taps must lie within the model's 4 blocks, got [1, 2, 9]"),
-    (lambda m: m["scoring"].update(rule="best"), "scoring.rule must be one of prompt, prompt_and_map_mean, normalised_sum"),
-    (lambda m: m["method"]["params"].update(gaussian_sigma=-1), "method.params.gaussian_sigma must be a number >= 0"),
-], ids=["threshold-string", "threshold-missing", "mean-length", "taps-beyond-model", "unknown-rule", "negative-sigma"])
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda m: m["scoring"].update(image_threshold="0,5"), "scoring.image_threshold must be a number, got '0,5'"),
+        (lambda m: m["scoring"].pop("map_threshold"), "scoring.map_threshold is missing (needs a number)"),
+        (
+            lambda m: m["preprocess"].update(mean=[0.5, 0.5]),
+            "preprocess.mean must be three numbers (R, G, B), got [0.5, 0.5]",
+        ),
+        (lambda m: m.update(taps=[1, 2, 9]), "taps must lie within the model's 4 blocks, got [1, 2, 9]"),
+        (
+            lambda m: m["scoring"].update(rule="best"),
+            "scoring.rule must be one of prompt, prompt_and_map_mean, normalised_sum",
+        ),
+        (
+            lambda m: m["method"]["params"].update(gaussian_sigma=-1),
+            "method.params.gaussian_sigma must be a number >= 0",
+        ),
+    ],
+    ids=["threshold-string", "threshold-missing", "mean-length", "taps-beyond-model", "unknown-rule", "negative-sigma"],
+)
 def test_hand_edited_manifest_is_refused_naming_the_field(tiny_built, tmp_path, edit, named):
     bundle = _edited_bundle(tiny_built, tmp_path, edit)
     images = _parts(tmp_path / "in", 2)
@@ -100,8 +112,13 @@ def _wait_for(predicate, timeout=120.0):
 
 def test_sigint_stops_detect_with_a_summary_and_resume_finishes(tiny_built, tmp_path):
     images, out = _parts(tmp_path / "in", 300, shape=(32, 32)), tmp_path / "out"
-    proc = subprocess.Popen([*CLI, "detect", str(tiny_built.path), str(images), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [*CLI, "detect", str(tiny_built.path), str(images), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     assert _wait_for(lambda: len(list(out.glob("*.json"))) >= 3)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
@@ -120,7 +137,9 @@ def test_sigint_stops_detect_with_a_summary_and_resume_finishes(tiny_built, tmp_
 
 def _signal_on_progress(command: list, marker: str, number: int) -> tuple[int, str]:
     """Run a CLI command, send `number` as soon as its progress bar shows `marker`; (exit code, stderr)."""
-    proc = subprocess.Popen([*CLI, *map(str, command)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    proc = subprocess.Popen(
+        [*CLI, *map(str, command)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO_ROOT
+    )
     seen = b""
     while marker.encode() not in seen:
         chunk = proc.stderr.read1(256)
@@ -137,8 +156,10 @@ def test_sigterm_leaves_the_manifest_and_the_bank_as_they_were(tiny_built, tmp_p
     shutil.copytree(tiny_built.path, bundle)
     normals = _parts(tmp_path / "normals", 600, shape=(32, 32))
     before = (bundle / "manifest.json").read_bytes()
-    for command, marker in ((["calibrate", bundle, normals], "calibrate:"),
-                            (["fit-normal", bundle, normals, "--out", tmp_path / "bank.npz"], "fit-normal:")):
+    for command, marker in (
+        (["calibrate", bundle, normals], "calibrate:"),
+        (["fit-normal", bundle, normals, "--out", tmp_path / "bank.npz"], "fit-normal:"),
+    ):
         returncode, stderr = _signal_on_progress(command, marker, signal.SIGTERM)
         assert returncode == 143, stderr
         assert "Traceback" not in stderr and "stopped by SIGTERM after" in stderr
@@ -148,6 +169,7 @@ def test_sigterm_leaves_the_manifest_and_the_bank_as_they_were(tiny_built, tmp_p
 
 
 # 4. the demo keeps an existing bundle: tests/test_cli.py::test_demo_builds_and_detects_offline
+
 
 # 5. fit-normal
 def test_fit_normal_skips_unreadable_images_and_validates_shots(tiny_built, tmp_path):
@@ -171,16 +193,18 @@ def test_overlay_colours_follow_the_thresholds_in_use(tiny_built):
     assert colour_range({"map_threshold": 2.0, "map_max": 4.0}) == pytest.approx((0.0, 4.0))
     assert colour_range({"map_threshold": 0.5, "map_max": 1.0, "map_max_range": [0, 3.0]}) == pytest.approx((-2.0, 3.0))
     anomaly_map = np.tile(np.linspace(2.2, 2.8, 100, dtype=np.float32), (40, 1))  # a calibrated zero-shot range
-    result = DetectionResult(score=0.7, anomaly_map=anomaly_map, mask=anomaly_map > 2.5, is_anomalous=True,
-                             text_score=0.7, map_peak=2.8)
+    result = DetectionResult(
+        score=0.7, anomaly_map=anomaly_map, mask=anomaly_map > 2.5, is_anomalous=True, text_score=0.7, map_peak=2.8
+    )
     scoring = {"map_threshold": 2.5, "map_normal_median": 2.2, "image_threshold": 0.6}
-    overlay = render_overlay(np.zeros((40, 100), np.uint8), result, scoring, {"calibrated": True, "source": "bundle"},
-                             alpha=1.0)
+    overlay = render_overlay(
+        np.zeros((40, 100), np.uint8), result, scoring, {"calibrated": True, "source": "bundle"}, alpha=1.0
+    )
     body = overlay[-40:]
     hues = cv2.cvtColor(body, cv2.COLOR_RGB2HSV)[20, [2, 42, 97], 0]
     assert hues[0] > 100 and 20 < hues[1] < 100 and hues[2] < 10  # blue -> green near the threshold -> red
     assert (body[:, 48:52] == 255).all(axis=2).any()  # the threshold's contour, white
-    assert overlay.shape[0] > 40 and overlay[:overlay.shape[0] - 40].any()  # the header line
+    assert overlay.shape[0] > 40 and overlay[: overlay.shape[0] - 40].any()  # the header line
 
 
 # 7. traceable outputs
@@ -194,7 +218,12 @@ def test_outputs_mirror_inputs_record_the_run_and_never_read_themselves(tiny_bui
         assert proc.returncode == 0, proc.stderr
         assert "4 image(s) scored" in proc.stdout
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == [
-        "summary.json", "test/crack/p000.json", "test/crack/p001.json", "test/good/p000.json", "test/good/p001.json"]
+        "summary.json",
+        "test/crack/p000.json",
+        "test/crack/p001.json",
+        "test/good/p000.json",
+        "test/good/p001.json",
+    ]
     result = json.loads((out / "test" / "good" / "p000.json").read_text())
     assert result["image"] == str(data / "test" / "good" / "p000.png") and result["elapsed_ms"] > 0
     assert result["run"]["bundle"] == str(tiny_built.path) and result["run"]["precision"] == "fp32"
@@ -207,8 +236,10 @@ def test_uncalibrated_bundle_flagging_most_images_warns_once(tiny_built, tmp_pat
     proc = _zsad("detect", bundle, _parts(tmp_path / "in", 3), "--out", tmp_path / "out")
     assert proc.returncode == 0
     warnings = [line for line in proc.stderr.splitlines() if "uncalibrated bundle" in line]
-    assert warnings == ["warning: 3 of 3 images flagged by an uncalibrated bundle: its thresholds are placeholders; "
-                        "run `zsad-edge calibrate BUNDLE NORMAL_IMAGES` first"]
+    assert warnings == [
+        "warning: 3 of 3 images flagged by an uncalibrated bundle: its thresholds are placeholders; "
+        "run `zsad-edge calibrate BUNDLE NORMAL_IMAGES` first"
+    ]
 
 
 # 8. inputs
@@ -266,15 +297,16 @@ def test_huge_8bit_files_are_decoded_reduced(tmp_path):
 
 # 9. permissions
 def test_files_renamed_into_place_follow_the_umask(tmp_path):
-    from zsad_edge.export.build import build_bundle
-    from zsad_edge.export.demo import demo_config
 
-    code = (f"import os; os.umask(0o022)\n"
-            f"from zsad_edge.export.build import build_bundle\nfrom zsad_edge.export.demo import demo_config\n"
-            f"build_bundle(demo_config(__import__('pathlib').Path({str(tmp_path / 'b')!r}), False))\n"
-            f"from zsad_edge.runtime.cli import main\n"
-            f"main(['fit-normal', {str(tmp_path / 'b')!r}, {str(_parts(tmp_path / 'n', 2))!r}, '--out', {str(tmp_path / 'bank.npz')!r}])\n")
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=REPO, timeout=600)
+    code = (
+        f"import os; os.umask(0o022)\n"
+        f"from zsad_edge.export.build import build_bundle\nfrom zsad_edge.export.demo import demo_config\n"
+        f"build_bundle(demo_config(__import__('pathlib').Path({str(tmp_path / 'b')!r}), False))\n"
+        f"from zsad_edge.runtime.cli import main\n"
+        f"main(['fit-normal', {str(tmp_path / 'b')!r}, {str(_parts(tmp_path / 'n', 2))!r}, "
+        f"'--out', {str(tmp_path / 'bank.npz')!r}])\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=REPO_ROOT, timeout=600)
     assert (tmp_path / "b").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "b" / "manifest.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b" / "heads.onnx").stat().st_mode & 0o777 == 0o644
@@ -292,8 +324,9 @@ def test_benchmark_reports_default_to_the_current_folder(tmp_path, monkeypatch):
 def test_max_images_draws_across_defect_types():
     from zsad_edge.runtime.evaluation.dataset import Sample, sample_across_defects
 
-    samples = [Sample(Path(f"{d}{i}.png"), d) for d in ("blowhole",) * 1 for i in range(80)] + \
-        [Sample(Path(f"{d}{i}.png"), d) for d in ("crack", "fray") for i in range(10)]
+    samples = [Sample(Path(f"{d}{i}.png"), d) for d in ("blowhole",) * 1 for i in range(80)] + [
+        Sample(Path(f"{d}{i}.png"), d) for d in ("crack", "fray") for i in range(10)
+    ]
     drawn = sample_across_defects(samples, 9, seed=1)
     assert sorted(s.defect for s in drawn) == ["blowhole"] * 3 + ["crack"] * 3 + ["fray"] * 3
     assert drawn == sample_across_defects(samples, 9, seed=1) and drawn != sample_across_defects(samples, 9, seed=2)
@@ -312,8 +345,8 @@ def test_eval_stopped_midway_reports_the_images_it_scored(tiny_detector, quirky_
     """A stop during eval: metrics over the images scored so far, and the report says so."""
     import signal as signals
 
-    from zsad_edge.runtime.evaluation.evaluate import evaluate
     from zsad_edge.runtime.evaluation.dataset import scan_dataset
+    from zsad_edge.runtime.evaluation.evaluate import evaluate
     from zsad_edge.runtime.stopping import StopRequest
 
     stop, calls = StopRequest(), []
