@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)
 
     from zsad_edge.export.build import BuildConfig, build_bundle
-    from zsad_edge.export.clip_backbone import ClipSpec
-    from zsad_edge.export.fnn import FnnTrainConfig, RandomWordConfig
+    from zsad_edge.export.models.clip import ClipSpec
+    from zsad_edge.export.models.fnn import FnnTrainConfig, RandomWordConfig
 
     with tempfile.TemporaryDirectory() as scratch:
         built = build_bundle(

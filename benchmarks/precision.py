@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     from zsad_edge.export.build import BuildConfig, build_bundle
-    from zsad_edge.export.clip_backbone import ClipSpec
+    from zsad_edge.export.models.clip import ClipSpec
 
     calibration = load_calibration_images([args.dataset / "train" / "good"], args.calibration_count)
     test_images = [str(p) for p in list_images([args.dataset / "test"])]

@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    from zsad_edge.export.sam import SamSpec, load_sam
-    from zsad_edge.export.sam_export import export_sam_graphs
-    from zsad_edge.export.sam_reference import ReferenceSamPredictor
+    from zsad_edge.export.graphs.sam_graphs import export_sam_graphs
+    from zsad_edge.export.models.sam import SamSpec, load_sam
+    from zsad_edge.export.references.sam_predictor import ReferenceSamPredictor
 
     sam = load_sam(SamSpec(args.sam, checkpoint=args.sam_checkpoint, random_init=args.random_sam))
     geometry = SamGeometry(sam.input_size, sam.pixel_mean, sam.pixel_std, sam.embedding_grid)

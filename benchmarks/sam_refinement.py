@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    from zsad_edge.export.sam import SamSpec, load_sam
-    from zsad_edge.export.sam_export import export_sam_graphs
+    from zsad_edge.export.graphs.sam_graphs import export_sam_graphs
+    from zsad_edge.export.models.sam import SamSpec, load_sam
 
     sam = load_sam(SamSpec(args.sam, checkpoint=args.sam_checkpoint))
     mode = args.prompt_mode

@@ -15,7 +15,7 @@ for TensorRT.
 
 onnxruntime's own transformer optimizer does the GELU fusion. Its attention fusions match the
 graphs of Hugging Face models, not the lean attention this project exports
-(export/export_attention.py), so `fuse_self_attention` matches that pattern itself and leaves any
+(export/graphs/lean_attention.py), so `fuse_self_attention` matches that pattern itself and leaves any
 block alone whose pieces are used elsewhere (the surgery path of SDP, for example).
 """
 

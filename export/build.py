@@ -21,17 +21,17 @@ from zsad_edge.runtime.errors import ModelLoadError
 from zsad_edge.runtime.sam.cascade import CascadeConfig, attach_sam
 from zsad_edge.runtime.sam.predictor import SamGeometry
 
-from .aprilgan import AprilGanHeads, load_head_weights, randomize_heads
-from .bundle_writer import finalize_manifest, refuse_existing, staged_bundle
-from .clip_backbone import ClipSpec, LoadedClip, default_taps, load_clip, validate_taps
-from .export_attention import lean_attention_copy
-from .fnn import FnnTrainConfig
+from .graphs.bundle_writer import finalize_manifest, refuse_existing, staged_bundle
+from .graphs.lean_attention import lean_attention_copy
+from .graphs.onnx_export import check_parity, export_module
+from .graphs.sam_graphs import export_sam_graphs
 from .methods import EXPORT_METHODS, MethodModules, export_method, from_manifest
-from .onnx_export import check_parity, export_module
-from .reference import ReferenceDetector
-from .sam import LoadedSam, SamSpec, litemedsam_asset, load_sam
-from .sam_export import export_sam_graphs
-from .sam_reference import ReferenceSamPredictor
+from .models.aprilgan import AprilGanHeads, load_head_weights, randomize_heads
+from .models.clip import ClipSpec, LoadedClip, default_taps, load_clip, validate_taps
+from .models.fnn import FnnTrainConfig
+from .models.sam import LoadedSam, SamSpec, litemedsam_asset, load_sam
+from .references.detector import ReferenceDetector
+from .references.sam_predictor import ReferenceSamPredictor
 
 LOG = logging.getLogger(__name__)
 # Graphs are traced at batch 2; checking 1 and 4 covers both sides of the traced size.
@@ -110,8 +110,6 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
             f"(methods with trained heads: {', '.join(trained)})"
         )
     refuse_existing(config.out_dir, config.overwrite)
-    clip = load_clip(config.clip)
-    taps = validate_taps(config.taps, clip.num_layers) if config.taps else default_taps(clip.num_layers)
     params = method.params(
         config.object_name,
         config.prompt_set,
@@ -120,6 +118,8 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
         fusion_weight=config.fusion_weight,
         clipad_mode=config.clipad_mode,
     )
+    clip = load_clip(config.clip)
+    taps = validate_taps(config.taps, clip.num_layers) if config.taps else default_taps(clip.num_layers)
     text = method.text_features(clip, params)
     modules = method.assemble(clip, taps, text, params)
     if modules.linear_heads is not None:

@@ -14,7 +14,7 @@ import numpy as np
 from zsad_edge.runtime.image_io import write_image_atomic
 
 from .build import BuildConfig
-from .clip_backbone import ClipSpec
+from .models.clip import ClipSpec
 
 DEMO_ARCHITECTURE = "zsad-tiny-vit"
 

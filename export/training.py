@@ -24,7 +24,7 @@ from zsad_edge.runtime.evaluation.dataset import Sample, load_mask, scan_dataset
 from zsad_edge.runtime.image_io import check_image, read_image
 from zsad_edge.runtime.preprocess import PreprocessSpec, preprocess_batch
 
-from .aprilgan import OFFICIAL_CHECKPOINT_KEY, TRAINING_RECORD_KEY, AprilGanHeads
+from .models.aprilgan import OFFICIAL_CHECKPOINT_KEY, TRAINING_RECORD_KEY, AprilGanHeads
 
 LOG = logging.getLogger(__name__)
 

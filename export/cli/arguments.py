@@ -79,8 +79,8 @@ def add_clip_arguments(parser: argparse.ArgumentParser, methods: tuple[str, ...]
 
 def clip_spec_from_args(args: argparse.Namespace):
     """The ClipSpec the flags describe; the method's default tag applies only when no source is given."""
-    from zsad_edge.export.clip_backbone import ClipSpec
     from zsad_edge.export.methods import export_method
+    from zsad_edge.export.models.clip import ClipSpec
 
     defaults = export_method(args.method).defaults
     explicit = [args.pretrained is not None, args.clip_checkpoint is not None, args.random_init]

@@ -20,7 +20,7 @@ from .arguments import add_calibration_arguments, add_clip_arguments, add_sam_ar
 from .variants import add_variants, calibration_images
 
 HELP = "export a method's bundle (the default command)"
-FNN_OPTIONS = ("fnn_pairs", "fnn_epochs", "fusion_weight")
+FNN_TRAINING_OPTIONS = ("fnn_pairs", "fnn_epochs")  # --fusion-weight: the plug-in refuses it
 SAM_OPTIONS = ("sam_prompts", "sam_min_agreement", "sam_checkpoint", "random_sam")
 
 
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="map smoothing in px at input size (default: sdp/fnn 8; sdpplus 8, or 2 with --dbscan visa; aprilgan 0)",
     )
-    fnn = parser.add_argument_group("fnn method (defaults and their reasons: export/fnn.py)")
+    fnn = parser.add_argument_group("fnn method (defaults and their reasons: export/models/fnn.py)")
     fnn.add_argument("--fnn-pairs", type=int, help="random-word prompt pairs to train on (default 10000)")
     fnn.add_argument("--fnn-epochs", type=int, help="training epochs (default 20)")
     fnn.add_argument(
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _refuse_foreign_options(args: argparse.Namespace) -> None:
     """An option that does not apply to the chosen method or lacks --sam is an error, not ignored."""
     if args.method != "fnn":
-        for name in ("fnn_pairs", "fnn_epochs"):
+        for name in FNN_TRAINING_OPTIONS:
             if getattr(args, name) is not None:
                 raise ZsadEdgeError(f"--{name.replace('_', '-')} does not apply to --method {args.method}")
     if args.sam is None:
@@ -73,8 +73,8 @@ def _refuse_foreign_options(args: argparse.Namespace) -> None:
 
 def config_from_args(args: argparse.Namespace):
     from zsad_edge.export.build import BuildConfig
-    from zsad_edge.export.fnn import FnnTrainConfig
-    from zsad_edge.export.sam import SamSpec
+    from zsad_edge.export.models.fnn import FnnTrainConfig
+    from zsad_edge.export.models.sam import SamSpec
     from zsad_edge.runtime.sam.cascade import CascadeConfig
 
     _refuse_foreign_options(args)

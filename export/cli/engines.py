@@ -1,4 +1,4 @@
-"""`engines`: TensorRT engines of a bundle, built on this machine's GPU (export/trt_target.py).
+"""`engines`: TensorRT engines of a bundle, built on this machine's GPU (export/graphs/trt_target.py).
 
 Precision lives in the ONNX: fp16 and int8 engines come from the bundle's variants, added first
 (with the drift gate) when missing and --calibration-images is given. The equivalent trtexec
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zsad_edge.export.trt_target import build_trt_engines, check_engine_precisions
+    from zsad_edge.export.graphs.trt_target import build_trt_engines, check_engine_precisions
     from zsad_edge.runtime.backends.components import EngineOptions
     from zsad_edge.runtime.backends.trt.profiles import ProfileConfig
 

@@ -36,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zsad_edge.export.aprilgan import randomize_heads
-    from zsad_edge.export.clip_backbone import default_taps, load_clip, validate_taps
     from zsad_edge.export.methods import export_method
+    from zsad_edge.export.models.aprilgan import randomize_heads
+    from zsad_edge.export.models.clip import default_taps, load_clip, validate_taps
     from zsad_edge.export.training import TrainConfig, load_training_data, save_heads_checkpoint, train_heads
 
     method = export_method(args.method)

@@ -6,8 +6,8 @@ import torch
 
 from zsad_edge.runtime.contract import APRILGAN
 
-from ..clip_backbone import ImageEncoderWithTaps, LoadedClip
-from ..prompts import PromptSet, class_text_features
+from ..models.clip import ImageEncoderWithTaps, LoadedClip
+from ..models.prompts import PromptSet, class_text_features
 from . import register
 from .base import ExportMethod, MethodModules
 

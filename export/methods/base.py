@@ -19,8 +19,8 @@ from torch import nn
 from zsad_edge.runtime.contract import MethodSpec
 from zsad_edge.runtime.errors import ModelLoadError
 
-from ..aprilgan import LOGIT_SCALE, AprilGanHeads
-from ..clip_backbone import LoadedClip
+from ..models.aprilgan import LOGIT_SCALE, AprilGanHeads
+from ..models.clip import LoadedClip
 
 # Data-set families of CLIP-AD's settings (the --dbscan option).
 DATASET_FAMILIES = ("mvtec", "visa")

@@ -1,7 +1,7 @@
 """Random-word FNN: an FNN trained on CLIP text embeddings only, fused with the prompt score.
 
 It runs on CLIP-AD's surgery encoder (its paper names no CLIP) in the clean CLIP-AD mode by
-default; its choices are documented in export/fnn.py.
+default; its choices are documented in export/models/fnn.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from zsad_edge.runtime.contract import FNN, FNN_WEIGHTS_FILE, RANDOM_WORD_FNN
 from zsad_edge.runtime.errors import ModelLoadError
 
-from ..clip_backbone import LoadedClip
-from ..fnn import (
+from ..models.clip import LoadedClip
+from ..models.fnn import (
     FnnClassifier,
     FnnScorer,
     PromptProbabilityHeads,
@@ -23,7 +23,7 @@ from ..fnn import (
     save_classifier,
     train_fnn_on_clip_text,
 )
-from ..prompts import PromptSet
+from ..models.prompts import PromptSet
 from . import register
 from .base import MethodModules
 from .sdp import ClipAdMethod
@@ -32,16 +32,7 @@ from .sdp import ClipAdMethod
 @register
 class Fnn(ClipAdMethod):
     spec = RANDOM_WORD_FNN
-    defaults = {
-        "arch": "ViT-B-16-plus-240",
-        "pretrained": "laion400m_e31",
-        "image_size": 240,
-        "prompt_set": "clipad",
-        "gaussian_sigma": {"mvtec": 8.0, "visa": 8.0},
-        "clipad_mode": "clean",
-        "fusion_weight": 0.5,
-        "fnn_pairs": 10_000,
-    }
+    defaults = {**ClipAdMethod.model_defaults, "clipad_mode": "clean", "fusion_weight": 0.5}
     options = (*ClipAdMethod.options, "fusion_weight")
 
     def params(self, object_name, prompt_set, gaussian_sigma, dataset, **options) -> dict:

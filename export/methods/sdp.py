@@ -7,10 +7,10 @@ import torch
 from zsad_edge.runtime.contract import SDP
 from zsad_edge.runtime.errors import ModelLoadError
 
-from ..clip_backbone import LoadedClip
 from ..defaults import CLIPAD_MODES
-from ..prompts import PromptSet
-from ..sdp import DBSCAN_SETTINGS, LEGACY_CLIPAD_MODE, SdpHeads, SurgeryEncoder, representative_text_features
+from ..models.clip import LoadedClip
+from ..models.prompts import PromptSet
+from ..models.sdp import DBSCAN_SETTINGS, LEGACY_CLIPAD_MODE, SdpHeads, SurgeryEncoder, representative_text_features
 from . import register
 from .base import ExportMethod, MethodModules
 
@@ -24,6 +24,14 @@ class ClipAdMethod(ExportMethod):
     """What every method on CLIP-AD's encoder shares: DBSCAN text vectors and the CLIP-AD mode."""
 
     options = ("clipad_mode",)
+    # CLIP-AD's model, size, prompts and smoothing (sigma 8 in its scripts, SDP+ on VisA aside).
+    model_defaults = {
+        "arch": "ViT-B-16-plus-240",
+        "pretrained": "laion400m_e31",
+        "image_size": 240,
+        "prompt_set": "clipad",
+        "gaussian_sigma": {"mvtec": 8.0, "visa": 8.0},
+    }
 
     def params(self, object_name, prompt_set, gaussian_sigma, dataset, **options) -> dict:
         params = super().params(object_name, prompt_set, gaussian_sigma, dataset, **options)
@@ -53,14 +61,7 @@ class ClipAdMethod(ExportMethod):
 @register
 class Sdp(ClipAdMethod):
     spec = SDP
-    defaults = {
-        "arch": "ViT-B-16-plus-240",
-        "pretrained": "laion400m_e31",
-        "image_size": 240,
-        "prompt_set": "clipad",
-        "gaussian_sigma": {"mvtec": 8.0, "visa": 8.0},
-        "clipad_mode": "official",
-    }
+    defaults = {**ClipAdMethod.model_defaults, "clipad_mode": "official"}
 
     def assemble(self, clip: LoadedClip, taps: list[int], text: torch.Tensor, params: dict) -> MethodModules:
         linear = self.linear_heads(clip, taps, text) if self.spec.trained_heads else None

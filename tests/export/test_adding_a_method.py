@@ -10,8 +10,8 @@ from torch import nn
 
 from zsad_edge.export.build import reference_from_bundle
 from zsad_edge.export.cli import main as build_main
-from zsad_edge.export.clip_backbone import ImageEncoderWithTaps
 from zsad_edge.export.methods import EXPORT_METHODS, ExportMethod, MethodModules, register
+from zsad_edge.export.models.clip import ImageEncoderWithTaps
 from zsad_edge.runtime.contract import HEADS, IMAGE_EMBEDDING, IMAGE_ENCODER, METHODS, TAPS, MethodSpec
 from zsad_edge.runtime.detector import Detector
 

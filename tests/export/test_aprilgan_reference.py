@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zsad_edge.export.aprilgan import OFFICIAL_CHECKPOINT_KEY, AprilGanHeads, load_head_weights
-from zsad_edge.export.prompts import PromptSet, class_text_features, encode_sentences
+from zsad_edge.export.models.aprilgan import OFFICIAL_CHECKPOINT_KEY, AprilGanHeads, load_head_weights
+from zsad_edge.export.models.prompts import PromptSet, class_text_features, encode_sentences
 from zsad_edge.runtime.errors import ModelLoadError
 
 
@@ -84,7 +84,7 @@ def test_prompt_ensemble_size_and_class_vectors():
 
     import open_clip
 
-    from zsad_edge.export.clip_backbone import ClipSpec, load_clip
+    from zsad_edge.export.models.clip import ClipSpec, load_clip
 
     clip = load_clip(ClipSpec("zsad-tiny-vit", random_init=True))
     text = class_text_features(clip.model, clip.tokenizer, prompts, "battery weld")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import REPO_ROOT
 
-from zsad_edge.export.clip_backbone import ClipSpec, ImageEncoderWithTaps, default_taps, load_clip, validate_taps
+from zsad_edge.export.models.clip import ClipSpec, ImageEncoderWithTaps, default_taps, load_clip, validate_taps
 from zsad_edge.runtime.errors import ModelLoadError
 
 TINY = "zsad-tiny-vit"

@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from zsad_edge.export.clip_backbone import ClipSpec, ImageEncoderWithTaps, load_clip
-from zsad_edge.export.export_attention import LeanSelfAttention, lean_attention_copy
+from zsad_edge.export.graphs.lean_attention import LeanSelfAttention, lean_attention_copy
+from zsad_edge.export.models.clip import ClipSpec, ImageEncoderWithTaps, load_clip
 
 
 @torch.no_grad()

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from helpers import relative_map_error
 
 from zsad_edge.export.build import BuildConfig, build_bundle, reference_from_bundle
-from zsad_edge.export.clip_backbone import ClipSpec
-from zsad_edge.export.fnn import (
+from zsad_edge.export.models.clip import ClipSpec
+from zsad_edge.export.models.fnn import (
     FnnClassifier,
     FnnScorer,
     FnnTrainConfig,
@@ -17,7 +17,7 @@ from zsad_edge.export.fnn import (
     random_word_pairs,
     train_fnn,
 )
-from zsad_edge.export.prompts import PromptSet
+from zsad_edge.export.models.prompts import PromptSet
 from zsad_edge.runtime.detector import Detector
 
 CLIPAD = PromptSet.load("clipad")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from zsad_edge.export.sam import SamDecoderGraph, SamSpec, load_sam
-from zsad_edge.export.sam_export import export_sam_graphs
-from zsad_edge.export.sam_reference import ReferenceSamPredictor
+from zsad_edge.export.graphs.sam_graphs import export_sam_graphs
+from zsad_edge.export.models.sam import SamDecoderGraph, SamSpec, load_sam
+from zsad_edge.export.references.sam_predictor import ReferenceSamPredictor
 from zsad_edge.runtime.backends.ort import OrtComponent
 from zsad_edge.runtime.errors import BundleError, ModelLoadError
 from zsad_edge.runtime.sam.cascade import CascadeConfig, refine, select_masks, top_peaks
@@ -129,6 +129,7 @@ def test_runtime_predictor_matches_the_torch_reference(litemedsam, real_predicto
         assert np.abs(got_iou - want_iou).max() <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["disk", "square", "ring"])
 def test_box_prompt_segments_synthetic_shapes_with_real_weights(real_predictor, random_predictor, kind):
     """Real LiteMedSAM weights through ONNX reach IoU >= 0.9; random weights stay below 0.3."""
@@ -228,7 +229,7 @@ def test_cascade_edge_cases_have_defined_results(real_predictor, mode):
 @pytest.fixture(scope="module")
 def clipsam_bundle(tmp_path_factory):
     from zsad_edge.export.build import BuildConfig, build_bundle
-    from zsad_edge.export.clip_backbone import ClipSpec
+    from zsad_edge.export.models.clip import ClipSpec
 
     return build_bundle(
         BuildConfig(
@@ -240,6 +241,7 @@ def clipsam_bundle(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_clipsam_bundle_runtime_matches_reference(clipsam_bundle):
     from zsad_edge.export.build import reference_from_bundle
     from zsad_edge.runtime.detector import Detector
@@ -261,6 +263,7 @@ def test_clipsam_bundle_runtime_matches_reference(clipsam_bundle):
         assert difference.max() <= 1e-4 * np.ptp(want.refinement.anomaly_map)
 
 
+@pytest.mark.slow
 def test_clipsam_cli_writes_sam_masks(clipsam_bundle, tmp_path):
     image = tmp_path / "part.png"
     cv2.imwrite(str(image), (_textured(_shape("disk"))[..., 0] * 255).astype(np.uint8))

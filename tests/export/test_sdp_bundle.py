@@ -8,8 +8,8 @@ from helpers import relative_map_error, run_onnx
 from torch import nn
 
 from zsad_edge.export.build import BuildConfig, build_bundle, reference_from_bundle
-from zsad_edge.export.clip_backbone import ClipSpec
-from zsad_edge.export.sdp import SurgeryEncoder
+from zsad_edge.export.models.clip import ClipSpec
+from zsad_edge.export.models.sdp import SurgeryEncoder
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import BundleError, ModelLoadError
 

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zsad_edge.export.clip_backbone import ClipSpec, load_clip
-from zsad_edge.export.prompts import PromptSet
-from zsad_edge.export.sdp import (
+from zsad_edge.export.models.clip import ClipSpec, load_clip
+from zsad_edge.export.models.prompts import PromptSet
+from zsad_edge.export.models.sdp import (
     SurgeryEncoder,
     feature_surgery_map,
     representative_vector,
@@ -186,8 +186,8 @@ def test_text_probability_and_prompt_counts():
 @torch.no_grad()
 def test_sdpplus_map_is_the_sdp_map_plus_the_linear_head_maps():
     """SDP+ = feature-surgery map + sum over taps of the APRIL-GAN head maps (both checked by hand elsewhere)."""
-    from zsad_edge.export.aprilgan import AprilGanHeads, randomize_heads
-    from zsad_edge.export.sdp import SdpHeads
+    from zsad_edge.export.models.aprilgan import AprilGanHeads, randomize_heads
+    from zsad_edge.export.models.sdp import SdpHeads
 
     text = F.normalize(torch.randn(6, 2, generator=torch.Generator().manual_seed(0)), dim=0)
     linear = AprilGanHeads(2, 8, 6, text, (4, 4), (2, 2))

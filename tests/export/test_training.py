@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers import REPO_ROOT
 
-from zsad_edge.export.aprilgan import load_head_weights
 from zsad_edge.export.build import BuildConfig, build_bundle
-from zsad_edge.export.clip_backbone import ClipSpec
+from zsad_edge.export.models.aprilgan import load_head_weights
+from zsad_edge.export.models.clip import ClipSpec
 from zsad_edge.export.training import dice_loss, focal_loss
 from zsad_edge.runtime.errors import ModelLoadError
 
@@ -149,9 +149,9 @@ def test_sdpplus_training_uses_its_schedule_and_exports(tmp_path):
 @torch.no_grad()
 def test_sdpplus_training_reads_the_taps_of_its_clipad_mode(tmp_path):
     """Heads learn on the tokens the bundle will give them: the official mode's aliased taps."""
-    from zsad_edge.export.clip_backbone import load_clip
     from zsad_edge.export.methods import export_method
-    from zsad_edge.export.sdp import SurgeryEncoder
+    from zsad_edge.export.models.clip import load_clip
+    from zsad_edge.export.models.sdp import SurgeryEncoder
 
     clip = load_clip(ClipSpec("zsad-tiny-vit", random_init=True, image_size=224))
     text = torch.nn.functional.normalize(torch.randn(32, 2), dim=0)

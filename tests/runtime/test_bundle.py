@@ -6,9 +6,9 @@ import shutil
 import pytest
 
 from zsad_edge.export.build import BuildConfig, build_bundle
-from zsad_edge.export.bundle_writer import staged_bundle
-from zsad_edge.export.clip_backbone import ClipSpec
 from zsad_edge.export.demo import demo_config
+from zsad_edge.export.graphs.bundle_writer import staged_bundle
+from zsad_edge.export.models.clip import ClipSpec
 from zsad_edge.runtime.bundle import SCHEMA_VERSION, load_manifest
 from zsad_edge.runtime.contract import MANIFEST_FILE
 from zsad_edge.runtime.detector import Detector

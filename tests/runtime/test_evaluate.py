@@ -56,6 +56,7 @@ def test_bad_dataset_folders_are_named(tmp_path):
         scan_dataset(tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_eval_cli_on_battery_weld_runtime_vs_reference(tiny_built, battery_weld, tmp_path):
     proc = subprocess.run(
         [

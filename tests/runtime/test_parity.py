@@ -77,7 +77,7 @@ def test_result_fields(tiny_detector, tiny_built):
 def test_vit_b16_parity_at_224(tmp_path, rng):
     """The architecture-exact ViT-B-16 (random weights): export gate and runtime parity."""
     from zsad_edge.export.build import BuildConfig, build_bundle
-    from zsad_edge.export.clip_backbone import ClipSpec
+    from zsad_edge.export.models.clip import ClipSpec
     from zsad_edge.runtime.detector import Detector
 
     built = build_bundle(
@@ -97,7 +97,7 @@ def test_vit_b16_parity_at_224(tmp_path, rng):
 def test_vit_b16_plus_240_sdpplus_parity(tmp_path, rng):
     """CLIP-AD's architecture (ViT-B-16-plus-240, 15 x 15 grid, width 896) with random weights, SDP+."""
     from zsad_edge.export.build import BuildConfig, build_bundle
-    from zsad_edge.export.clip_backbone import ClipSpec
+    from zsad_edge.export.models.clip import ClipSpec
     from zsad_edge.runtime.detector import Detector
 
     built = build_bundle(

@@ -23,7 +23,7 @@ from helpers import REPO_ROOT
 from zsad_edge.calibration.drift import DriftTolerance
 from zsad_edge.calibration.precision import graph_precision_counts
 from zsad_edge.calibration.variants import add_precision, load_calibration_images
-from zsad_edge.export.trt_target import TRTEXEC_SCRIPT, build_trt_engines, engine_jobs, trtexec_commands
+from zsad_edge.export.graphs.trt_target import TRTEXEC_SCRIPT, build_trt_engines, engine_jobs, trtexec_commands
 from zsad_edge.runtime.backends.components import EngineOptions, ort_tensorrt_options
 from zsad_edge.runtime.backends.trt import engine as trt_engine
 from zsad_edge.runtime.backends.trt import runner as trt_backend

@@ -14,7 +14,7 @@ import torch
 
 from zsad_edge.runtime.sam.predictor import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PAD, SamGeometry, SamImage
 
-from .sam import LoadedSam
+from ..models.sam import LoadedSam
 
 
 class ReferenceSamPredictor:

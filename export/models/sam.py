@@ -24,7 +24,7 @@ from torch import nn
 from zsad_edge.runtime.bundle import sha256_file
 from zsad_edge.runtime.errors import ModelLoadError
 
-from .defaults import SAM_KINDS
+from ..defaults import SAM_KINDS
 
 # Pixel normalisation on 0-255 RGB: segment_anything's ImageNet constants; LiteMedSAM scales to [0, 1].
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)

@@ -26,7 +26,7 @@ from zsad_edge.runtime.bundle import sha256_file
 from zsad_edge.runtime.errors import ModelLoadError
 from zsad_edge.runtime.preprocess import PreprocessSpec, official_interpolation
 
-from .defaults import ACTIVATION_CHOICES
+from ..defaults import ACTIVATION_CHOICES
 
 # Small architectures for CI and the offline demo, registered next to open_clip's own configs.
 open_clip.add_model_config(Path(__file__).parent / "model_configs")

@@ -22,8 +22,8 @@ from zsad_edge.runtime.contract import (
     onnx_file,
 )
 
+from ..models.sam import LoadedSam, SamDecoderGraph, SamEncoderGraph
 from .onnx_export import MAX_BATCH, check_parity, export_module
-from .sam import LoadedSam, SamDecoderGraph, SamEncoderGraph
 
 MAX_POINTS = 64
 

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 from torch import nn
 
+from ..defaults import CLIPAD_MODES
 from .aprilgan import LOGIT_SCALE, AprilGanHeads
-from .defaults import CLIPAD_MODES
 from .prompts import PromptSet, encode_sentences
 
 # DBSCAN settings of CLIP-AD per data set family: (eps, min_samples).

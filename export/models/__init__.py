@@ -1,0 +1,1 @@
+"""The PyTorch models behind the bundles: CLIP loading, the methods' modules, SAM, prompts (and their data)."""
