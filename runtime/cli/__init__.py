@@ -17,11 +17,18 @@ from typing import Sequence
 
 from ..errors import ZsadEdgeError
 from ..stopping import Stopped, StopRequest
-from . import calibrate, detect, evaluate, fit_normal, info
+from . import calibrate, detect, evaluate, fit_normal, info, watch
 from .common import EXIT_ERROR
 from .detect import run_detect
 
-COMMANDS = {"detect": detect, "eval": evaluate, "calibrate": calibrate, "fit-normal": fit_normal, "info": info}
+COMMANDS = {
+    "detect": detect,
+    "watch": watch,
+    "eval": evaluate,
+    "calibrate": calibrate,
+    "fit-normal": fit_normal,
+    "info": info,
+}
 
 __all__ = ["COMMANDS", "main", "run_detect"]
 

@@ -1,0 +1,320 @@
+"""Frame sources, each with a capture thread and a bounded queue, and exact counts of what happened.
+
+Backpressure is a property of the source: a live source (camera, network stream) keeps the newest
+frames and drops the oldest when the queue is full, so latency stays bounded; a recorded source
+(video file, image folder) waits for room and never drops. Every frame a source reads is counted
+as captured, dropped (live, queue full), skipped (undecodable, or left out by stride / max-fps),
+or queued for the detector: captured = delivered + dropped + skipped + still queued, always.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+from ..errors import ImageReadError, ZsadEdgeError
+from ..image_io import IMAGE_SUFFIXES, read_image, write_bytes_atomic
+
+
+@dataclass
+class Frame:
+    """One frame of one source: its index among the source's captured frames, when it was read, where from."""
+
+    source: str
+    index: int
+    captured_at: float
+    image: np.ndarray
+    origin: str = ""
+
+
+@dataclass
+class SourceCounts:
+    captured: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    skipped: int = 0
+    skipped_items: list[str] = field(default_factory=list)
+
+
+class FrameSource(ABC):
+    """Reads frames on its own thread into a bounded queue; `get` hands them to the station.
+
+    live: drop the oldest queued frame when the queue is full (else wait for room).
+    stride: keep every Nth captured frame; max_fps: keep at most this many frames per second.
+    """
+
+    live = False
+
+    def __init__(self, name: str, queue_size: int = 4, stride: int = 1, max_fps: float | None = None) -> None:
+        if queue_size < 1 or stride < 1 or (max_fps is not None and max_fps <= 0):
+            raise ZsadEdgeError(f"source {name}: queue size and stride must be >= 1 and max fps > 0")
+        self.name = name
+        self.counts = SourceCounts()
+        self._queue: deque[Frame] = deque()
+        self._size = queue_size
+        self._stride = stride
+        self._min_interval = 1.0 / max_fps if max_fps else 0.0
+        self._last_kept = -float("inf")
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._run, name=f"source-{name}", daemon=True)
+
+    @abstractmethod
+    def read(self) -> Iterator[tuple[np.ndarray | None, str]]:
+        """(image, origin) per captured frame (image None if undecodable); ends where the source ends."""
+
+    def start(self) -> "FrameSource":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop capturing; frames already queued stay available to `get`."""
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def finished(self) -> bool:
+        """True once capture has ended and every queued frame was handed out."""
+        with self._lock:
+            return self._finished and not self._queue
+
+    def get(self) -> Frame | None:
+        """The oldest queued frame, or None when there is none right now."""
+        with self._lock:
+            if not self._queue:
+                return None
+            frame = self._queue.popleft()
+            self.counts.delivered += 1
+            self._lock.notify_all()
+            return frame
+
+    def _run(self) -> None:
+        try:
+            for image, origin in self.read():
+                if self._stop.is_set():
+                    break
+                self._offer(image, origin)
+        finally:
+            with self._lock:
+                self._finished = True
+                self._lock.notify_all()
+
+    def _offer(self, image: np.ndarray | None, origin: str) -> None:
+        index = self.counts.captured
+        self.counts.captured += 1
+        now = time.monotonic()
+        if image is None:
+            self._skip(f"{origin}: could not be decoded")
+            return
+        if index % self._stride or now - self._last_kept < self._min_interval:
+            self._skip(None)
+            return
+        self._last_kept = now
+        frame = Frame(self.name, index, time.time(), image, origin)
+        with self._lock:
+            if self.live and len(self._queue) >= self._size:
+                self._queue.popleft()
+                self.counts.dropped += 1
+            while not self.live and len(self._queue) >= self._size and not self._stop.is_set():
+                self._lock.wait(0.1)
+            self._queue.append(frame)
+            self._lock.notify_all()
+
+    def _skip(self, reason: str | None) -> None:
+        with self._lock:
+            self.counts.skipped += 1
+            if reason:
+                self.counts.skipped_items.append(reason)
+
+
+class VideoFileSource(FrameSource):
+    """A video file (anything OpenCV's FFmpeg decodes); `loop` restarts it, `realtime` paces it at its own fps."""
+
+    def __init__(self, name: str, path: Path, loop: bool = False, realtime: bool = False, **options: Any) -> None:
+        super().__init__(name, **options)
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ZsadEdgeError(f"source {name}: video file not found: {self.path}")
+        capture = cv2.VideoCapture(str(self.path))
+        ok = capture.isOpened()
+        self.fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        capture.release()
+        if not ok:
+            raise ZsadEdgeError(f"source {name}: cannot open video {self.path} (not a video, or a codec FFmpeg lacks)")
+        self.loop, self.realtime = loop, realtime
+
+    def read(self) -> Iterator[tuple[np.ndarray | None, str]]:
+        interval = 1.0 / self.fps if self.realtime and self.fps > 0 else 0.0
+        while not self._stop.is_set():
+            capture = cv2.VideoCapture(str(self.path))
+            position = 0
+            next_time = time.monotonic()
+            while not self._stop.is_set():
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                if interval:
+                    next_time += interval
+                    time.sleep(max(0.0, next_time - time.monotonic()))
+                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{self.path.name}#{position}"
+                position += 1
+            capture.release()
+            if not self.loop:
+                return
+
+
+class FolderSource(FrameSource):
+    """Images of a folder in name order; with `follow`, also the files that arrive later (a drop folder).
+
+    A file is taken once its size has stayed the same for `settle_s` (a camera still writing it is
+    waited for), and exactly once: the names taken are kept in `state_file` (written atomically),
+    so a restart skips them too.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        follow: bool = False,
+        state_file: Path | None = None,
+        settle_s: float = 0.5,
+        poll_s: float = 0.2,
+        **options: Any,
+    ) -> None:
+        super().__init__(name, **options)
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ZsadEdgeError(f"source {name}: folder not found: {self.folder}")
+        self.follow, self.settle_s, self.poll_s = follow, settle_s, poll_s
+        self.state_file = Path(state_file) if state_file else None
+        self.taken: set[str] = set()
+        if self.state_file and self.state_file.is_file():
+            try:
+                self.taken = set(json.loads(self.state_file.read_text(encoding="utf-8"))["taken"])
+            except (ValueError, KeyError, TypeError):
+                raise ZsadEdgeError(
+                    f"source {name}: state file {self.state_file} is unreadable; remove it to start over"
+                ) from None
+
+    def read(self) -> Iterator[tuple[np.ndarray | None, str]]:
+        seen: dict[str, tuple[int, float]] = {}
+        while not self._stop.is_set():
+            for path in self._ready(seen):
+                self._remember(path.name)
+                try:
+                    yield read_image(path), path.name
+                except ImageReadError:
+                    yield None, path.name
+                if self._stop.is_set():
+                    return
+            if not self.follow:
+                return
+            time.sleep(self.poll_s)
+
+    def _ready(self, seen: dict[str, tuple[int, float]]) -> list[Path]:
+        """Files not taken yet whose size has not changed for settle_s (all of them without --follow)."""
+        ready, now = [], time.monotonic()
+        for path in sorted(p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+            if path.name in self.taken:
+                continue
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            first = seen.get(path.name)
+            if first is None or first[0] != size:
+                seen[path.name] = (size, now)
+                if self.follow:
+                    continue
+            elif now - first[1] < self.settle_s:
+                continue
+            ready.append(path)
+        return ready
+
+    def _remember(self, name: str) -> None:
+        self.taken.add(name)
+        if self.state_file:
+            write_bytes_atomic(self.state_file, json.dumps({"taken": sorted(self.taken)}).encode("utf-8"))
+
+
+class CaptureSource(FrameSource):
+    """A camera or stream through OpenCV: a device number or /dev/videoN, rtsp:// or http(s):// URLs,
+    or a GStreamer pipeline (`gst:...`, refused when this OpenCV lacks GStreamer). Live: drops oldest."""
+
+    live = True
+
+    def __init__(self, name: str, uri: str, **options: Any) -> None:
+        super().__init__(name, **options)
+        self.uri = uri
+        if uri.startswith("gst:") and "GStreamer:                   YES" not in cv2.getBuildInformation():
+            raise ZsadEdgeError(
+                f"source {name}: this OpenCV has no GStreamer support (the PyPI wheel lacks it; "
+                f"JetPack's OpenCV has it): cannot open {uri!r}"
+            )
+        self._capture = self._open()
+        if not self._capture.isOpened():
+            raise ZsadEdgeError(f"source {name}: cannot open {uri!r} (no such camera, or the stream is unreachable)")
+
+    def _open(self) -> cv2.VideoCapture:
+        if self.uri.startswith("gst:"):
+            return cv2.VideoCapture(self.uri[4:], cv2.CAP_GSTREAMER)
+        target: Any = int(self.uri) if self.uri.isdigit() else self.uri
+        return cv2.VideoCapture(target)
+
+    def read(self) -> Iterator[tuple[np.ndarray | None, str]]:
+        position = 0
+        while not self._stop.is_set():
+            ok, bgr = self._capture.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{self.uri}#{position}"
+            position += 1
+        self._capture.release()
+
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".mpg", ".ts"})
+
+
+def open_source(
+    spec: str,
+    index: int,
+    state_folder: Path | None = None,
+    follow: bool = False,
+    loop: bool = False,
+    realtime: bool = False,
+    **options: Any,
+) -> FrameSource:
+    """A source from `[name=]URI`: a video file, an image folder, a device number or /dev/video*, rtsp/http(s)
+    URL, or gst:PIPELINE. Unknown forms are refused by name."""
+    name, _, uri = (
+        spec.rpartition("=")
+        if "=" in spec and not spec.startswith(("rtsp:", "http:", "https:", "gst:"))
+        else ("", "", spec)
+    )
+    name = name or f"source{index}"
+    path = Path(uri)
+    if path.is_dir():
+        state = state_folder / f"{name}.taken.json" if state_folder and follow else None
+        return FolderSource(name, path, follow=follow, state_file=state, **options)
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoFileSource(name, path, loop=loop, realtime=realtime, **options)
+    if uri.isdigit() or uri.startswith(("/dev/video", "rtsp://", "http://", "https://", "gst:")):
+        return CaptureSource(name, uri, **options)
+    raise ZsadEdgeError(
+        f"unknown source {spec!r}: expected a video file ({', '.join(sorted(VIDEO_SUFFIXES))}), an "
+        "image folder, a camera number or /dev/videoN, an rtsp:// or http(s):// URL, or gst:PIPELINE"
+    )
