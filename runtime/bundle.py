@@ -186,18 +186,48 @@ def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
     write_bytes_atomic(Path(bundle_dir) / MANIFEST_FILE, text.encode("utf-8"))
 
 
+def stamp_path(bundle_dir: Path) -> Path:
+    """The verification stamp of a bundle: beside it (never inside, where it would change the bundle)."""
+    bundle_dir = Path(bundle_dir)
+    return bundle_dir.parent / f".{bundle_dir.name}.verified.json"
+
+
+def _file_key(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
-    """Refuse missing or modified files: a tampered graph must never run silently."""
+    """Refuse missing or modified files: a tampered graph must never run silently.
+
+    Hashing a ViT-L bundle reads about 1.2 GB, so files verified before are remembered in a stamp
+    beside the bundle, keyed by (size, mtime, inode) and the expected sha256: an unchanged file is
+    not hashed again, any changed one is. The stamp is best effort (a read-only folder just hashes).
+    """
+    stamp_file = stamp_path(bundle_dir)
+    try:
+        stamp = json.loads(stamp_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stamp = {}
+    verified = {}
     for relative, expected in manifest.files.items():
         path = bundle_dir / relative
         if not path.is_file():
             raise BundleError(f"bundle file missing: {path}; {REBUILD_HINT}")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise BundleError(
-                f"bundle file {relative} does not match its manifest sha256 "
-                f"(expected {expected[:12]}..., found {actual[:12]}...): tampered or partly copied; {REBUILD_HINT}"
-            )
+        key = [*_file_key(path), expected]
+        if stamp.get(relative) != key:
+            actual = sha256_file(path)
+            if actual != expected:
+                raise BundleError(
+                    f"bundle file {relative} does not match its manifest sha256 "
+                    f"(expected {expected[:12]}..., found {actual[:12]}...): tampered or partly copied; {REBUILD_HINT}"
+                )
+        verified[relative] = key
+    if verified != stamp:
+        try:
+            write_bytes_atomic(stamp_file, json.dumps(verified).encode("utf-8"))
+        except OSError:
+            pass  # nowhere to keep it: the next start hashes again
     variants = [
         (f"{precision}/{name}", c)
         for precision, v in manifest.precisions.items()

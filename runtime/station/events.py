@@ -36,6 +36,8 @@ class EventLog:
     def write(self, event: dict) -> None:
         self._file.write(json.dumps(event) + "\n")
         self._file.flush()
+        if event["event"] != "frame":  # a source's status (source_down / source_up): logged, not counted
+            return
         source = event["source"]
         self.processed[source] = self.processed.get(source, 0) + 1
         self.anomalies[source] = self.anomalies.get(source, 0) + int(event["is_anomalous"])

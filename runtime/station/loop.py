@@ -48,7 +48,8 @@ def watch(
     max_wait_ms: float = 20.0,
     stop: StopRequest = NEVER,
 ) -> Iterator[dict]:
-    """Run the sources (started here, stopped on exit) and yield one event per processed frame."""
+    """Run the sources (started here, stopped on exit); yield one event per processed frame, and the sources'
+    status events (source_down / source_up) as they happen."""
     for source in sources:
         source.start()
     capture_stopped = False
@@ -58,9 +59,13 @@ def watch(
                 for source in sources:
                     source.stop()
                 capture_stopped = True
+            for source in sources:
+                yield from source.statuses()
             batch = _gather(sources, batch_size, max_wait_ms / 1000.0)
             if not batch:
                 if all(source.finished for source in sources):
+                    for source in sources:
+                        yield from source.statuses()
                     return
                 time.sleep(POLL_S)
                 continue
@@ -68,6 +73,7 @@ def watch(
             done = time.time()
             for frame, result in zip(batch, results):
                 yield {
+                    "event": "frame",
                     "source": frame.source,
                     "frame": frame.index,
                     "origin": frame.origin,

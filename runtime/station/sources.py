@@ -53,6 +53,9 @@ class FrameSource(ABC):
     """
 
     live = False
+    reconnects = False  # a source that can be reopened when lost (implements reopen); others just end
+    backoff_s = 0.5  # first wait before reopening a lost live source, doubled up to max_backoff_s
+    max_backoff_s = 30.0
 
     def __init__(self, name: str, queue_size: int = 4, stride: int = 1, max_fps: float | None = None) -> None:
         if queue_size < 1 or stride < 1 or (max_fps is not None and max_fps <= 0):
@@ -67,6 +70,7 @@ class FrameSource(ABC):
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._finished = False
+        self._statuses: list[dict] = []
         self._thread = threading.Thread(target=self._run, name=f"source-{name}", daemon=True)
 
     @abstractmethod
@@ -102,16 +106,53 @@ class FrameSource(ABC):
             self._lock.notify_all()
             return frame
 
+    def reopen(self) -> None:
+        """Open the source again after it was lost (sources with `reconnects`); raise ZsadEdgeError while
+        it is still unavailable."""
+        raise NotImplementedError
+
+    def statuses(self) -> list[dict]:
+        """Status events (source_down / source_up) since the last call."""
+        with self._lock:
+            events, self._statuses = self._statuses, []
+            return events
+
     def _run(self) -> None:
         try:
-            for image, origin in self.read():
-                if self._stop.is_set():
-                    break
-                self._offer(image, origin)
+            while not self._stop.is_set():
+                try:
+                    for image, origin in self.read():
+                        if self._stop.is_set():
+                            return
+                        self._offer(image, origin)
+                    reason = "stream ended"
+                except (OSError, cv2.error) as exc:
+                    reason = f"{type(exc).__name__}: {exc}"
+                if not self.reconnects or self._stop.is_set():
+                    return
+                self._reconnect(reason)
         finally:
             with self._lock:
                 self._finished = True
                 self._lock.notify_all()
+
+    def _reconnect(self, reason: str) -> None:
+        """A lost live source: source_down, then reopen with capped exponential backoff, then source_up."""
+        self._status("source_down", reason)
+        delay = self.backoff_s
+        while not self._stop.wait(delay):
+            try:
+                self.reopen()
+            except ZsadEdgeError as exc:
+                delay = min(2 * delay, self.max_backoff_s)
+                reason = str(exc)
+                continue
+            self._status("source_up", None)
+            return
+
+    def _status(self, kind: str, reason: str | None) -> None:
+        with self._lock:
+            self._statuses.append({"event": kind, "source": self.name, "time": round(time.time(), 6), "reason": reason})
 
     def _offer(self, image: np.ndarray | None, origin: str) -> None:
         index = self.counts.captured
@@ -256,6 +297,7 @@ class CaptureSource(FrameSource):
     or a GStreamer pipeline (`gst:...`, refused when this OpenCV lacks GStreamer). Live: drops oldest."""
 
     live = True
+    reconnects = True
 
     def __init__(self, name: str, uri: str, **options: Any) -> None:
         super().__init__(name, **options)
@@ -275,6 +317,12 @@ class CaptureSource(FrameSource):
         target: Any = int(self.uri) if self.uri.isdigit() else self.uri
         return cv2.VideoCapture(target)
 
+    def reopen(self) -> None:
+        self._capture.release()
+        self._capture = self._open()
+        if not self._capture.isOpened():
+            raise ZsadEdgeError(f"source {self.name}: {self.uri!r} is still unavailable")
+
     def read(self) -> Iterator[tuple[np.ndarray | None, str]]:
         position = 0
         while not self._stop.is_set():
@@ -283,7 +331,6 @@ class CaptureSource(FrameSource):
                 return
             yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{self.uri}#{position}"
             position += 1
-        self._capture.release()
 
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".mpg", ".ts"})

@@ -150,3 +150,25 @@ def test_existing_output_is_refused_before_any_slow_work(tmp_path, monkeypatch):
         build_bundle(
             BuildConfig(clip=ClipSpec("zsad-tiny-vit", random_init=True), method="fnn", out_dir=tmp_path / "b")
         )
+
+
+def test_an_unchanged_bundle_is_not_hashed_again_and_a_changed_file_is(tiny_built, tmp_path, monkeypatch):
+    """Fast restarts: a stamp beside the bundle, keyed by (size, mtime, inode) and the expected hash."""
+    import zsad_edge.runtime.bundle as bundle_module
+
+    bundle = tmp_path / "stamped"
+    shutil.copytree(tiny_built.path, bundle)
+    hashed = []
+    real = bundle_module.sha256_file
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    load_manifest(bundle)
+    first = sorted(hashed)
+    assert first and bundle_module.stamp_path(bundle).is_file() and not (bundle / ".stamped.verified.json").exists()
+    hashed.clear()
+    load_manifest(bundle)
+    assert hashed == []  # nothing re-read
+    heads = next(name for name in first if name.startswith("heads"))
+    (bundle / heads).write_bytes((bundle / heads).read_bytes() + b"\0")
+    with pytest.raises(BundleError, match=f"{heads} does not match its manifest sha256"):
+        load_manifest(bundle)
+    assert hashed == [heads]  # only the changed file

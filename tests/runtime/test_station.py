@@ -164,3 +164,41 @@ def test_watch_cli_bad_input_is_one_error_line(tiny_built, tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
         "error: unknown source 'nothing.xyz'"
     )
+
+
+class Flaky(FrameSource):
+    """A live source that loses its stream after 5 frames, twice; the first reopen fails."""
+
+    live = True
+    reconnects = True
+    backoff_s = 0.02
+
+    def __init__(self, name, **options):
+        super().__init__(name, **options)
+        self.rounds, self.reopens = 0, 0
+
+    def read(self):
+        self.rounds += 1
+        for index in range(5 if self.rounds <= 2 else 1000):
+            time.sleep(0.002)
+            yield np.full((24, 24, 3), 100, np.uint8), f"flaky#{self.rounds}.{index}"
+
+    def reopen(self):
+        self.reopens += 1
+        if self.reopens == 1:
+            raise ZsadEdgeError("camera still rebooting")
+
+
+def test_a_lost_source_is_reopened_while_the_others_keep_running(tiny_detector, tmp_path):
+    flaky, steady = Flaky("cam", queue_size=8), VideoFileSource("line", _video(tmp_path / "v.avi", frames=20))
+    stop, seen, deadline = StopRequest(), [], time.monotonic() + 60
+    for event in watch(tiny_detector, [flaky, steady], batch_size=2, stop=stop):
+        seen.append(event)
+        reconnected = sum(e["event"] == "source_up" for e in seen) == 2 and sum(e["source"] == "cam" for e in seen) > 20
+        if reconnected or time.monotonic() > deadline:
+            stop.signal = signal.SIGINT
+    statuses = [(e["event"], e["source"]) for e in seen if e["event"] != "frame"]
+    assert statuses == [("source_down", "cam"), ("source_up", "cam")] * 2 and flaky.reopens == 3
+    assert [e["frame"] for e in seen if e["source"] == "line"] == list(range(20))  # never held up
+    cam_frames = [e["frame"] for e in seen if e["event"] == "frame" and e["source"] == "cam"]
+    assert cam_frames == sorted(cam_frames) and max(cam_frames) >= 10  # frames after both reconnects
