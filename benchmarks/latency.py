@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsad_edge.benchmarks.reports import machine_info, write_report
+from zsad_edge.benchmarks.reports import machine_info, random_bundle, write_report
 from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
 from zsad_edge.export.cli.arguments import method_options
 from zsad_edge.runtime.backends.components import BACKENDS
@@ -59,20 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
 
-    from zsad_edge.export.build import BuildConfig, build_bundle
-    from zsad_edge.export.models.clip import ClipSpec
-    from zsad_edge.export.models.fnn import FnnTrainConfig, RandomWordConfig
-
     with tempfile.TemporaryDirectory() as scratch:
-        built = build_bundle(
-            BuildConfig(
-                clip=ClipSpec(args.arch, random_init=True, image_size=args.image_size),
-                method=args.method,
-                out_dir=Path(scratch) / "bundle",
-                random_heads=True,
-                fnn=FnnTrainConfig(epochs=1, words=RandomWordConfig(pairs=200)),
-            )
-        )
+        built = random_bundle(args.arch, args.image_size, args.method, Path(scratch))
         detectors = {
             "torch_eager_fp32": built.reference_detector(device=args.torch_device),
             "onnxruntime_fp32": Detector.from_bundle(built.path, backend=args.backend),

@@ -20,7 +20,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from zsad_edge.benchmarks.reports import machine_info, write_report
+from zsad_edge.benchmarks.reports import machine_info, random_bundle, write_report
 from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
 from zsad_edge.calibration.drift import DriftTolerance, measure_drift
 from zsad_edge.calibration.precision import CALIBRATION_METHODS, PRECISIONS
@@ -47,20 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    from zsad_edge.export.build import BuildConfig, build_bundle
-    from zsad_edge.export.models.clip import ClipSpec
 
     calibration = load_calibration_images([args.dataset / "train" / "good"], args.calibration_count)
     test_images = [str(p) for p in list_images([args.dataset / "test"])]
     with tempfile.TemporaryDirectory() as scratch:
-        built = build_bundle(
-            BuildConfig(
-                clip=ClipSpec(args.arch, random_init=True, image_size=args.image_size),
-                method=args.method,
-                out_dir=Path(scratch) / "bundle",
-                random_heads=True,
-            )
-        )
+        built = random_bundle(args.arch, args.image_size, args.method, Path(scratch))
         for precision in args.precisions:
             add_precision(built.path, precision, calibration, args.calibration_method, NO_GATE)
         detectors = {

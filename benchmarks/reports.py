@@ -59,3 +59,21 @@ def write_report(report: dict, out: Path | None, default_name: str) -> Path:
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten {path}")
     return path
+
+
+def random_bundle(arch: str, image_size: int, method: str, folder: Path):
+    """A random-weight bundle of `method` in `folder` (speed does not depend on weight values); the FNN
+    trains on a token 200 prompt pairs for one epoch, its size and not its training deciding its speed."""
+    from zsad_edge.export.build import BuildConfig, build_bundle
+    from zsad_edge.export.models.clip import ClipSpec
+    from zsad_edge.export.models.fnn import FnnTrainConfig, RandomWordConfig
+
+    return build_bundle(
+        BuildConfig(
+            clip=ClipSpec(arch, random_init=True, image_size=image_size),
+            method=method,
+            out_dir=Path(folder) / "bundle",
+            random_heads=True,
+            fnn=FnnTrainConfig(epochs=1, words=RandomWordConfig(pairs=200)),
+        )
+    )

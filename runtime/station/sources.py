@@ -111,6 +111,9 @@ class FrameSource(ABC):
         it is still unavailable."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the source holds (a device, a stream) once capture has ended."""
+
     def statuses(self) -> list[dict]:
         """Status events (source_down / source_up) since the last call."""
         with self._lock:
@@ -132,6 +135,7 @@ class FrameSource(ABC):
                     return
                 self._reconnect(reason)
         finally:
+            self.close()
             with self._lock:
                 self._finished = True
                 self._lock.notify_all()
@@ -316,6 +320,9 @@ class CaptureSource(FrameSource):
             return cv2.VideoCapture(self.uri[4:], cv2.CAP_GSTREAMER)
         target: Any = int(self.uri) if self.uri.isdigit() else self.uri
         return cv2.VideoCapture(target)
+
+    def close(self) -> None:
+        self._capture.release()
 
     def reopen(self) -> None:
         self._capture.release()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import REPO_ROOT, write_image
 
-from zsad_edge.runtime.bundle import load_manifest
+from zsad_edge.runtime.bundle import load_manifest, stamp_path
 
 CLI = [sys.executable, "-m", "zsad_edge.runtime.cli"]
 
@@ -165,7 +165,8 @@ def test_sigterm_leaves_the_manifest_and_the_bank_as_they_were(tiny_built, tmp_p
         assert "Traceback" not in stderr and "stopped by SIGTERM after" in stderr
         assert (bundle / "manifest.json").read_bytes() == before
     assert not (tmp_path / "bank.npz").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    stamp = stamp_path(bundle).name  # the verification stamp beside the bundle is no leftover
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != stamp] == []  # no temp file
 
 
 # 4. the demo keeps an existing bundle: tests/test_cli.py::test_demo_builds_and_detects_offline
