@@ -19,9 +19,11 @@ from ..errors import ZsadEdgeError
 from ..image_io import write_bytes_atomic
 from ..station.events import EventLog, summarise
 from ..station.loop import watch
+from ..station.sinks import DefectImageSink
 from ..station.sources import open_source
 from ..stopping import StopRequest
 from .common import backend_arguments, open_detector
+from .detect import run_record
 
 HELP = "run a station: cameras, streams, video files and drop folders in; a verdict per frame out"
 PARENTS = (backend_arguments(),)
@@ -42,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop", action="store_true", help="video files: start again at the end")
     parser.add_argument("--realtime", action="store_true", help="video files: deliver at the file's own frame rate")
     parser.add_argument("--follow", action="store_true", help="image folders: keep taking new files as they arrive")
+    parser.add_argument(
+        "--save-defects",
+        action="store_true",
+        help="write the overlay of every anomalous frame to OUT/defects/SOURCE/FRAME.png (a sink that "
+        "drops its oldest pending image, counted, rather than slow the line)",
+    )
 
 
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
@@ -60,11 +68,21 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     started = time.monotonic()
     detector = open_detector(args.bundle, args.backend, args.memory_bank, precision=args.precision)
     load_s = time.monotonic() - started
+    sinks = []
+    if args.save_defects:
+        thresholds = run_record(detector, args.bundle, args.precision, args.memory_bank)["thresholds"]
+        sinks.append(DefectImageSink(args.out / "defects", detector.scoring, thresholds))
     with EventLog(args.out / "events.jsonl") as log:
-        for event in watch(detector, sources, args.batch_size, args.max_wait_ms, stop):
-            log.write(event)
+        try:
+            for event in watch(detector, sources, args.batch_size, args.max_wait_ms, stop, sinks):
+                log.write(event)
+        finally:
+            for sink in sinks:
+                sink.close()
     stopped = f"stopped by {stop.signal_name}" if stop.requested else None
     summary = {**summarise(sources, log, time.monotonic() - started - load_s, stopped), "load_s": round(load_s, 3)}
+    if args.save_defects:
+        summary["defect_images"] = sinks[0].counts()
     write_bytes_atomic(args.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     dropped = sum(s["dropped"] for s in summary["sources"].values())
     anomalies = sum(s["anomalies"] for s in summary["sources"].values())

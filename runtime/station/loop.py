@@ -8,7 +8,7 @@ A stop request stops capture at once; the frames already queued are still proces
 from __future__ import annotations
 
 import time
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..pipeline import DetectionPipeline
 from ..stopping import NEVER, StopRequest
@@ -47,9 +47,10 @@ def watch(
     batch_size: int = 1,
     max_wait_ms: float = 20.0,
     stop: StopRequest = NEVER,
+    sinks: Sequence[Callable[[Frame, Any], None]] = (),
 ) -> Iterator[dict]:
     """Run the sources (started here, stopped on exit); yield one event per processed frame, and the sources'
-    status events (source_down / source_up) as they happen."""
+    status events (source_down / source_up) as they happen. Each sink gets every (frame, result)."""
     for source in sources:
         source.start()
     capture_stopped = False
@@ -72,6 +73,8 @@ def watch(
             results = detector.detect_batch([frame.image for frame in batch])
             done = time.time()
             for frame, result in zip(batch, results):
+                for sink in sinks:
+                    sink(frame, result)
                 yield {
                     "event": "frame",
                     "source": frame.source,

@@ -202,3 +202,27 @@ def test_a_lost_source_is_reopened_while_the_others_keep_running(tiny_detector, 
     assert [e["frame"] for e in seen if e["source"] == "line"] == list(range(20))  # never held up
     cam_frames = [e["frame"] for e in seen if e["event"] == "frame" and e["source"] == "cam"]
     assert cam_frames == sorted(cam_frames) and max(cam_frames) >= 10  # frames after both reconnects
+
+
+def test_a_slow_sink_drops_its_oldest_images_and_never_slows_the_line(tiny_built, tmp_path):
+    from zsad_edge.runtime.detector import Detector
+    from zsad_edge.runtime.station.sinks import DefectImageSink
+
+    detector = Detector.from_bundle(tiny_built.path)
+    detector.image_threshold = -1.0  # every frame anomalous: the sink gets all of them
+
+    class SlowDisk(DefectImageSink):
+        def write(self, frame, result):
+            time.sleep(0.3)
+            super().write(frame, result)
+
+    sink = SlowDisk(tmp_path / "defects", detector.scoring, {"calibrated": False, "source": "bundle"}, queue_size=2)
+    started = time.monotonic()
+    events = list(watch(detector, [VideoFileSource("line", _video(tmp_path / "v.avi", frames=30))], sinks=[sink]))
+    line_time = time.monotonic() - started
+    sink.close()
+    assert len(events) == 30 and line_time < 30 * 0.3 / 2  # the line did not wait for the disk
+    counts = sink.counts()
+    assert counts["written"] + counts["dropped"] == 30 and counts["dropped"] > 0
+    written = sorted(p.name for p in (tmp_path / "defects" / "line").iterdir())
+    assert len(written) == counts["written"] and written[-1] == "00000029.png"  # the newest kept
