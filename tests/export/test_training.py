@@ -27,6 +27,11 @@ TRAIN = [
 ]
 
 
+def _train(*args: str) -> subprocess.CompletedProcess:
+    """The train-heads command line in a subprocess, as a user runs it."""
+    return subprocess.run([*TRAIN, *args], capture_output=True, text=True, timeout=900)
+
+
 def test_focal_and_dice_by_hand():
     p = torch.tensor([0.9, 0.2, 0.6, 0.1])
     y = torch.tensor([1.0, 0.0, 0.0, 1.0])
@@ -58,12 +63,7 @@ def _stripe_set(root: Path, count: int = 12):
 def test_training_cli_lowers_the_loss_and_the_checkpoint_exports(tmp_path):
     _stripe_set(tmp_path / "stripes")
     out = tmp_path / "heads.pth"
-    proc = subprocess.run(
-        [*TRAIN, "--dataset", str(tmp_path / "stripes"), "--epochs", "4", "--batch-size", "4", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _train("--dataset", str(tmp_path / "stripes"), "--epochs", "4", "--batch-size", "4", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     losses = torch.load(out, weights_only=True)["zsad_edge"]["epoch_losses"]
     assert len(losses) == 4 and losses[-1] < 0.9 * losses[0]
@@ -82,12 +82,7 @@ def test_training_cli_lowers_the_loss_and_the_checkpoint_exports(tmp_path):
 
 def test_training_on_battery_weld_ci_sized(battery_weld, tmp_path):
     out = tmp_path / "weld.pth"
-    proc = subprocess.run(
-        [*TRAIN, "--dataset", str(battery_weld), "--max-images", "24", "--epochs", "3", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = _train("--dataset", str(battery_weld), "--max-images", "24", "--epochs", "3", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "training on 24 image(s)" in proc.stdout
     losses = torch.load(out, weights_only=True)["zsad_edge"]["epoch_losses"]
@@ -97,12 +92,7 @@ def test_training_on_battery_weld_ci_sized(battery_weld, tmp_path):
 def test_dataset_without_masks_is_refused(tmp_path):
     (tmp_path / "d" / "test" / "broken").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "d" / "test" / "broken" / "x.png"), np.zeros((20, 20), np.uint8))
-    proc = subprocess.run(
-        [*TRAIN, "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "h.pth")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _train("--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "h.pth"))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no image with a usable mask")
     assert not (tmp_path / "h.pth").exists()
@@ -111,23 +101,17 @@ def test_dataset_without_masks_is_refused(tmp_path):
 def test_sdpplus_training_uses_its_schedule_and_exports(tmp_path):
     _stripe_set(tmp_path / "stripes")
     out = tmp_path / "sdpplus.pth"
-    proc = subprocess.run(
-        [
-            *TRAIN,
-            "--method",
-            "sdpplus",
-            "--dataset",
-            str(tmp_path / "stripes"),
-            "--epochs",
-            "3",
-            "--batch-size",
-            "4",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = _train(
+        "--method",
+        "sdpplus",
+        "--dataset",
+        str(tmp_path / "stripes"),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
     )
     assert proc.returncode == 0, proc.stderr
     meta = torch.load(out, weights_only=True)["zsad_edge"]
@@ -166,23 +150,17 @@ def test_sdpplus_training_reads_the_taps_of_its_clipad_mode(tmp_path):
 def test_heads_trained_in_another_mode_are_refused_with_the_flag_to_use(tmp_path):
     _stripe_set(tmp_path / "stripes", count=6)
     out = tmp_path / "clean.pth"
-    proc = subprocess.run(
-        [
-            *TRAIN,
-            "--method",
-            "sdpplus",
-            "--clipad-mode",
-            "clean",
-            "--dataset",
-            str(tmp_path / "stripes"),
-            "--epochs",
-            "1",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = _train(
+        "--method",
+        "sdpplus",
+        "--clipad-mode",
+        "clean",
+        "--dataset",
+        str(tmp_path / "stripes"),
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
     )
     assert proc.returncode == 0, proc.stderr
     config = dict(
