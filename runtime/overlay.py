@@ -66,13 +66,14 @@ def render_overlay(
     scoring: Mapping,
     thresholds: Mapping,
     alpha: float = 0.45,
-    sam_mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """uint8 RGB: a header line over the image with the heatmap, the threshold contour and SAM's outline.
+    """uint8 RGB: a header line over the image with the heatmap, the threshold contour and, where a
+    result stage refined the result (CLIP-SAM), the refined mask's outline.
 
     result: a DetectionResult; scoring: the detector's scoring in use; thresholds: its record
     (`calibrated`, `source`), for the header.
     """
+    sam_mask = result.refinement.mask if result.refinement is not None else None
     low, high = colour_range(scoring)
     base = (to_rgb_float(image) * 255).astype(np.uint8)
     blended = cv2.addWeighted(base, 1.0 - alpha, _heat(result.anomaly_map, low, high), alpha, 0.0)

@@ -159,22 +159,33 @@ class DetectionPipeline(ABC):
             for full, score, text, peak in zip(self.resize_maps(maps, sizes), scores, text_scores, peaks)
         ]
 
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A preprocessed batch -> (model-size maps, prompt scores): encoder, heads and map stages.
+
+        The one step that runs the model; the station runs it on its own thread while the next
+        batch is preprocessed and the previous one post-processed (onnxruntime releases the GIL).
+        """
+        features = self.encode(batch)
+        return self.post_heads(features, *self.heads(features))
+
+    def refine(self, results: list[DetectionResult], loaded: Sequence[np.ndarray]) -> list[DetectionResult]:
+        """The result stages, in order (CLIP-SAM), on results made from the `loaded` images."""
+        for stage in self.result_stages:
+            stage(results, loaded)
+        return results
+
     def score_batch(self, images: Sequence[ImageInput]) -> list[DetectionResult]:
         """Scores, maps and verdicts of a batch in one model call, without result stages.
 
         Calibration and drift measurement use this: a refinement (CLIP-SAM) does not change scores.
         """
         batch, sizes = self.preprocess(images)
-        features = self.encode(batch)
-        return self.postprocess(*self.post_heads(features, *self.heads(features)), sizes)
+        return self.postprocess(*self.infer(batch), sizes)
 
     def detect_batch(self, images: Sequence[ImageInput]) -> list[DetectionResult]:
         """Run a batch of images of any sizes through every stage, result stages included."""
         loaded = self.load(images)
-        results = self.score_batch(loaded)
-        for stage in self.result_stages:
-            stage(results, loaded)
-        return results
+        return self.refine(self.score_batch(loaded), loaded)
 
     def __call__(self, image: ImageInput) -> DetectionResult:
         return self.detect_batch([image])[0]

@@ -1,60 +1,109 @@
 """Sinks for what a station finds, each on its own thread behind a bounded queue.
 
-A sink must never slow the line: when it falls behind (a slow disk or network), its oldest
-pending item is dropped and counted, and inference goes on. `close` writes what is still queued.
+A sink must never slow the line: when it falls behind (a slow disk, a broker or web server that
+is down), its oldest pending item is dropped and counted, and inference goes on. A per-source
+rate limit keeps a burst of anomalies from flooding a disk or a message bus; what it holds back
+is counted too. A failed write is counted and logged once, never fatal. `close` handles what is
+still queued, then finalises (videos are closed so they play).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
+
+import cv2
+import numpy as np
 
 from ..image_io import write_image_atomic
 from ..overlay import render_overlay
+from ..pipeline import DetectionResult
 from .sources import Frame
 
+log = logging.getLogger(__name__)
+SAVE_CHOICES = ("anomalies", "all", "none")
+DEFAULT_VIDEO_FPS = 10.0  # for sources that state no frame rate (cameras, folders)
 
-class DefectImageSink:
-    """The overlay of every anomalous frame as OUT/<source>/<frame index>.png (rendering happens here, off
-    the inference path)."""
 
-    def __init__(self, folder: Path, scoring: Mapping, thresholds: Mapping, queue_size: int = 32) -> None:
-        self.folder = Path(folder)
-        self.scoring, self.thresholds = scoring, thresholds
-        self.written = self.dropped = 0
-        self._queue: deque[tuple[Frame, Any]] = deque()
+class RateLimit:
+    """At most `per_s` items per second per source (None: no limit): an item passes when the previous
+    one of its source passed at least 1 / per_s seconds ago."""
+
+    def __init__(self, per_s: float | None) -> None:
+        if per_s is not None and per_s <= 0:
+            raise ValueError("a rate limit must be > 0 per second")
+        self.interval = 1.0 / per_s if per_s else 0.0
+        self._last: dict[str, float] = {}
+
+    def allow(self, source: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(source, -float("inf")) < self.interval:
+            return False
+        self._last[source] = now
+        return True
+
+
+class QueuedSink(ABC):
+    """A sink with its own thread: `__call__` picks and queues (never blocks), `handle` does the work.
+
+    only_anomalies: take anomalous frames only; rate_per_s: the per-source rate limit.
+    """
+
+    kind = "sink"
+
+    def __init__(self, queue_size: int = 32, rate_per_s: float | None = None, only_anomalies: bool = True) -> None:
+        self.only_anomalies = only_anomalies
+        self.written = self.dropped = self.rate_limited = self.failed = 0
+        self.last_error: str | None = None
+        self._rate = RateLimit(rate_per_s)
+        self._queue: deque[tuple[Frame, DetectionResult, dict]] = deque()
         self._size = queue_size
         self._wake = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="sink-defects", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"sink-{self.kind}", daemon=True)
         self._thread.start()
 
-    def __call__(self, frame: Frame, result: Any) -> None:
-        """Queue an anomalous frame; never blocks (the oldest pending one goes when the queue is full)."""
-        if not result.is_anomalous:
+    def __call__(self, frame: Frame, result: DetectionResult, event: dict) -> None:
+        if self.only_anomalies and not event["is_anomalous"]:
+            return
+        if not self._rate.allow(frame.source):
+            self.rate_limited += 1
             return
         with self._wake:
             if len(self._queue) >= self._size:
                 self._queue.popleft()
                 self.dropped += 1
-            self._queue.append((frame, result))
+            self._queue.append((frame, result, event))
             self._wake.notify()
 
-    def write(self, frame: Frame, result: Any) -> None:
-        overlay = render_overlay(frame.image, result, self.scoring, self.thresholds)
-        write_image_atomic(self.folder / frame.source / f"{frame.index:08d}.png", overlay)
+    @abstractmethod
+    def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
+        """Write or send one item (on the sink's thread); raise OSError or ConnectionError on failure."""
+
+    def finish(self) -> None:
+        """After the last item: release files and connections."""
 
     def close(self) -> None:
-        """Write what is queued, then stop the thread."""
+        """Handle what is queued, stop the thread, finalise."""
         with self._wake:
             self._closing = True
             self._wake.notify()
         self._thread.join()
+        self.finish()
 
-    def counts(self) -> dict[str, int]:
-        return {"written": self.written, "dropped": self.dropped}
+    def counts(self) -> dict:
+        return {
+            "written": self.written,
+            "dropped": self.dropped,
+            "rate_limited": self.rate_limited,
+            "failed": self.failed,
+            "last_error": self.last_error,
+        }
 
     def _run(self) -> None:
         while True:
@@ -63,6 +112,70 @@ class DefectImageSink:
                     self._wake.wait()
                 if not self._queue:
                     return
-                frame, result = self._queue.popleft()
-            self.write(frame, result)
-            self.written += 1
+                item = self._queue.popleft()
+            try:
+                self.handle(*item)
+                self.written += 1
+            except (OSError, ConnectionError, ValueError) as exc:
+                self.failed += 1
+                if self.last_error is None:
+                    log.warning("%s sink: %s (counted; the station goes on)", self.kind, exc)
+                self.last_error = str(exc)
+
+
+class FrameImageSink(QueuedSink):
+    """OUT/<source>/<frame>_frame.png, _overlay.png and _mask.png (the final mask: the refined one
+    where CLIP-SAM refined it). Rendering happens here, off the inference path."""
+
+    kind = "images"
+
+    def __init__(self, folder: Path, scoring: Mapping, thresholds: Mapping, save: str = "anomalies", **options) -> None:
+        if save not in SAVE_CHOICES[:2]:
+            raise ValueError(f"save must be one of {SAVE_CHOICES[:2]}, got {save!r}")
+        self.folder, self.scoring, self.thresholds = Path(folder), scoring, thresholds
+        super().__init__(only_anomalies=save == "anomalies", **options)
+
+    def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
+        base = self.folder / frame.source / f"{frame.index:08d}"
+        mask = result.refinement.mask if result.refinement is not None else result.mask
+        write_image_atomic(base.with_name(f"{base.name}_frame.png"), frame.image)
+        write_image_atomic(base.with_name(f"{base.name}_overlay.png"), self._overlay(frame, result))
+        write_image_atomic(base.with_name(f"{base.name}_mask.png"), mask.astype(np.uint8) * 255)
+
+    def _overlay(self, frame: Frame, result: DetectionResult) -> np.ndarray:
+        return render_overlay(frame.image, result, self.scoring, self.thresholds)
+
+
+class VideoSink(FrameImageSink):
+    """OUT/<source>.mp4 per source: every frame's overlay (heatmap, contour, verdict header), at the
+    source's own frame rate where it has one. Closed on stop, so it plays after a signal too."""
+
+    kind = "video"
+
+    def __init__(self, folder: Path, scoring: Mapping, thresholds: Mapping, fps: Mapping[str, float | None], **options):
+        self.fps = fps
+        self._writers: dict[str, tuple[cv2.VideoWriter, tuple[int, int]]] = {}
+        super().__init__(folder, scoring, thresholds, save="all", **options)
+
+    def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
+        overlay = self._overlay(frame, result)
+        if frame.source not in self._writers:
+            self._writers[frame.source] = self._open(frame.source, overlay.shape[1], overlay.shape[0])
+        writer, size = self._writers[frame.source]
+        if (overlay.shape[1], overlay.shape[0]) != size:  # a source whose frame size changed
+            overlay = cv2.resize(overlay, size, interpolation=cv2.INTER_AREA)
+        writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+
+    def _open(self, source: str, width: int, height: int) -> tuple[cv2.VideoWriter, tuple[int, int]]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{source}.mp4"
+        fps = self.fps.get(source) or DEFAULT_VIDEO_FPS
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not writer.isOpened():
+            raise OSError(f"cannot write video {path} (this OpenCV build lacks an mp4v encoder?)")
+        return writer, (width, height)
+
+    def finish(self) -> None:
+        for writer, _ in self._writers.values():
+            writer.release()
+        self._writers.clear()

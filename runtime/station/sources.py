@@ -27,11 +27,13 @@ from ..image_io import IMAGE_SUFFIXES, read_image, write_bytes_atomic
 
 @dataclass
 class Frame:
-    """One frame of one source: its index among the source's captured frames, when it was read, where from."""
+    """One frame of one source: its index among the source's captured frames, when it was read (wall clock
+    and monotonic), where from."""
 
     source: str
     index: int
     captured_at: float
+    captured_monotonic: float
     image: np.ndarray
     origin: str = ""
 
@@ -50,6 +52,8 @@ class FrameSource(ABC):
 
     live: drop the oldest queued frame when the queue is full (else wait for room).
     stride: keep every Nth captured frame; max_fps: keep at most this many frames per second.
+    stall_s: a reconnecting source that captures no frame for this long is treated as lost
+    (`check_stall`, called by the station, interrupts it through `unblock`).
     """
 
     live = False
@@ -57,10 +61,20 @@ class FrameSource(ABC):
     backoff_s = 0.5  # first wait before reopening a lost live source, doubled up to max_backoff_s
     max_backoff_s = 30.0
 
-    def __init__(self, name: str, queue_size: int = 4, stride: int = 1, max_fps: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        queue_size: int = 4,
+        stride: int = 1,
+        max_fps: float | None = None,
+        stall_s: float | None = None,
+    ) -> None:
         if queue_size < 1 or stride < 1 or (max_fps is not None and max_fps <= 0):
             raise ZsadEdgeError(f"source {name}: queue size and stride must be >= 1 and max fps > 0")
+        if stall_s is not None and stall_s <= 0:
+            raise ZsadEdgeError(f"source {name}: the stall time must be > 0 seconds")
         self.name = name
+        self.stall_s = stall_s
         self.counts = SourceCounts()
         self._queue: deque[Frame] = deque()
         self._size = queue_size
@@ -71,7 +85,17 @@ class FrameSource(ABC):
         self._stop = threading.Event()
         self._finished = False
         self._statuses: list[dict] = []
+        self._reading = False  # inside read(): the only time a stall can be noticed
+        self._last_capture = time.monotonic()
+        self._stalled = threading.Event()
+        # set on every queued frame, status and end; the station waits on it
+        self.arrivals: threading.Event | None = None
         self._thread = threading.Thread(target=self._run, name=f"source-{name}", daemon=True)
+
+    @property
+    def fps(self) -> float | None:
+        """The source's own frame rate where it states one (video files); None otherwise."""
+        return None
 
     @abstractmethod
     def read(self) -> Iterator[tuple[np.ndarray | None, str]]:
@@ -114,6 +138,21 @@ class FrameSource(ABC):
     def close(self) -> None:
         """Release what the source holds (a device, a stream) once capture has ended."""
 
+    def unblock(self) -> None:
+        """Make a stalled `read` return (called from another thread); sources whose reads time out by
+        themselves need nothing."""
+
+    def check_stall(self) -> bool:
+        """True (once) when a reconnecting source has captured nothing for stall_s: it is then interrupted
+        and reopened like a lost one, with source_down / source_up events."""
+        if not (self.reconnects and self.stall_s and self._reading) or self._stalled.is_set():
+            return False
+        if time.monotonic() - self._last_capture < self.stall_s:
+            return False
+        self._stalled.set()
+        self.unblock()
+        return True
+
     def statuses(self) -> list[dict]:
         """Status events (source_down / source_up) since the last call."""
         with self._lock:
@@ -123,14 +162,21 @@ class FrameSource(ABC):
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                self._last_capture, self._reading = time.monotonic(), True
                 try:
                     for image, origin in self.read():
                         if self._stop.is_set():
                             return
+                        if self._stalled.is_set():
+                            break
                         self._offer(image, origin)
                     reason = "stream ended"
                 except (OSError, cv2.error) as exc:
                     reason = f"{type(exc).__name__}: {exc}"
+                self._reading = False
+                if self._stalled.is_set():
+                    reason = f"no frame for {self.stall_s:g} s"
+                    self._stalled.clear()
                 if not self.reconnects or self._stop.is_set():
                     return
                 self._reconnect(reason)
@@ -139,6 +185,11 @@ class FrameSource(ABC):
             with self._lock:
                 self._finished = True
                 self._lock.notify_all()
+            self._announce()
+
+    def _announce(self) -> None:
+        if self.arrivals is not None:
+            self.arrivals.set()
 
     def _reconnect(self, reason: str) -> None:
         """A lost live source: source_down, then reopen with capped exponential backoff, then source_up."""
@@ -157,11 +208,12 @@ class FrameSource(ABC):
     def _status(self, kind: str, reason: str | None) -> None:
         with self._lock:
             self._statuses.append({"event": kind, "source": self.name, "time": round(time.time(), 6), "reason": reason})
+        self._announce()
 
     def _offer(self, image: np.ndarray | None, origin: str) -> None:
         index = self.counts.captured
         self.counts.captured += 1
-        now = time.monotonic()
+        now = self._last_capture = time.monotonic()
         if image is None:
             self._skip(f"{origin}: could not be decoded")
             return
@@ -169,7 +221,7 @@ class FrameSource(ABC):
             self._skip(None)
             return
         self._last_kept = now
-        frame = Frame(self.name, index, time.time(), image, origin)
+        frame = Frame(self.name, index, time.time(), now, image, origin)
         with self._lock:
             if self.live and len(self._queue) >= self._size:
                 self._queue.popleft()
@@ -178,6 +230,7 @@ class FrameSource(ABC):
                 self._lock.wait(0.1)
             self._queue.append(frame)
             self._lock.notify_all()
+        self._announce()
 
     def _skip(self, reason: str | None) -> None:
         with self._lock:
@@ -196,14 +249,18 @@ class VideoFileSource(FrameSource):
             raise ZsadEdgeError(f"source {name}: video file not found: {self.path}")
         capture = cv2.VideoCapture(str(self.path))
         ok = capture.isOpened()
-        self.fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        self._fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
         capture.release()
         if not ok:
             raise ZsadEdgeError(f"source {name}: cannot open video {self.path} (not a video, or a codec FFmpeg lacks)")
         self.loop, self.realtime = loop, realtime
 
+    @property
+    def fps(self) -> float | None:
+        return self._fps or None
+
     def read(self) -> Iterator[tuple[np.ndarray | None, str]]:
-        interval = 1.0 / self.fps if self.realtime and self.fps > 0 else 0.0
+        interval = 1.0 / self._fps if self.realtime and self._fps > 0 else 0.0
         while not self._stop.is_set():
             capture = cv2.VideoCapture(str(self.path))
             position = 0
@@ -296,6 +353,10 @@ class FolderSource(FrameSource):
             write_bytes_atomic(self.state_file, json.dumps({"taken": sorted(self.taken)}).encode("utf-8"))
 
 
+NETWORK_SCHEMES = ("rtsp://", "http://", "https://")
+DEFAULT_NETWORK_TIMEOUT_S = 10.0
+
+
 class CaptureSource(FrameSource):
     """A camera or stream through OpenCV: a device number or /dev/videoN, rtsp:// or http(s):// URLs,
     or a GStreamer pipeline (`gst:...`, refused when this OpenCV lacks GStreamer). Live: drops oldest."""
@@ -318,6 +379,10 @@ class CaptureSource(FrameSource):
     def _open(self) -> cv2.VideoCapture:
         if self.uri.startswith("gst:"):
             return cv2.VideoCapture(self.uri[4:], cv2.CAP_GSTREAMER)
+        if self.uri.startswith(NETWORK_SCHEMES):  # FFmpeg gives up on a silent stream by itself
+            timeout_ms = int(1000 * (self.stall_s or DEFAULT_NETWORK_TIMEOUT_S))
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+            return cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, params)
         target: Any = int(self.uri) if self.uri.isdigit() else self.uri
         return cv2.VideoCapture(target)
 
@@ -366,7 +431,7 @@ def open_source(
         return FolderSource(name, path, follow=follow, state_file=state, **options)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoFileSource(name, path, loop=loop, realtime=realtime, **options)
-    if uri.isdigit() or uri.startswith(("/dev/video", "rtsp://", "http://", "https://", "gst:")):
+    if uri.isdigit() or uri.startswith(("/dev/video", "gst:", *NETWORK_SCHEMES)):
         return CaptureSource(name, uri, **options)
     raise ZsadEdgeError(
         f"unknown source {spec!r}: expected a video file ({', '.join(sorted(VIDEO_SUFFIXES))}), an "

@@ -1,66 +1,45 @@
-"""The camera station (first slice of issue 15): sources with exact counts, batching, events, stopping."""
+"""The camera station's core: sources with exact counts, stall and loss recovery, batching across
+sources on three overlapping threads, events, the Station object and its stats."""
 
-import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import cv2
 import numpy as np
 import pytest
-from helpers import REPO_ROOT
+from station_helpers import Burst, Slow, write_video
 
 from zsad_edge.runtime.errors import ZsadEdgeError
-from zsad_edge.runtime.station.events import EventLog, summarise
-from zsad_edge.runtime.station.loop import watch
+from zsad_edge.runtime.station.events import EventLog, anomalous_regions
 from zsad_edge.runtime.station.sources import FolderSource, FrameSource, VideoFileSource, open_source
+from zsad_edge.runtime.station.station import Station, watch
 from zsad_edge.runtime.stopping import StopRequest
-
-CLI = [sys.executable, "-m", "zsad_edge.runtime.cli"]
-
-
-def _video(path, frames=25, size=(64, 48)):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size)
-    rng = np.random.default_rng(0)
-    for _ in range(frames):
-        writer.write((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8))
-    writer.release()
-    return path
-
-
-class Burst(FrameSource):
-    """A live source that captures `count` frames as fast as it can, then ends."""
-
-    live = True
-
-    def __init__(self, name, count, **options):
-        super().__init__(name, **options)
-        self.count = count
-
-    def read(self):
-        for index in range(self.count):
-            yield np.full((32, 32, 3), index % 255, np.uint8), f"burst#{index}"
-
-
-class Slow:
-    """A detector that takes its time, so a live source outruns it."""
-
-    def __init__(self, detector, seconds):
-        self.detector, self.seconds = detector, seconds
-
-    def detect_batch(self, images):
-        time.sleep(self.seconds)
-        return self.detector.detect_batch(images)
 
 
 def test_a_video_file_gives_one_event_per_frame_in_order_and_never_drops(tiny_detector, tmp_path):
-    source = VideoFileSource("line1", _video(tmp_path / "part.avi"), queue_size=2)
+    source = VideoFileSource("line1", write_video(tmp_path / "part.avi"), queue_size=2)
     events = list(watch(Slow(tiny_detector, 0.005), [source], batch_size=3))
     assert [e["frame"] for e in events] == list(range(25))
     assert (source.counts.captured, source.counts.dropped, source.counts.skipped) == (25, 0, 0)
-    assert {"score", "is_anomalous", "latency_ms", "origin"} <= set(events[0]) and events[0]["origin"] == "part.avi#0"
+    assert events[0]["origin"] == "part.avi#0" and source.fps == pytest.approx(10.0)
+
+
+def test_a_frame_event_says_what_an_operator_needs(tiny_detector, tmp_path):
+    source = VideoFileSource("line1", write_video(tmp_path / "part.avi", frames=3))
+    event = list(watch(tiny_detector, [source]))[0]
+    assert {"score", "is_anomalous", "map_max", "map_mean", "mask_fraction", "regions", "regions_total"} <= set(event)
+    assert set(event["stages_ms"]) == {"wait", "preprocess", "infer", "postprocess"}
+    assert event["latency_ms"] >= event["stages_ms"]["infer"] > 0
+    assert event["source_dropped"] == 0 and event["captured_monotonic"] <= time.monotonic()
+
+
+def test_regions_are_listed_largest_first_with_boxes_and_areas():
+    mask = np.zeros((40, 60), bool)
+    mask[2:4, 3:6] = True  # 2 x 3
+    mask[10:20, 30:50] = True  # 10 x 20
+    regions, total = anomalous_regions(mask)
+    assert total == 2 and regions == [{"box": [30, 10, 20, 10], "area": 200}, {"box": [3, 2, 3, 2], "area": 6}]
 
 
 def test_a_live_source_drops_only_its_oldest_frames_and_counts_them(tiny_detector):
@@ -71,14 +50,48 @@ def test_a_live_source_drops_only_its_oldest_frames_and_counts_them(tiny_detecto
     counts = source.counts
     assert counts.captured == 60 and counts.skipped == 0
     assert counts.dropped == 60 - len(events) > 0  # every missing frame is a counted drop
+    assert [e["source_dropped"] for e in events] == sorted(e["source_dropped"] for e in events)
 
 
 def test_two_sources_are_batched_together_and_keep_their_own_order(tiny_detector, tmp_path):
-    first = VideoFileSource("a", _video(tmp_path / "a.avi", frames=12))
-    second = VideoFileSource("b", _video(tmp_path / "b.avi", frames=7))
+    first = VideoFileSource("a", write_video(tmp_path / "a.avi", frames=12))
+    second = VideoFileSource("b", write_video(tmp_path / "b.avi", frames=7))
     events = list(watch(tiny_detector, [first, second], batch_size=4, max_wait_ms=50))
     for name, frames in (("a", 12), ("b", 7)):
         assert [e["frame"] for e in events if e["source"] == name] == list(range(frames))
+
+
+class Recording:
+    """A detector that notes when its preprocess and model calls ran, on which thread."""
+
+    def __init__(self, detector):
+        self.detector, self.spans = detector, {"preprocess": [], "infer": []}
+
+    def _timed(self, stage, call, *args):
+        began = time.monotonic()
+        out = call(*args)
+        time.sleep(0.01)  # long enough to be seen overlapping
+        self.spans[stage].append((began, time.monotonic(), threading.current_thread().name))
+        return out
+
+    def preprocess(self, images):
+        return self._timed("preprocess", self.detector.preprocess, images)
+
+    def infer(self, batch):
+        return self._timed("infer", self.detector.infer, batch)
+
+    def __getattr__(self, name):
+        return getattr(self.detector, name)
+
+
+def test_preprocessing_of_the_next_batch_overlaps_the_model_call(tiny_detector, tmp_path):
+    recording = Recording(tiny_detector)
+    list(watch(recording, [VideoFileSource("line", write_video(tmp_path / "v.avi", frames=20))]))
+    spans = recording.spans
+    assert {t for *_, t in spans["preprocess"]} == {"station-prepare"}
+    assert {t for *_, t in spans["infer"]} == {"station-infer"}
+    overlapping = sum(any(a0 < b1 and b0 < a1 for a0, a1, _ in spans["preprocess"]) for b0, b1, _ in spans["infer"])
+    assert overlapping >= 5  # of 20 model calls: the threads run side by side, not in turn
 
 
 def test_a_drop_folder_takes_each_complete_file_once_also_after_a_restart(tiny_detector, tmp_path):
@@ -105,15 +118,43 @@ def test_a_drop_folder_takes_each_complete_file_once_also_after_a_restart(tiny_d
     assert [e["origin"] for e in watch(tiny_detector, [again])] == ["c0.png"]
 
 
-def test_summary_counts_add_up(tiny_detector, tmp_path):
-    source = Burst("cam", 30, queue_size=2)
+def test_the_station_object_starts_stops_and_counts(tiny_detector, tmp_path):
+    source = Burst("cam", 10_000, every_s=0.002, queue_size=2)
     with EventLog(tmp_path / "events.jsonl") as log:
-        for event in watch(Slow(tiny_detector, 0.01), [source]):
-            log.write(event)
-    summary = summarise([source], log, 1.0, None)["sources"]["cam"]
-    assert summary["captured"] == summary["processed"] + summary["dropped"] + summary["skipped"] == 30
+        station = Station(Slow(tiny_detector, 0.01), [source], on_event=log.write).start()
+        while station.stats.per_source()["cam"]["processed"] < 10:
+            time.sleep(0.01)
+        station.stop()
+        assert station.join(timeout=30) and not station.running
+    summary = station.stats.summary()
+    counts = summary["sources"]["cam"]
+    assert counts["captured"] == counts["processed"] + counts["dropped"] + counts["skipped"] < 10_000
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
-    assert len(lines) == summary["processed"] and all(json.loads(line)["source"] == "cam" for line in lines)
+    assert len(lines) == counts["processed"] and counts["dropped"] > 0
+    assert {"wait", "preprocess", "infer", "postprocess", "total"} == set(summary["latency_ms"])
+    assert summary["latency_ms"]["total"]["p50"] <= summary["latency_ms"]["total"]["p99"]
+
+
+def test_only_anomalies_are_written_when_asked(tiny_built, tmp_path):
+    from zsad_edge.runtime.detector import Detector
+
+    detector = Detector.from_bundle(tiny_built.path)
+    scores = [e["score"] for e in watch(detector, [VideoFileSource("v", write_video(tmp_path / "v.avi"))])]
+    detector.image_threshold = float(np.median(scores))
+    with EventLog(tmp_path / "events.jsonl", only_anomalies=True) as log:
+        for event in watch(detector, [VideoFileSource("v", write_video(tmp_path / "v.avi"))]):
+            log.write(event)
+    written = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert len(written) == sum(score > detector.image_threshold for score in scores) > 0
+
+
+def test_a_failing_model_call_stops_the_station_with_its_error(tiny_detector, tmp_path):
+    class Broken(Slow):
+        def infer(self, batch):
+            raise RuntimeError("the accelerator fell off the bus")
+
+    with pytest.raises(RuntimeError, match="fell off the bus"):
+        list(watch(Broken(tiny_detector, 0), [VideoFileSource("v", write_video(tmp_path / "v.avi"))]))
 
 
 @pytest.mark.parametrize(
@@ -129,41 +170,6 @@ def test_bad_sources_are_refused_before_any_frame(spec, message):
         pytest.skip("this OpenCV has GStreamer")
     with pytest.raises(ZsadEdgeError, match=message):
         open_source(spec, 0)
-
-
-def test_watch_cli_stops_on_sigint_with_complete_events_and_summary(tiny_built, tmp_path):
-    video, out = _video(tmp_path / "line.avi", frames=10), tmp_path / "out"
-    proc = subprocess.Popen(
-        [*CLI, "watch", str(tiny_built.path), f"line1={video}", "--loop", "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO_ROOT,
-    )
-    events = out / "events.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not events.is_file() or len(events.read_text().splitlines()) < 15):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "Traceback" not in stderr
-    lines = [json.loads(line) for line in events.read_text().splitlines()]  # every line whole
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["stopped"] == "stopped by SIGINT" and summary["processed"] == len(lines) >= 15
-    assert summary["sources"]["line1"]["dropped"] == 0 and "stopped by SIGINT" in stdout
-
-
-def test_watch_cli_bad_input_is_one_error_line(tiny_built, tmp_path):
-    proc = subprocess.run(
-        [*CLI, "watch", str(tiny_built.path), "nothing.xyz", "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
-        "error: unknown source 'nothing.xyz'"
-    )
 
 
 class Flaky(FrameSource):
@@ -189,14 +195,24 @@ class Flaky(FrameSource):
             raise ZsadEdgeError("camera still rebooting")
 
 
-def test_a_lost_source_is_reopened_while_the_others_keep_running(tiny_detector, tmp_path):
-    flaky, steady = Flaky("cam", queue_size=8), VideoFileSource("line", _video(tmp_path / "v.avi", frames=20))
-    stop, seen, deadline = StopRequest(), [], time.monotonic() + 60
-    for event in watch(tiny_detector, [flaky, steady], batch_size=2, stop=stop):
+def _until(events, condition, stop, timeout=60):
+    """Collect events until condition(seen) holds (then stop), or the timeout."""
+    seen, deadline = [], time.monotonic() + timeout
+    for event in events:
         seen.append(event)
-        reconnected = sum(e["event"] == "source_up" for e in seen) == 2 and sum(e["source"] == "cam" for e in seen) > 20
-        if reconnected or time.monotonic() > deadline:
+        if condition(seen) or time.monotonic() > deadline:
             stop.signal = signal.SIGINT
+    return seen
+
+
+def test_a_lost_source_is_reopened_while_the_others_keep_running(tiny_detector, tmp_path):
+    flaky, steady = Flaky("cam", queue_size=8), VideoFileSource("line", write_video(tmp_path / "v.avi", frames=20))
+    stop = StopRequest()
+
+    def reconnected(seen):
+        return sum(e["event"] == "source_up" for e in seen) == 2 and sum(e["source"] == "cam" for e in seen) > 20
+
+    seen = _until(watch(tiny_detector, [flaky, steady], batch_size=2, stop=stop), reconnected, stop)
     statuses = [(e["event"], e["source"]) for e in seen if e["event"] != "frame"]
     assert statuses == [("source_down", "cam"), ("source_up", "cam")] * 2 and flaky.reopens == 3
     assert [e["frame"] for e in seen if e["source"] == "line"] == list(range(20))  # never held up
@@ -204,25 +220,36 @@ def test_a_lost_source_is_reopened_while_the_others_keep_running(tiny_detector, 
     assert cam_frames == sorted(cam_frames) and max(cam_frames) >= 10  # frames after both reconnects
 
 
-def test_a_slow_sink_drops_its_oldest_images_and_never_slows_the_line(tiny_built, tmp_path):
-    from zsad_edge.runtime.detector import Detector
-    from zsad_edge.runtime.station.sinks import DefectImageSink
+class Freezing(FrameSource):
+    """A live source whose stream goes silent after 5 frames (read blocks) until it is unblocked."""
 
-    detector = Detector.from_bundle(tiny_built.path)
-    detector.image_threshold = -1.0  # every frame anomalous: the sink gets all of them
+    live = True
+    reconnects = True
+    backoff_s = 0.02
 
-    class SlowDisk(DefectImageSink):
-        def write(self, frame, result):
-            time.sleep(0.3)
-            super().write(frame, result)
+    def __init__(self, name, **options):
+        super().__init__(name, **options)
+        self.rounds, self.woken = 0, threading.Event()
 
-    sink = SlowDisk(tmp_path / "defects", detector.scoring, {"calibrated": False, "source": "bundle"}, queue_size=2)
-    started = time.monotonic()
-    events = list(watch(detector, [VideoFileSource("line", _video(tmp_path / "v.avi", frames=30))], sinks=[sink]))
-    line_time = time.monotonic() - started
-    sink.close()
-    assert len(events) == 30 and line_time < 30 * 0.3 / 2  # the line did not wait for the disk
-    counts = sink.counts()
-    assert counts["written"] + counts["dropped"] == 30 and counts["dropped"] > 0
-    written = sorted(p.name for p in (tmp_path / "defects" / "line").iterdir())
-    assert len(written) == counts["written"] and written[-1] == "00000029.png"  # the newest kept
+    def read(self):
+        self.rounds += 1
+        for index in range(5):
+            yield np.full((24, 24, 3), 50, np.uint8), f"freezing#{self.rounds}.{index}"
+        self.woken.wait()  # a camera that stops sending without closing the connection
+        self.woken.clear()
+
+    def unblock(self):
+        self.woken.set()
+
+    def reopen(self):
+        pass
+
+
+def test_a_silent_source_is_treated_as_lost_after_the_stall_time(tiny_detector):
+    source = Freezing("cam", stall_s=0.3)
+    stop = StopRequest()
+    seen = _until(watch(tiny_detector, [source], stop=stop), lambda s: source.rounds >= 3, stop)
+    downs = [e for e in seen if e["event"] == "source_down"]
+    assert len(downs) >= 2 and downs[0]["reason"] == "no frame for 0.3 s"
+    assert sum(e["event"] == "source_up" for e in seen) >= 2
+    assert sum(e["event"] == "frame" for e in seen) >= 10  # frames from after the reopen

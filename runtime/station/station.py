@@ -1,0 +1,257 @@
+"""The station: frames from every source through the detector on three threads, one event per frame.
+
+    prepare (gather a batch across sources, decode checks, preprocess)
+      -> infer (encoder, heads, map stages: the model call; onnxruntime releases the GIL)
+      -> finish (post-process, result stages, events, sinks)
+
+Each hand-over is a queue of QUEUE_DEPTH batches, so the model call of one batch overlaps the
+preprocessing of the next and the post-processing of the previous one, and memory stays bounded.
+Per source, events come in capture order. `stop()` stops capture; the frames already captured
+still go through, then the threads end. `watch()` is the same as a generator.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from ..pipeline import DetectionPipeline, DetectionResult
+from ..stopping import NEVER, StopRequest
+from .batching import gather
+from .events import frame_event
+from .sources import Frame, FrameSource
+from .stats import StationStats
+
+QUEUE_DEPTH = 2
+IDLE_S = 0.05  # with no frame, the prepare thread looks at stops and stalls this often
+EVENT_QUEUE = 64  # events waiting for a slow `watch()` consumer before the station waits for it
+JOIN_S = 5.0
+
+
+class Sink(Protocol):
+    """Gets every processed frame; must return at once (sinks.py queues the work on its own thread)."""
+
+    def __call__(self, frame: Frame, result: DetectionResult, event: dict) -> None: ...
+
+
+@dataclass
+class Batch:
+    """Frames moving through the three threads, with what each thread added."""
+
+    frames: list[Frame]
+    statuses: list[dict]
+    loaded: list[np.ndarray] = field(default_factory=list)
+    tensor: np.ndarray | None = None
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    maps: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    started: float = 0.0
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+_END = None  # passed down the threads when capture has ended and every frame went through
+
+
+class Station:
+    """Runs a detector on sources: `start()`, `stop()`, `join()`, `stats`.
+
+    on_event: called (on the finish thread) with every event: frame events and the sources'
+    source_down / source_up. sinks: called with every (frame, result, event).
+    """
+
+    def __init__(
+        self,
+        detector: DetectionPipeline,
+        sources: Sequence[FrameSource],
+        batch_size: int = 1,
+        max_wait_ms: float = 20.0,
+        sinks: Sequence[Sink] = (),
+        on_event: Callable[[dict], None] | None = None,
+    ) -> None:
+        if batch_size < 1 or max_wait_ms < 0:
+            raise ValueError("batch_size must be at least 1 and max_wait_ms at least 0")
+        self.detector, self.sources = detector, list(sources)
+        self.batch_size, self.max_wait_s = batch_size, max_wait_ms / 1000.0
+        self.sinks, self.on_event = list(sinks), on_event
+        self.stats = StationStats(self.sources)
+        self.error: BaseException | None = None
+        self._by_name = {source.name: source for source in self.sources}
+        self._arrived = threading.Event()
+        for source in self.sources:
+            source.arrivals = self._arrived
+        self._prepared: queue.Queue[Batch | None] = queue.Queue(QUEUE_DEPTH)
+        self._inferred: queue.Queue[Batch | None] = queue.Queue(QUEUE_DEPTH)
+        self._abandon = threading.Event()  # an error, or close() before the end: threads leave at once
+        self._finished = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._guard, args=(body,), name=f"station-{body.__name__[1:]}", daemon=True)
+            for body in (self._prepare, self._infer, self._finish)
+        ]
+
+    def start(self) -> "Station":
+        for source in self.sources:
+            source.start()
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop capture; frames already captured are still processed."""
+        for source in self.sources:
+            source.stop()
+
+    @property
+    def finished(self) -> bool:
+        """True once every captured frame has been processed (or the station failed)."""
+        return self._finished.is_set()
+
+    @property
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the end; True when it came. Re-raises what stopped a station thread."""
+        done = self._finished.wait(timeout)
+        if self.error is not None:
+            raise self.error
+        return done
+
+    def close(self) -> None:
+        """Stop everything now (frames in flight are abandoned) and release the sources."""
+        self.stop()
+        self._abandon.set()
+        for thread in self._threads:
+            thread.join(JOIN_S)
+        for source in self.sources:
+            source.join(JOIN_S)
+
+    def _guard(self, body: Callable[[], None]) -> None:
+        try:
+            body()
+        except BaseException as exc:  # noqa: BLE001  (handed to join(); the station stops)
+            if self.error is None:
+                self.error = exc
+            self.stop()
+            self._abandon.set()
+            self._finished.set()
+
+    def _put(self, into: queue.Queue, item: Batch | None) -> None:
+        while not self._abandon.is_set():
+            try:
+                into.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _take(self, source: queue.Queue) -> Batch | None:
+        while not self._abandon.is_set():
+            try:
+                return source.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return _END
+
+    def _statuses(self) -> list[dict]:
+        for source in self.sources:
+            source.check_stall()
+        return [status for source in self.sources for status in source.statuses()]
+
+    def _prepare(self) -> None:
+        while not self._abandon.is_set():
+            frames = gather(self.sources, self.batch_size, self.max_wait_s, self._arrived, IDLE_S)
+            statuses = self._statuses()
+            if not frames:
+                if statuses:
+                    self._put(self._prepared, Batch([], statuses))
+                if all(source.finished for source in self.sources):
+                    break
+                continue
+            batch = Batch(frames, statuses, started=time.monotonic())
+            batch.loaded = self.detector.load([frame.image for frame in frames])
+            batch.tensor, batch.sizes = self.detector.preprocess(batch.loaded)
+            batch.stages_ms["preprocess"] = 1e3 * (time.monotonic() - batch.started)
+            self._put(self._prepared, batch)
+        self._put(self._prepared, _END)
+
+    def _infer(self) -> None:
+        while (batch := self._take(self._prepared)) is not _END:
+            if batch.frames:
+                began = time.monotonic()
+                batch.maps, batch.scores = self.detector.infer(batch.tensor)
+                self.detector.synchronize()
+                batch.tensor = None
+                batch.stages_ms["infer"] = 1e3 * (time.monotonic() - began)
+            self._put(self._inferred, batch)
+        self._put(self._inferred, _END)
+
+    def _finish(self) -> None:
+        while (batch := self._take(self._inferred)) is not _END:
+            for status in batch.statuses:
+                self._emit(status)
+            if not batch.frames:
+                continue
+            began = time.monotonic()
+            results = self.detector.postprocess(batch.maps, batch.scores, batch.sizes)
+            batch.stages_ms["postprocess"] = 1e3 * (time.monotonic() - began)
+            if self.detector.result_stages:
+                began = time.monotonic()
+                self.detector.refine(results, batch.loaded)
+                batch.stages_ms["refine"] = 1e3 * (time.monotonic() - began)
+            done = time.time()
+            for frame, result in zip(batch.frames, results):
+                waited = 1e3 * (batch.started - frame.captured_monotonic)
+                stages = {"wait": waited, **batch.stages_ms}
+                event = frame_event(frame, result, stages, self._by_name[frame.source].counts.dropped, done)
+                self._emit(event)
+                for sink in self.sinks:
+                    sink(frame, result, event)
+        for status in self._statuses():
+            self._emit(status)
+        self._finished.set()
+
+    def _emit(self, event: dict) -> None:
+        self.stats.record(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def watch(
+    detector: DetectionPipeline,
+    sources: Sequence[FrameSource],
+    batch_size: int = 1,
+    max_wait_ms: float = 20.0,
+    stop: StopRequest = NEVER,
+    sinks: Sequence[Sink] = (),
+) -> Iterator[dict]:
+    """Run a station and yield its events as they come (frames, and source_down / source_up), until
+    every source has ended or `stop` is requested (then the frames already captured come too).
+    Leaving the loop early stops the station."""
+    events: queue.Queue[dict] = queue.Queue(EVENT_QUEUE)
+    closed = threading.Event()
+
+    def deliver(event: dict) -> None:
+        while not closed.is_set():
+            try:
+                events.put(event, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    station = Station(detector, sources, batch_size, max_wait_ms, sinks, on_event=deliver).start()
+    try:
+        while not (station.finished and events.empty()):
+            if stop.requested:
+                station.stop()
+            try:
+                yield events.get(timeout=0.05)
+            except queue.Empty:
+                continue
+        station.join()
+    finally:
+        closed.set()
+        station.close()
