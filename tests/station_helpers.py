@@ -3,6 +3,7 @@ a detector that takes its time, a free local port, a mosquitto broker."""
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -77,7 +78,7 @@ def start_mosquitto(tmp_path, password_file=None):
         pytest.skip("mosquitto is not installed (.ci/run installs it: apt-get install -y mosquitto)")
     port = free_port()
     config = tmp_path / "mosquitto.conf"
-    lines = [f"listener {port} 127.0.0.1"]
+    lines = [f"listener {port} 127.0.0.1", f"user {getpass.getuser()}"]  # as root it would switch to `mosquitto`
     lines += [f"password_file {password_file}", "allow_anonymous false"] if password_file else ["allow_anonymous true"]
     config.write_text("\n".join(lines) + "\n")
     broker = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -31,21 +31,26 @@ DEFAULT_VIDEO_FPS = 10.0  # for sources that state no frame rate (cameras, folde
 
 
 class RateLimit:
-    """At most `per_s` items per second per source (None: no limit): an item passes when the previous
-    one of its source passed at least 1 / per_s seconds ago."""
+    """At most `per_s` items per second per source (None: no limit), as a token bucket holding up to
+    one second's worth: a batch of frames that arrive together is not cut to one, yet over any
+    span T no more than per_s * (T + 1) items pass."""
 
     def __init__(self, per_s: float | None) -> None:
         if per_s is not None and per_s <= 0:
             raise ValueError("a rate limit must be > 0 per second")
-        self.interval = 1.0 / per_s if per_s else 0.0
-        self._last: dict[str, float] = {}
+        self.per_s = per_s
+        self.capacity = max(1.0, per_s or 0.0)
+        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, when counted)
 
     def allow(self, source: str) -> bool:
+        if self.per_s is None:
+            return True
         now = time.monotonic()
-        if now - self._last.get(source, -float("inf")) < self.interval:
-            return False
-        self._last[source] = now
-        return True
+        tokens, then = self._buckets.get(source, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - then) * self.per_s)
+        allowed = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
 
 
 class QueuedSink(ABC):

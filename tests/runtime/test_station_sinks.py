@@ -1,0 +1,188 @@
+"""Station sinks: frame images, annotated video, MQTT to a real mosquitto broker, a webhook to a real
+HTTP server. Each is bounded, drops and counts when behind, and never slows the line."""
+
+import json
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from station_helpers import Subscriber, free_port, start_mosquitto, video_frame_count, write_video
+
+from zsad_edge.runtime.detector import Detector
+from zsad_edge.runtime.errors import ZsadEdgeError
+from zsad_edge.runtime.station.messaging import MQTT_PASSWORD_ENV, MqttSink, MqttTarget, WebhookSink
+from zsad_edge.runtime.station.sinks import FrameImageSink, RateLimit, VideoSink
+from zsad_edge.runtime.station.sources import VideoFileSource
+from zsad_edge.runtime.station.station import watch
+
+THRESHOLDS = {"calibrated": False, "source": "bundle"}
+
+
+@pytest.fixture
+def flagging_detector(tiny_built):
+    """A detector that flags every frame, so every frame reaches the anomaly sinks."""
+    detector = Detector.from_bundle(tiny_built.path)
+    detector.image_threshold = -1e9
+    return detector
+
+
+def _run(detector, tmp_path, sinks, frames=30, name="line"):
+    source = VideoFileSource(name, write_video(tmp_path / f"{name}.avi", frames=frames))
+    events = list(watch(detector, [source], sinks=sinks))
+    for sink in sinks:
+        sink.close()
+    return events
+
+
+def test_a_slow_sink_drops_its_oldest_items_and_never_slows_the_line(flagging_detector, tmp_path):
+    class SlowDisk(FrameImageSink):
+        def handle(self, frame, result, event):
+            time.sleep(0.3)
+            super().handle(frame, result, event)
+
+    sink = SlowDisk(tmp_path / "frames", flagging_detector.scoring, THRESHOLDS, queue_size=2)
+    started = time.monotonic()
+    source = VideoFileSource("line", write_video(tmp_path / "v.avi", frames=30))
+    events = list(watch(flagging_detector, [source], sinks=[sink]))
+    line_time = time.monotonic() - started
+    sink.close()
+    assert len(events) == 30 and line_time < 30 * 0.3 / 2  # the line did not wait for the disk
+    counts = sink.counts()
+    assert counts["written"] + counts["dropped"] == 30 and counts["dropped"] > 0
+    written = sorted(p.name for p in (tmp_path / "frames" / "line").glob("*_overlay.png"))
+    assert len(written) == counts["written"] and written[-1] == "00000029_overlay.png"  # the newest kept
+
+
+def test_saved_frames_come_as_frame_overlay_and_mask_and_respect_the_rate(flagging_detector, tmp_path):
+    sink = FrameImageSink(tmp_path / "frames", flagging_detector.scoring, THRESHOLDS, "all", rate_per_s=1e6)
+    _run(flagging_detector, tmp_path, [sink], frames=5)
+    names = sorted(p.name for p in (tmp_path / "frames" / "line").iterdir())
+    assert names[:3] == ["00000000_frame.png", "00000000_mask.png", "00000000_overlay.png"] and len(names) == 15
+    limited = FrameImageSink(tmp_path / "limited", flagging_detector.scoring, THRESHOLDS, "all", rate_per_s=0.001)
+    _run(flagging_detector, tmp_path, [limited], frames=5)
+    assert limited.counts()["written"] == 1 and limited.counts()["rate_limited"] == 4
+
+
+def test_the_rate_limit_is_a_bucket_of_one_seconds_worth_per_source():
+    limit = RateLimit(3.0)
+    assert [limit.allow("a") for _ in range(5)] == [True, True, True, False, False]
+    assert limit.allow("b")  # another source has its own bucket
+    time.sleep(0.4)  # about one token back
+    assert [limit.allow("a") for _ in range(2)] == [True, False]
+    assert all(RateLimit(None).allow("a") for _ in range(100))
+
+
+def test_the_annotated_video_holds_every_frame_and_plays(flagging_detector, tmp_path):
+    sink = VideoSink(tmp_path / "video", flagging_detector.scoring, THRESHOLDS, {"line": 10.0}, queue_size=1000)
+    _run(flagging_detector, tmp_path, [sink], frames=24)
+    assert sink.counts()["written"] == 24 and video_frame_count(tmp_path / "video" / "line.mp4") == 24
+
+
+def test_mqtt_gets_one_message_per_anomalous_frame(tiny_built, tmp_path):
+    broker, port = start_mosquitto(tmp_path)
+    subscriber = Subscriber(port, "factory/#")
+    try:
+        detector = Detector.from_bundle(tiny_built.path)
+        scores = [e["score"] for e in _run(detector, tmp_path, [], frames=30)]
+        detector.image_threshold = float(np.median(scores))  # about half of the frames anomalous
+        sink = MqttSink(MqttTarget.parse(f"mqtt://127.0.0.1:{port}/factory/{{source}}"), rate_per_s=1e6)
+        events = _run(detector, tmp_path, [sink], frames=30)
+        anomalous = [e["frame"] for e in events if e["is_anomalous"]]
+        messages = subscriber.wait_for(len(anomalous))
+        assert 0 < len(anomalous) < 30 and sink.counts()["delivered"] == len(anomalous)
+        assert [json.loads(m.payload)["frame"] for m in messages] == anomalous
+        assert {m.topic for m in messages} == {"factory/line"} and {m.qos for m in messages} == {1}
+    finally:
+        subscriber.close()
+        broker.kill()
+
+
+def test_mqtt_never_exceeds_its_rate_limit(flagging_detector, tmp_path):
+    broker, port = start_mosquitto(tmp_path)
+    subscriber = Subscriber(port)
+    try:
+        sink = MqttSink(MqttTarget.parse(f"mqtt://127.0.0.1:{port}/t"), rate_per_s=5.0)
+        source = VideoFileSource("line", write_video(tmp_path / "v.avi", frames=20, fps=20.0), realtime=True)
+        started = time.monotonic()
+        events = list(watch(flagging_detector, [source], sinks=[sink]))
+        elapsed = time.monotonic() - started
+        sink.close()
+        messages = subscriber.wait_for(sink.counts()["written"])
+        assert len(events) == 20 and len(messages) <= 5.0 * (elapsed + 1)
+        assert len(messages) + sink.counts()["rate_limited"] == 20 and len(messages) >= 3
+    finally:
+        subscriber.close()
+        broker.kill()
+
+
+def test_mqtt_credentials_are_checked_before_any_frame(flagging_detector, tmp_path, monkeypatch):
+    passwords = tmp_path / "passwords"
+    passwd = subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "station", "s3cret"], capture_output=True)
+    if passwd.returncode != 0:
+        pytest.skip("mosquitto_passwd is not available")
+    broker, port = start_mosquitto(tmp_path, password_file=passwords)
+    try:
+        monkeypatch.setenv(MQTT_PASSWORD_ENV, "wrong")
+        with pytest.raises(ZsadEdgeError, match="did not accept the connection: Not authorized"):
+            MqttSink(MqttTarget.parse(f"mqtt://station@127.0.0.1:{port}/t"))
+        monkeypatch.setenv(MQTT_PASSWORD_ENV, "s3cret")
+        subscriber = Subscriber(port, username="station", password="s3cret")
+        sink = MqttSink(MqttTarget.parse(f"mqtt://station@127.0.0.1:{port}/t"), rate_per_s=1e6)
+        _run(flagging_detector, tmp_path, [sink], frames=4)
+        assert len(subscriber.wait_for(4)) == 4
+        subscriber.close()
+    finally:
+        broker.kill()
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("mqtt://127.0.0.1:{port}/t", "cannot reach the MQTT broker 127.0.0.1:{port}"),
+        ("tcp://127.0.0.1/t", "--mqtt wants mqtt://host"),
+    ],
+)
+def test_a_broker_that_is_not_there_is_one_clear_error(url, message):
+    port = free_port()
+    with pytest.raises(ZsadEdgeError, match=message.format(port=port)):
+        MqttSink(MqttTarget.parse(url.format(port=port)))
+
+
+class Collector(BaseHTTPRequestHandler):
+    received: list = []
+    status = 200
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(json.loads(body))
+        self.send_response(type(self).status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def web_server():
+    handler = type("Handler", (Collector,), {"received": [], "status": 200})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_webhook_gets_each_anomaly_and_failures_are_counted(flagging_detector, tmp_path, web_server):
+    url, handler = web_server
+    sink = WebhookSink(url, rate_per_s=1e6)
+    _run(flagging_detector, tmp_path, [sink], frames=6)
+    assert [event["frame"] for event in handler.received] == list(range(6)) and sink.counts()["written"] == 6
+    handler.status = 500
+    failing = WebhookSink(url, rate_per_s=1e6)
+    _run(flagging_detector, tmp_path, [failing], frames=3)
+    assert failing.counts()["failed"] == 3 and "500" in failing.counts()["last_error"]
+    with pytest.raises(ZsadEdgeError, match="--webhook wants an http"):
+        WebhookSink("ftp://example/hook")
