@@ -24,6 +24,8 @@ MAX_REGIONS = 16  # the largest regions are listed; `regions_total` counts them 
 
 def anomalous_regions(mask: np.ndarray) -> tuple[list[dict[str, Any]], int]:
     """Connected regions of a mask (8-connected), largest first: [{box: [x, y, w, h], area: pixels}]."""
+    if not mask.any():  # most frames of a healthy line: skip the labelling pass
+        return [], 0
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     order = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:MAX_REGIONS] + 1
     regions = [

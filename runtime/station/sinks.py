@@ -10,6 +10,7 @@ still queued, then finalises (videos are closed so they play).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -28,6 +29,19 @@ from .sources import Frame
 log = logging.getLogger(__name__)
 SAVE_CHOICES = ("anomalies", "all", "none")
 DEFAULT_VIDEO_FPS = 10.0  # for sources that state no frame rate (cameras, folders)
+
+
+SINK_NICENESS = 10
+
+
+def lower_priority() -> None:
+    """Run the calling thread at a lower scheduling priority (Linux: per-thread niceness), so on a
+    CPU the model saturates, the sinks take the idle time and drop (counted) rather than slow the
+    line. Elsewhere, or where not permitted, it stays as it is."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SINK_NICENESS)
+    except (AttributeError, OSError):
+        pass
 
 
 class RateLimit:
@@ -111,6 +125,7 @@ class QueuedSink(ABC):
         }
 
     def _run(self) -> None:
+        lower_priority()
         while True:
             with self._wake:
                 while not self._queue and not self._closing:

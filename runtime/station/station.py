@@ -4,7 +4,7 @@
       -> infer (encoder, heads, map stages: the model call; onnxruntime releases the GIL)
       -> finish (post-process, result stages, events, sinks)
 
-Each hand-over is a queue of QUEUE_DEPTH batches, so the model call of one batch overlaps the
+Each hand-over holds at most QUEUE_DEPTH batch, so the model call of one batch overlaps the
 preprocessing of the next and the post-processing of the previous one, and memory stays bounded.
 Per source, events come in capture order. `stop()` stops capture; the frames already captured
 still go through, then the threads end. `watch()` is the same as a generator.
@@ -27,7 +27,7 @@ from .events import frame_event
 from .sources import Frame, FrameSource
 from .stats import StationStats
 
-QUEUE_DEPTH = 2
+QUEUE_DEPTH = 1  # one batch waiting between threads is enough to overlap them; more only adds latency
 IDLE_S = 0.05  # with no frame, the prepare thread looks at stops and stalls this often
 EVENT_QUEUE = 64  # events waiting for a slow `watch()` consumer before the station waits for it
 JOIN_S = 5.0

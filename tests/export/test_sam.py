@@ -346,3 +346,21 @@ def test_segment_anything_vit_b_from_a_checkpoint_exports_and_matches(tmp_path):
     labels = np.array([[2.0, 3.0]], np.float32)
     got_masks, want_masks = runtime.decode(got, box, labels)[1], reference.decode(got, box, labels)[1]
     assert np.abs(got_masks - want_masks).max() <= 1e-4 * np.abs(want_masks).max()
+
+
+@pytest.mark.slow
+def test_a_station_runs_clip_sam_and_reports_the_refined_regions(clipsam_bundle, tmp_path):
+    from zsad_edge.runtime.detector import Detector
+    from zsad_edge.runtime.station.sources import FolderSource
+    from zsad_edge.runtime.station.station import watch
+
+    detector = Detector.from_bundle(clipsam_bundle.path)
+    detector.image_threshold, detector.map_threshold = -np.inf, 0.0  # flag every frame: SAM runs on each
+    for index, kind in enumerate(("disk", "square")):
+        cv2.imwrite(str(tmp_path / f"{index}.png"), (_textured(_shape(kind))[..., 0] * 255).astype(np.uint8))
+    events = list(watch(detector, [FolderSource("drop", tmp_path)]))
+    direct = detector.detect_batch([str(tmp_path / f"{index}.png") for index in range(2)])
+    assert [e["origin"] for e in events] == ["0.png", "1.png"] and all("refine" in e["stages_ms"] for e in events)
+    for event, result in zip(events, direct):
+        assert event["sam_mask_fraction"] == pytest.approx(float(result.refinement.mask.mean()))
+        assert event["regions_total"] >= 1 and sum(r["area"] for r in event["regions"]) <= result.refinement.mask.sum()

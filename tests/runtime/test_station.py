@@ -253,3 +253,16 @@ def test_a_silent_source_is_treated_as_lost_after_the_stall_time(tiny_detector):
     assert len(downs) >= 2 and downs[0]["reason"] == "no frame for 0.3 s"
     assert sum(e["event"] == "source_up" for e in seen) >= 2
     assert sum(e["event"] == "frame" for e in seen) >= 10  # frames from after the reopen
+
+
+def test_the_station_gives_what_detect_batch_gives_with_a_few_shot_bank(tiny_built, tmp_path):
+    from zsad_edge.runtime.detector import Detector
+
+    detector = Detector.from_bundle(tiny_built.path)
+    video = write_video(tmp_path / "v.avi", frames=8)
+    frames = [image for image, _ in VideoFileSource("read", video).read()]
+    detector.attach_memory_bank(detector.fit_normal(frames[:2]))
+    events = list(watch(detector, [VideoFileSource("v", video)], batch_size=3))
+    direct = detector.detect_batch(frames)
+    assert [e["score"] for e in events] == pytest.approx([r.score for r in direct], rel=1e-5, abs=1e-6)
+    assert [e["map_max"] for e in events] == pytest.approx([float(r.anomaly_map.max()) for r in direct], rel=1e-5)
