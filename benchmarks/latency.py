@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from zsad_edge.benchmarks.reports import machine_info, random_bundle, write_report
-from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
 from zsad_edge.export.cli.arguments import method_options
 from zsad_edge.runtime.backends.components import BACKENDS
+from zsad_edge.runtime.bench.timing import benchmark_interleaved, format_table
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.image_io import list_images, read_image
 
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             "onnxruntime_fp32": Detector.from_bundle(built.path, backend=args.backend),
         }
         images = _images(args.images, args.batch_size)
-        times = benchmark_interleaved(detectors, images, args.runs, args.warmup)
+        cases = {name: (detector, images) for name, detector in detectors.items()}
+        times = benchmark_interleaved(cases, args.runs, args.warmup)
         providers = detectors["onnxruntime_fp32"].providers
 
     table = format_table(times, baseline="torch_eager_fp32")

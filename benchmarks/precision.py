@@ -21,11 +21,11 @@ import warnings
 from pathlib import Path
 
 from zsad_edge.benchmarks.reports import machine_info, random_bundle, write_report
-from zsad_edge.benchmarks.timing import benchmark_interleaved, format_table
 from zsad_edge.calibration.drift import DriftTolerance, measure_drift
 from zsad_edge.calibration.precision import CALIBRATION_METHODS, PRECISIONS
 from zsad_edge.calibration.variants import add_precision, load_calibration_images
 from zsad_edge.export.cli.arguments import method_options
+from zsad_edge.runtime.bench.timing import benchmark_interleaved, format_table
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.image_io import list_images
 
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             p: Detector.from_bundle(built.path, backend="cpu", precision=p) for p in ["fp32", *args.precisions]
         }
         drift = {p: measure_drift(detectors["fp32"], detectors[p], test_images) for p in args.precisions}
-        times = benchmark_interleaved(detectors, [calibration[0]], args.runs, args.warmup)
+        cases = {name: (detector, [calibration[0]]) for name, detector in detectors.items()}
+        times = benchmark_interleaved(cases, args.runs, args.warmup)
 
     print(f"{args.method}: {args.arch} @ {args.image_size}px, onnxruntime CPU, batch 1, median of {args.runs} runs\n")
     print(format_table(times, baseline="fp32"))

@@ -6,21 +6,9 @@ import json
 import platform
 from pathlib import Path
 
+from zsad_edge.runtime.bench.fingerprint import cpu_info
+
 RESULTS_DIR = Path(__file__).parent / "results"
-# Instruction sets that change CPU inference speed several-fold (int8 dot products, bf16, AMX).
-SPEED_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-    "asimddp",
-    "sve",
-)
 
 
 def machine_info() -> dict:
@@ -28,18 +16,10 @@ def machine_info() -> dict:
     import onnxruntime
     import torch
 
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-        flags = {
-            flag for line in lines if line.startswith(("flags", "Features")) for flag in line.split(":", 1)[1].split()
-        }
-    except (OSError, StopIteration):
-        pass
+    cpu, flags = cpu_info()
     return {
         "cpu": cpu,
-        "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
+        "cpu_flags": flags,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "onnxruntime": onnxruntime.__version__,

@@ -2,9 +2,10 @@
 
 Each command module has HELP, PARENTS (shared argument groups, common.py), add_arguments(parser)
 and run(args, stop) -> exit code. Exit codes: 0 done; 1 done but some images were skipped
-(unreadable; listed); 2 an error, one `error: ...` line; 130 / 143 stopped by SIGINT / SIGTERM
-(runtime/stopping.py: detect and eval write what they have, calibrate and fit-normal leave the
-manifest or bank as it was). `zsad-edge build ...` runs the torch-side commands (export/cli).
+(unreadable; listed), or for bench / bench-compare a regression; 2 an error, one `error: ...`
+line; 130 / 143 stopped by SIGINT / SIGTERM (runtime/stopping.py: detect and eval write what
+they have, calibrate and fit-normal leave the manifest or bank as it was). `zsad-edge build ...`
+runs the torch-side commands (export/cli).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Sequence
 
 from ..errors import ZsadEdgeError
 from ..stopping import Stopped, StopRequest
-from . import calibrate, detect, evaluate, fit_normal, info, watch
+from . import bench, bench_compare, calibrate, detect, evaluate, fit_normal, info, watch
 from .common import EXIT_ERROR
 from .detect import run_detect
 
@@ -28,6 +29,8 @@ COMMANDS = {
     "calibrate": calibrate,
     "fit-normal": fit_normal,
     "info": info,
+    "bench": bench,
+    "bench-compare": bench_compare,
 }
 
 __all__ = ["COMMANDS", "main", "run_detect"]

@@ -98,8 +98,7 @@ class MqttSink(QueuedSink):
             client.loop_stop()
             raise ZsadEdgeError(f"the {where} did not accept the connection: {self._refusal or 'no answer'}")
         self.client = client
-        self._unacked: set[int] = set()
-        self._lock = threading.RLock()  # paho may acknowledge on the publishing thread
+        self._published = 0  # handed to paho; `delivered` catches up as the broker acknowledges
         super().__init__(**options)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -108,24 +107,20 @@ class MqttSink(QueuedSink):
         self._connected.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self._lock:
-            self._unacked.discard(mid)
-            self.delivered += 1
+        # paho's network thread, possibly holding paho's own locks: never take a lock here that is
+        # held around publish(), or the two threads wait for each other
+        self.delivered += 1
 
     def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
         topic = self.target.topic.replace("{source}", frame.source)
-        with self._lock:  # so an acknowledgement cannot come before its mid is recorded
-            info = self.client.publish(topic, json.dumps(event), qos=1)
-            if info.rc not in (0, 4):  # success, or no connection (paho queues and resends it)
-                raise ConnectionError(f"MQTT publish failed: {info.rc!r}")
-            self._unacked.add(info.mid)
+        info = self.client.publish(topic, json.dumps(event), qos=1)
+        if info.rc not in (0, 4):  # success, or no connection (paho queues and resends it)
+            raise ConnectionError(f"MQTT publish failed: {info.rc!r}")
+        self._published += 1
 
     def finish(self) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._unacked:
-                    break
+        while self.delivered < self._published and time.monotonic() < deadline:
             time.sleep(0.05)
         self.client.disconnect()
         self.client.loop_stop()

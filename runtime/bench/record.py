@@ -1,0 +1,152 @@
+"""Recording a bench run: a matrix of backends x precisions x batch sizes, timed per stage in
+interleaved rounds, with a reference kernel timed between rounds as a noise probe, each image's
+outputs (for output regressions), cold start, and the environment fingerprint.
+
+The record is JSON (schema SCHEMA, version SCHEMA_VERSION) with the raw samples, so any later
+comparison can rerun the statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from ..detector import Detector
+from ..errors import ZsadEdgeError
+from ..image_io import list_images, read_image
+from .cold_start import measure
+from .fingerprint import environment
+from .timing import benchmark_interleaved
+
+SCHEMA = "zsad-edge-bench"
+SCHEMA_VERSION = 1
+THUMB = 16  # outputs keep each anomaly map downsampled to THUMB x THUMB
+MAX_IMAGES = 16
+KERNEL_SIZE, KERNEL_REPEATS, KERNEL_SAMPLES = 192, 8, 3
+
+
+@dataclass
+class BenchSettings:
+    backends: Sequence[str] = ("cpu",)
+    precisions: Sequence[str] = ("fp32",)
+    batch_sizes: Sequence[int] = (1,)
+    runs: int = 30
+    warmup: int = 3
+    threads: int | None = None  # onnxruntime intra-op threads (None: its default, one per core)
+    cold_start: bool = True
+    images: str | None = None  # a folder or file; None: synthetic scans
+    block: int = 5
+    settle_s: float = 0.2
+
+
+def config_key(backend: str, precision: str, batch_size: int) -> str:
+    return f"{backend}/{precision}/b{batch_size}"
+
+
+def bench_images(source: str | None) -> list[np.ndarray]:
+    """Up to MAX_IMAGES images from a folder or file, or eight seeded synthetic 8-bit 400x256 scans."""
+    if source:
+        paths = list_images([source])[:MAX_IMAGES]
+        if not paths:
+            raise ZsadEdgeError(f"--images {source}: no image found")
+        return [read_image(path) for path in paths]
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.random((256, 400)).astype(np.float32), (0, 0), 3)
+    return [np.clip((base + 0.05 * rng.standard_normal(base.shape)) * 255, 0, 255).astype(np.uint8) for _ in range(8)]
+
+
+def reference_kernel() -> list[float]:
+    """KERNEL_SAMPLES timings (ms) of a fixed matrix-multiply workload: what the machine itself does."""
+    rng = np.random.default_rng(0)
+    a = rng.random((KERNEL_SIZE, KERNEL_SIZE), dtype=np.float32)
+    samples = []
+    for _ in range(KERNEL_SAMPLES):
+        began = time.perf_counter()
+        for _ in range(KERNEL_REPEATS):
+            a = (a @ a) / KERNEL_SIZE
+        samples.append((time.perf_counter() - began) * 1e3)
+    return samples
+
+
+def output_record(detector: Detector, images: Sequence[np.ndarray]) -> list[dict]:
+    """Each image's score, verdict, map statistics and downsampled map."""
+    records = []
+    for result in (detector.detect_batch([image])[0] for image in images):
+        thumb = cv2.resize(result.anomaly_map.astype(np.float32), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+        records.append(
+            {
+                "score": result.score,
+                "is_anomalous": result.is_anomalous,
+                "map_max": float(result.anomaly_map.max()),
+                "map_mean": float(result.anomaly_map.mean()),
+                "mask_fraction": float(result.mask.mean()),
+                "map_thumb": thumb.round(6).tolist(),
+            }
+        )
+    return records
+
+
+def record(bundle: Path, settings: BenchSettings) -> dict:
+    """Run the matrix and return the record (see the module docstring)."""
+    bundle = Path(bundle)
+    images = bench_images(settings.images)
+    detectors = {
+        (backend, precision): Detector.from_bundle(
+            bundle, backend=backend, precision=precision, intra_op_threads=settings.threads
+        )
+        for backend in settings.backends
+        for precision in settings.precisions
+    }
+    cases = {
+        config_key(backend, precision, batch): (detector, [images[i % len(images)] for i in range(batch)])
+        for (backend, precision), detector in detectors.items()
+        for batch in settings.batch_sizes
+    }
+    kernel: list[float] = []
+    times = benchmark_interleaved(
+        cases,
+        settings.runs,
+        settings.warmup,
+        block=settings.block,
+        settle_s=settings.settle_s,
+        between_rounds=lambda: kernel.extend(reference_kernel()),
+    )
+    configs = {}
+    for key, (detector, batch) in cases.items():
+        backend, precision, _ = key.split("/")
+        configs[key] = {
+            "backend": backend,
+            "precision": precision,
+            "batch_size": len(batch),
+            "providers": detector.providers,
+            "samples_ms": times[key].samples,
+            "images_per_s": len(batch) * 1e3 / float(np.median(times[key].samples["end_to_end"])),
+        }
+    outputs = {f"{b}/{p}": output_record(detector, images) for (b, p), detector in detectors.items()}
+    first_backend, first_precision = settings.backends[0], settings.precisions[0]
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bundle": str(bundle),
+        "environment": environment(bundle),
+        "settings": {
+            "runs": settings.runs,
+            "warmup": settings.warmup,
+            "threads": settings.threads,
+            "images": settings.images or "synthetic",
+            "image_count": len(images),
+        },
+        "configs": configs,
+        "noise": {"reference_kernel_ms": kernel},
+        "outputs": outputs,
+        "cold_start": (
+            measure(bundle, first_backend, first_precision, settings.threads) if settings.cold_start else None
+        ),
+    }

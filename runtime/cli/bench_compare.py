@@ -1,0 +1,72 @@
+"""`zsad-edge bench-compare BASE NEW`: the verdict of one stored bench record against another.
+
+Exit 0: no regression (inconclusive metrics are listed, not failed); 1: a latency regression or
+changed outputs; 2: an error (unreadable record, different environments without
+--allow-env-change, nothing in common).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..bench.compare import Comparison, Thresholds, compare, load_record
+from ..bench.plots import plot_comparison
+from ..bench.report import comparison_table
+from ..errors import ZsadEdgeError
+from ..image_io import write_bytes_atomic
+from ..stopping import StopRequest
+
+HELP = "compare two stored bench records: regression, improvement, unchanged or inconclusive per metric"
+
+
+def comparison_arguments() -> argparse.ArgumentParser:
+    """Parent parser shared with `bench --baseline`: thresholds and where the verdict goes."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("verdict")
+    group.add_argument("--max-slowdown", type=float, default=1.10, help="ratio of medians that counts as slower")
+    group.add_argument("--alpha", type=float, default=0.002, help="Mann-Whitney U significance level")
+    group.add_argument("--max-score-error", type=float, default=1e-4, help="largest accepted image-score change")
+    group.add_argument(
+        "--max-map-error", type=float, default=1e-3, help="largest accepted map change, over the map's range"
+    )
+    group.add_argument("--allow-env-change", action="store_true", help="compare records from different environments")
+    group.add_argument("--markdown", type=Path, help="also write the verdict as Markdown (CI job summaries)")
+    group.add_argument("--json", type=Path, help="also write the verdict as JSON")
+    group.add_argument("--plot", type=Path, help="a PNG per stage comparing the two distributions, in this folder")
+    return parent
+
+
+PARENTS = (comparison_arguments(),)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("baseline", type=Path)
+    parser.add_argument("new", type=Path)
+
+
+def thresholds_from(args: argparse.Namespace) -> Thresholds:
+    if args.max_slowdown <= 1.0 or not 0.0 < args.alpha < 1.0:
+        raise ZsadEdgeError("--max-slowdown must be > 1 and --alpha between 0 and 1")
+    return Thresholds(args.max_slowdown, args.alpha, args.max_score_error, args.max_map_error)
+
+
+def judge_records(baseline: dict, new: dict, args: argparse.Namespace) -> int:
+    """Compare, print and write the verdict; the exit code."""
+    comparison: Comparison = compare(baseline, new, thresholds_from(args), args.allow_env_change)
+    table = comparison_table(comparison)
+    print(table, file=sys.stdout)
+    if args.markdown:
+        write_bytes_atomic(args.markdown, (table + "\n").encode())
+    if args.json:
+        write_bytes_atomic(args.json, (json.dumps(comparison.as_dict(), indent=2) + "\n").encode())
+    if args.plot:
+        for path in plot_comparison(baseline, new, args.plot):
+            print(f"plot: {path}")
+    return comparison.exit_code
+
+
+def run(args: argparse.Namespace, stop: StopRequest) -> int:
+    return judge_records(load_record(args.baseline), load_record(args.new), args)

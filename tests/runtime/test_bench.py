@@ -1,0 +1,178 @@
+"""`zsad-edge bench` and `bench-compare`: the statistics on samples with known answers, the
+environment refusal, bad records, and the gate catching a real slowdown and a real output change."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import REPO_ROOT
+
+from zsad_edge.runtime.bench.compare import Thresholds, compare, load_record
+from zsad_edge.runtime.bench.record import SCHEMA, SCHEMA_VERSION
+from zsad_edge.runtime.bench.statistics import judge
+from zsad_edge.runtime.contract import MANIFEST_FILE
+from zsad_edge.runtime.errors import ZsadEdgeError
+
+CLI = [sys.executable, "-m", "zsad_edge.runtime.cli"]
+
+
+def _samples(median, spread, count=40, seed=0):
+    """Log-normal timings around `median` with relative spread `spread` (like real latencies)."""
+    return list(median * np.exp(spread * np.random.default_rng(seed).standard_normal(count)))
+
+
+@pytest.mark.parametrize(
+    "new_median, spread, verdict",
+    [
+        (10.0, 0.02, "unchanged"),  # the same distribution, drawn again
+        (13.0, 0.02, "regression"),  # 30 % slower, tight samples
+        (13.0, 0.8, "inconclusive"),  # 30 % slower, but the samples are all over the place
+        (7.0, 0.02, "improvement"),  # 30 % faster
+        (10.0, 0.3, "inconclusive"),  # no shift, yet a 10 % change would hide in this noise
+        (10.6, 0.02, "unchanged"),  # 6 %: below the threshold, however significant
+    ],
+)
+def test_verdicts_on_samples_with_known_answers(new_median, spread, verdict):
+    result = judge("end_to_end", _samples(10.0, spread, seed=1), _samples(new_median, spread, seed=2))
+    assert result.verdict == verdict, result
+    assert result.ratio == pytest.approx(new_median / 10.0, rel=0.25)
+
+
+def test_machine_noise_makes_a_small_shift_inconclusive():
+    base, new = _samples(10.0, 0.01, seed=1), _samples(11.5, 0.01, seed=2)
+    assert judge("encode", base, new).verdict == "regression"
+    assert judge("encode", base, new, machine_noise=0.2).verdict == "inconclusive"
+
+
+def test_too_few_samples_are_refused():
+    with pytest.raises(ZsadEdgeError, match="too few samples"):
+        judge("encode", [1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def _record(environment=None, samples=None, outputs=None):
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "environment": environment or {"cpu": "EPYC", "onnxruntime": "1.32.0", "bundle_manifest_sha256": "aa"},
+        "configs": {"cpu/fp32/b1": {"samples_ms": {"end_to_end": samples or _samples(10.0, 0.02)}}},
+        "noise": {"reference_kernel_ms": _samples(3.0, 0.02)},
+        "outputs": outputs or {},
+    }
+
+
+def test_a_baseline_from_another_environment_is_refused_naming_every_difference():
+    baseline = _record()
+    new = _record({"cpu": "Xeon", "onnxruntime": "1.33.0", "bundle_manifest_sha256": "aa"})
+    with pytest.raises(ZsadEdgeError) as refused:
+        compare(baseline, new)
+    message = str(refused.value)
+    assert "cpu: 'EPYC' -> 'Xeon'" in message and "onnxruntime: '1.32.0' -> '1.33.0'" in message
+    assert "--allow-env-change" in message and "bundle" not in message.split("(")[1].split(")")[0]
+    allowed = compare(baseline, new, allow_env_change=True)
+    assert len(allowed.environment_differences) == 2 and allowed.exit_code == 0
+
+
+def test_changed_outputs_fail_even_when_latency_passes():
+    thumb = np.linspace(0, 1, 16 * 16).reshape(16, 16)
+    image = {"score": 0.5, "is_anomalous": False, "map_thumb": thumb.tolist()}
+    moved = {"score": 0.52, "is_anomalous": True, "map_thumb": (thumb + 0.01).tolist()}
+    result = compare(_record(outputs={"cpu/fp32": [image]}), _record(outputs={"cpu/fp32": [moved]}), Thresholds())
+    check = result.outputs[0]
+    assert check.changed and check.verdict_changes == 1 and check.max_score_error == pytest.approx(0.02)
+    assert check.max_map_error == pytest.approx(0.01) and result.exit_code == 1
+    assert result.regressions == ["cpu/fp32 outputs"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "is empty"),
+        ("{not json", "is not valid JSON"),
+        ('{"benchmark": "latency"}', "is not a zsad-edge bench record"),
+        (json.dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION + 1}), "reads up to"),
+        (json.dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION}), "incomplete"),
+    ],
+)
+def test_bad_records_are_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "base.json"
+    path.write_text(content)
+    with pytest.raises(ZsadEdgeError, match=message):
+        load_record(path)
+
+
+def _bench(*arguments, competitor=False):
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if competitor else 0)
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run([*CLI, *map(str, arguments)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    finally:
+        for burner in burners:
+            burner.kill()
+    return proc
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_built, tmp_path_factory):
+    """A baseline of the tiny bundle, batch 4, two threads (this machine's cores)."""
+    path = tmp_path_factory.mktemp("bench") / "base.json"
+    proc = _bench("bench", tiny_built.path, "--batch-size", 4, "--threads", 2, "--runs", 20, "--out", path)
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def test_a_record_holds_samples_outputs_fingerprint_and_cold_start(baseline):
+    record = load_record(baseline)
+    config = record["configs"]["cpu/fp32/b4"]
+    assert {"preprocess", "encode", "heads", "postprocess", "end_to_end"} == set(config["samples_ms"])
+    assert all(len(samples) == 20 for samples in config["samples_ms"].values()) and config["images_per_s"] > 0
+    assert config["providers"] == ["CPUExecutionProvider"] and len(record["noise"]["reference_kernel_ms"]) >= 3
+    assert len(record["outputs"]["cpu/fp32"]) == 8 and len(record["outputs"]["cpu/fp32"][0]["map_thumb"]) == 16
+    cold = record["cold_start"]
+    assert cold["load_full_verify_s"] > 0 and cold["first_frame_ms"] > 0 and cold["peak_rss_mb"] > 50
+    assert {"cpu", "cpu_flags", "onnxruntime", "bundle_manifest_sha256"} <= set(record["environment"])
+
+
+def test_a_cpu_burning_competitor_is_caught_as_a_regression(tiny_built, baseline, tmp_path):
+    proc = _bench("bench", tiny_built.path, "--batch-size", 4, "--threads", 2, "--runs", 20, "--no-cold-start",
+                  "--baseline", baseline, "--markdown", tmp_path / "verdict.md", competitor=True)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "RESULT: REGRESSION in cpu/fp32/b4 " in proc.stdout and "end_to_end" in proc.stdout.split("RESULT")[1]
+    assert (tmp_path / "verdict.md").read_text().strip().endswith(proc.stdout.strip().splitlines()[-1])
+
+
+def test_one_thread_instead_of_two_is_caught_as_a_regression(tiny_built, baseline):
+    proc = _bench("bench", tiny_built.path, "--batch-size", 4, "--threads", 1, "--runs", 20, "--no-cold-start",
+                  "--baseline", baseline)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "cpu/fp32/b4 encode" in proc.stdout.split("RESULT")[1]
+
+
+def test_a_recalibrated_bundle_is_caught_as_an_output_regression(tiny_built, baseline, tmp_path):
+    bundle = tmp_path / "recalibrated"
+    shutil.copytree(tiny_built.path, bundle)
+    scores = [image["score"] for image in load_record(baseline)["outputs"]["cpu/fp32"]]
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    manifest["scoring"]["image_threshold"] = float(np.median(scores))  # some verdicts flip
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    refused = _bench("bench", bundle, "--batch-size", 4, "--runs", 5, "--no-cold-start", "--baseline", baseline)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "bundle_manifest_sha256" in lines[0]
+    proc = _bench("bench", bundle, "--batch-size", 4, "--threads", 2, "--runs", 5, "--no-cold-start",
+                  "--baseline", baseline, "--allow-env-change", "--json", tmp_path / "verdict.json")  # fmt: skip
+    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    assert proc.returncode == 1 and "cpu/fp32 outputs" in verdict["regressions"]
+    assert verdict["outputs"][0]["verdict_changes"] > 0 and "environment changed" in proc.stdout
+
+
+def test_bench_compare_plots_and_refuses_bad_records(baseline, tmp_path):
+    proc = _bench("bench-compare", baseline, baseline, "--plot", tmp_path / "plots")
+    assert proc.returncode == 0 and "RESULT: no regression" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir())[0] == "encode.png"
+    (tmp_path / "other.json").write_text('{"benchmark": "latency"}')
+    bad = _bench("bench-compare", baseline, tmp_path / "other.json")
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "is not a zsad-edge bench record" in lines[0]
