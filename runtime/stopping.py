@@ -22,8 +22,8 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class Stopped(ZsadEdgeError):
     """A run that abandons its work on a stop request; nothing was written."""
 
-    def __init__(self, stop: "StopRequest", done: int, total: int, what: str) -> None:
-        super().__init__(f"stopped by {stop.signal_name} after {done} of {total} image(s); {what}")
+    def __init__(self, stop: "StopRequest", done: int, total: int, what: str, unit: str = "image(s)") -> None:
+        super().__init__(f"stopped by {stop.signal_name} after {done} of {total} {unit}; {what}")
         self.exit_code = stop.exit_code
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from ..detector import Detector
 from ..errors import ZsadEdgeError
 from ..image_io import list_images, read_image
+from ..stopping import NEVER, Stopped, StopRequest
 from .cold_start import measure
 from .fingerprint import environment
 from .timing import benchmark_interleaved
@@ -96,8 +97,9 @@ def output_record(detector: Detector, images: Sequence[np.ndarray]) -> list[dict
     return records
 
 
-def record(bundle: Path, settings: BenchSettings) -> dict:
-    """Run the matrix and return the record (see the module docstring)."""
+def record(bundle: Path, settings: BenchSettings, stop: StopRequest = NEVER) -> dict:
+    """Run the matrix and return the record (see the module docstring); a stop request ends it
+    after the round in hand (Stopped: nothing is written)."""
     bundle = Path(bundle)
     images = bench_images(settings.images)
     detectors = {
@@ -113,14 +115,18 @@ def record(bundle: Path, settings: BenchSettings) -> dict:
         for batch in settings.batch_sizes
     }
     kernel: list[float] = []
+    rounds = -(-settings.runs // settings.block)
+
+    def between_rounds() -> None:
+        kernel.extend(reference_kernel())
+        if stop.requested:
+            done = len(kernel) // KERNEL_SAMPLES
+            raise Stopped(stop, done, rounds, "no record written", unit="round(s)")
+
     times = benchmark_interleaved(
-        cases,
-        settings.runs,
-        settings.warmup,
-        block=settings.block,
-        settle_s=settings.settle_s,
-        between_rounds=lambda: kernel.extend(reference_kernel()),
-    )
+        cases, settings.runs, settings.warmup, block=settings.block, settle_s=settings.settle_s,
+        between_rounds=between_rounds,
+    )  # fmt: skip
     configs = {}
     for key, (detector, batch) in cases.items():
         backend, precision, _ = key.split("/")

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         cold_start=not args.no_cold_start,
         images=args.images,
     )
-    result = record(args.bundle, settings)
+    result = record(args.bundle, settings, stop)
     if args.out:
         write_bytes_atomic(args.out, (json.dumps(result) + "\n").encode())
     print(record_table(result), file=sys.stdout)

@@ -176,3 +176,20 @@ def test_bench_compare_plots_and_refuses_bad_records(baseline, tmp_path):
     bad = _bench("bench-compare", baseline, tmp_path / "other.json")
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(lines) == 1 and "is not a zsad-edge bench record" in lines[0]
+
+
+def test_sigint_stops_a_bench_after_the_round_in_hand_and_writes_nothing(tiny_built, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run.json"
+    proc = subprocess.Popen(
+        [*CLI, "bench", str(tiny_built.path), "--runs", "100000", "--no-cold-start", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    time.sleep(4.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and not out.exists()
+    assert stderr.strip().splitlines()[-1].startswith("stopped by SIGINT after ")
+    assert stderr.strip().endswith("round(s); no record written")
