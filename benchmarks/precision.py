@@ -9,6 +9,7 @@ The drift gate is off here (the numbers are the point); builds keep it on.
 
   python benchmarks/precision.py ../shared/data/battery_weld
   python benchmarks/precision.py ../shared/data/battery_weld --arch ViT-L-14-336 --image-size 518 --runs 10
+  python benchmarks/precision.py ../shared/data/battery_weld --precisions int8 int8-dynamic --weight-bits 8
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--calibration-count", type=int, default=32)
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="percentile")
+    parser.add_argument("--weight-bits", choices=("auto", "7", "8"), default="auto", help="int8 weights (7: AVX2 CPUs)")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per precision (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, help="JSON path (default ./precision_<arch>_<size>.json)")
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         built = random_bundle(args.arch, args.image_size, args.method, Path(scratch))
         for precision in args.precisions:
-            add_precision(built.path, precision, calibration, args.calibration_method, NO_GATE)
+            add_precision(built.path, precision, calibration, args.calibration_method, NO_GATE, args.weight_bits)
         detectors = {
             p: Detector.from_bundle(built.path, backend="cpu", precision=p) for p in ["fp32", *args.precisions]
         }
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "weights": "random",
         "dataset": str(args.dataset),
         "calibration_method": args.calibration_method,
+        "weight_bits": args.weight_bits,
         "calibration_images": len(calibration),
         "test_images": len(test_images),
         "runs": args.runs,

@@ -6,7 +6,7 @@ import json
 import platform
 from pathlib import Path
 
-from zsad_edge.runtime.bench.fingerprint import cpu_info
+from zsad_edge.runtime.cpu import cpu_info
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -19,7 +19,7 @@ def machine_info() -> dict:
     cpu, flags = cpu_info()
     return {
         "cpu": cpu,
-        "cpu_flags": flags,
+        "cpu_flags": list(flags),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "onnxruntime": onnxruntime.__version__,

@@ -10,12 +10,15 @@ ViT rules (the anchors' issue trackers: INT8 ViTs collapse otherwise, fp16 Layer
   activation x activation MatMuls of attention stay in float.
 - Static INT8 is symmetric (zero point 0) for weights and activations, the only form TensorRT
   accepts; activation ranges come from a folder of normal images (minmax, entropy or percentile).
-- Weights use 7 bits of the int8 range (onnxruntime's reduce_range). x86 CPUs without VNNI (AVX2
-  only, like this project's CI machines) multiply uint8 x int8 pairs into saturating int16 sums;
-  with full-range weights those sums clip. Measured by hand on ViT-B-16 (random weights,
-  battery_weld, quantize_dynamic with reduce_range off vs on; no repo script): image-embedding
-  cosine to fp32 0.983 with 8-bit weights vs 0.9997 with 7-bit, taps error 14.8 %
-  vs 1.6 %, at the same speed. The Q/DQ graph stays symmetric int8, so TensorRT takes it as is.
+- Weights use 7 bits of the int8 range (onnxruntime's reduce_range) for CPUs without an int8 dot
+  product: x86 CPUs without VNNI (AVX2 only) multiply uint8 x int8 pairs into saturating int16
+  sums, and with full-range weights those sums clip. Where the target has VNNI, AMX or ARM's dot
+  product (runtime/cpu.py), the products accumulate in 32 bits and weights use all 8 bits
+  (`weight_bits`, default: what the building CPU has; recorded in the plan). Measured by hand on
+  an AVX2-only CPU, ViT-B-16 (random weights, battery_weld, quantize_dynamic with reduce_range off
+  vs on; no repo script): image-embedding cosine to fp32 0.983 with 8-bit weights vs 0.9997 with
+  7-bit, taps error 14.8 % vs 1.6 %, at the same speed. The Q/DQ graph stays symmetric int8, so
+  TensorRT takes it as is.
 - int8-dynamic (onnxruntime's CPU path, not for TensorRT) first fuses attention and GELU into
   onnxruntime's CPU operators (calibration/ort_fusion.py) and quantizes the linear layers and the
   fused attention's q/k/v projection. The patch-embedding Conv stays fp32 there: onnxruntime's
@@ -45,6 +48,7 @@ from zsad_edge.runtime.errors import ZsadEdgeError
 from .ort_fusion import fuse_for_onnxruntime
 
 PRECISIONS = ("int8", "int8-dynamic", "fp16")
+WEIGHT_BITS = (7, 8)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
 DYNAMIC_WEIGHT_OPS = ("MatMul", "Gemm", "Attention")
@@ -61,6 +65,7 @@ class QuantizationPlan:
     calibration_method: str | None = None
     calibration_images: int = 0
     fused_ops: dict[str, int] = field(default_factory=dict)
+    weight_bits: int | None = None  # int8: 7 (reduce_range, for CPUs without an int8 dot product) or 8
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,19 +112,21 @@ def input_linear_layers(model) -> list[str]:
     ]
 
 
-def quantize_input_linear_layers(source: Path, target: Path) -> tuple[QuantizationPlan, list[str]]:
+def quantize_input_linear_layers(
+    source: Path, target: Path, weight_bits: int = 7
+) -> tuple[QuantizationPlan, list[str]]:
     """int8-dynamic for a heads graph: only `input_linear_layers`, weights per channel in 7 bits.
     Returns (plan, side files); a plan with weight_nodes == 0 means nothing was worth converting
     and nothing was written."""
     onnx, quantization = _import_onnx()
     model = onnx.load(str(source))
     layers = input_linear_layers(model)
-    plan = QuantizationPlan("int8-dynamic", len(layers), _kept_float(model, set(layers)))
+    plan = QuantizationPlan("int8-dynamic", len(layers), _kept_float(model, set(layers)), weight_bits=weight_bits)
     if not layers:
         return plan, []
     with _quiet_quantizer(), tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         quantized = Path(scratch) / "quantized.onnx"
-        _dynamic_int8(model, quantized, layers, quantization)
+        _dynamic_int8(model, quantized, layers, quantization, weight_bits)
         return plan, save_with_external_data(onnx.load(str(quantized)), target)
 
 
@@ -191,11 +198,15 @@ def convert(
     precision: str,
     calibration_feeds: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
     calibration_method: str = "percentile",
+    weight_bits: int = 7,
 ) -> tuple[QuantizationPlan, list[str]]:
     """Write `source` (fp32 ONNX) at `precision` to `target`; returns the plan and side files.
 
     calibration_feeds: for "int8" only, a callable returning the input feeds of normal images.
+    weight_bits: int8 weights in 7 bits (any CPU) or 8 (CPUs with an int8 dot product).
     """
+    if weight_bits not in WEIGHT_BITS:
+        raise ZsadEdgeError(f"int8 weights come in {' or '.join(map(str, WEIGHT_BITS))} bits, not {weight_bits}")
     if precision not in PRECISIONS:
         raise ZsadEdgeError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     onnx, quantization = _import_onnx()
@@ -210,35 +221,42 @@ def convert(
     with _quiet_quantizer(), tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         quantized = Path(scratch) / "quantized.onnx"
         if precision == "int8-dynamic":
-            plan = _quantize_dynamic(model, quantized, quantization)
+            plan = _quantize_dynamic(model, quantized, quantization, weight_bits)
         else:
             plan = _quantize_static(
-                model, quantized, weight_node_names(model), calibration_feeds, calibration_method, quantization
+                model,
+                quantized,
+                weight_node_names(model),
+                calibration_feeds,
+                calibration_method,
+                quantization,
+                weight_bits,
             )
         return plan, save_with_external_data(onnx.load(str(quantized)), target)
 
 
-def _quantize_dynamic(model, out: Path, quantization) -> QuantizationPlan:
+def _quantize_dynamic(model, out: Path, quantization, weight_bits: int) -> QuantizationPlan:
     fused, fused_ops = fuse_for_onnxruntime(model)
     weights = weight_node_names(fused, DYNAMIC_WEIGHT_OPS)
-    _dynamic_int8(fused, out, weights, quantization)
-    return QuantizationPlan("int8-dynamic", len(weights), _kept_float(fused, set(weights)), fused_ops=fused_ops)
+    _dynamic_int8(fused, out, weights, quantization, weight_bits)
+    kept = _kept_float(fused, set(weights))
+    return QuantizationPlan("int8-dynamic", len(weights), kept, fused_ops=fused_ops, weight_bits=weight_bits)
 
 
-def _dynamic_int8(model, out: Path, nodes: list[str], quantization) -> None:
-    """onnxruntime dynamic INT8 of `nodes`: int8 weights per output channel in 7 bits (module docstring)."""
+def _dynamic_int8(model, out: Path, nodes: list[str], quantization, weight_bits: int) -> None:
+    """onnxruntime dynamic INT8 of `nodes`: int8 weights per output channel in `weight_bits` (module docstring)."""
     quantization.quantize_dynamic(
         model,
         str(out),
         nodes_to_quantize=nodes,
         per_channel=True,
-        reduce_range=True,
+        reduce_range=weight_bits == 7,
         weight_type=quantization.QuantType.QInt8,
     )
 
 
 def _quantize_static(
-    model, out: Path, weights: list[str], calibration_feeds, method: str, quantization
+    model, out: Path, weights: list[str], calibration_feeds, method: str, quantization, weight_bits: int
 ) -> QuantizationPlan:
     if method not in CALIBRATION_METHODS:
         raise ZsadEdgeError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
@@ -264,10 +282,11 @@ def _quantize_static(
         quant_format=quantization.QuantFormat.QDQ,
         nodes_to_quantize=weights,
         per_channel=True,
-        reduce_range=True,
+        reduce_range=weight_bits == 7,
         activation_type=quantization.QuantType.QInt8,
         weight_type=quantization.QuantType.QInt8,
         calibrate_method=methods[method],
         extra_options=extra,
     )
-    return QuantizationPlan("int8", len(weights), _kept_float(model, set(weights)), method, reader.count)
+    kept = _kept_float(model, set(weights))
+    return QuantizationPlan("int8", len(weights), kept, method, reader.count, weight_bits=weight_bits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +23,7 @@ from .contract import (
     SAM_COMPONENTS,
     TAPS,
 )
+from .cpu import int8_dot_product
 from .errors import BundleError
 from .interpolation import upsample_align_corners
 from .pipeline import DetectionPipeline
@@ -39,6 +41,20 @@ def _check_input_size(encoder: GraphComponent, input_size: tuple[int, int]) -> N
         raise BundleError(
             f"{encoder.name} expects images of {list(graph_size)} but the manifest preprocesses to "
             f"{list(input_size)}: mismatched graph and manifest; {REBUILD_HINT}"
+        )
+
+
+LOG = logging.getLogger(__name__)
+GPU_BACKENDS = ("cuda", "ort-tensorrt", "tensorrt")
+
+
+def _warn_on_saturating_int8(plan: dict, precision: str) -> None:
+    """8-bit int8 weights on a CPU without an int8 dot product saturate (calibration/precision.py)."""
+    if plan.get("weight_bits") == 8 and int8_dot_product() is None:
+        LOG.warning(
+            "the %s variant has 8-bit weights, but this CPU has no VNNI, AMX or ARM dot product: its int8 sums "
+            "saturate; rebuild the variant with --weight-bits 7 for this CPU",
+            precision,
         )
 
 
@@ -73,15 +89,19 @@ class Detector(DetectionPipeline, FewShot):
         intra_op_threads: int | None = None,
         precision: str = BASE_PRECISION,
         engines: EngineOptions | None = None,
+        device: str = "CPU",
     ) -> "Detector":
         """Load a bundle; verify=True checks every file's sha256 against the manifest first.
 
-        backend: an onnxruntime backend (auto, cpu, cuda, ort-tensorrt) or "tensorrt" (native
-        engines, built from the bundle's ONNX into `engines.cache_folder` on first use).
+        backend: an onnxruntime backend (auto, cpu, cuda, ort-tensorrt), "openvino" (on `device`:
+        CPU, GPU, NPU or AUTO) or "tensorrt" (native engines, built from the bundle's ONNX into
+        `engines.cache_folder` on first use); "auto" is explained in backends/components.py.
         precision: "fp32" or one of the bundle's variants (`manifest.precisions`, e.g. "int8").
         """
         bundle_dir = Path(bundle_dir)
         manifest = load_manifest(bundle_dir, verify_hashes=verify).with_precision(precision)
+        if backend not in GPU_BACKENDS:
+            _warn_on_saturating_int8(manifest.precisions.get(precision, {}).get("plan", {}), precision)
         method = manifest.method.get("name")
         if method not in METHODS:
             raise BundleError(f"bundle method {method!r} is not supported by this runtime ({', '.join(METHODS)})")
@@ -90,7 +110,7 @@ class Detector(DetectionPipeline, FewShot):
         for name in names:
             if name not in manifest.components:
                 raise BundleError(f"bundle has no {name!r} component; {REBUILD_HINT}")
-        graphs = open_components(bundle_dir, manifest, names, backend, intra_op_threads, engines)
+        graphs = open_components(bundle_dir, manifest, names, backend, intra_op_threads, engines, device)
         _check_input_size(graphs[IMAGE_ENCODER], manifest.preprocess.input_size)
         detector = cls(bundle_dir, manifest, graphs[IMAGE_ENCODER], graphs[HEADS], graphs.get(FNN))
         if sam_params:

@@ -129,7 +129,15 @@ def add_calibration_arguments(parser: argparse.ArgumentParser, precisions: tuple
         nargs="+",
         choices=precisions,
         default=[],
-        help="int8 (static Q/DQ, for onnxruntime and TensorRT), int8-dynamic (onnxruntime CPU), fp16",
+        help="int8 (static Q/DQ, for onnxruntime, OpenVINO and TensorRT), int8-dynamic (onnxruntime CPU), fp16, "
+        "bf16 (OpenVINO on CPUs with native bf16: the fp32 graph with a bf16 hint)",
+    )
+    group.add_argument(
+        "--weight-bits",
+        choices=("auto", "7", "8"),
+        default="auto",
+        help="int8 weights: 8 bits for CPUs with VNNI/AMX/ARM dot product, 7 for others (AVX2 only); "
+        "auto: what this CPU has",
     )
     group.add_argument("--calibration-images", nargs="+", default=[], help="normal images and/or folders")
     group.add_argument("--calibration-count", type=int, default=32, help="use the first N calibration images")

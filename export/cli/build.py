@@ -25,7 +25,7 @@ SAM_OPTIONS = ("sam_prompts", "sam_min_agreement", "sam_checkpoint", "random_sam
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from zsad_edge.calibration.precision import PRECISIONS
+    from zsad_edge.calibration.variants import VARIANTS
 
     add_clip_arguments(parser)
     heads = parser.add_mutually_exclusive_group()
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fusion-weight", type=float, help="weight of the FNN vs the prompt score (default 0.5; 1: FNN alone)"
     )
     add_sam_arguments(parser)
-    add_calibration_arguments(parser, PRECISIONS)
+    add_calibration_arguments(parser, VARIANTS)
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write (atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     parser.add_argument(

@@ -10,14 +10,14 @@ from zsad_edge.runtime.errors import ZsadEdgeError
 
 from .arguments import add_calibration_arguments
 
-HELP = "add int8 / int8-dynamic / fp16 variants to a bundle, gated on drift vs fp32"
+HELP = "add int8 / int8-dynamic / fp16 / bf16 variants to a bundle, gated on drift vs fp32"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from zsad_edge.calibration.precision import PRECISIONS
+    from zsad_edge.calibration.variants import VARIANTS
 
     parser.add_argument("bundle", type=Path, help="the bundle to add variants to")
-    add_calibration_arguments(parser, PRECISIONS)
+    add_calibration_arguments(parser, VARIANTS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def add_variants(bundle: Path, args: argparse.Namespace, variants: list[str], im
 
     tolerance = DriftTolerance(args.min_map_pearson, args.min_score_spearman)
     for precision in [v for v in variants if v != BASE_PRECISION]:
-        drift = add_precision(bundle, precision, images, args.calibration_method, tolerance)["drift"]
+        drift = add_precision(bundle, precision, images, args.calibration_method, tolerance, args.weight_bits)["drift"]
         print(
             f"{precision} variant added to {bundle}: map Pearson {drift['map_pearson_mean']:.4f} "
             f"(min {drift['map_pearson_min']:.4f}), score Spearman {drift['score_spearman']:.4f} vs fp32 "

@@ -18,33 +18,7 @@ import cv2
 import numpy as np
 
 from ..contract import MANIFEST_FILE
-
-# Instruction sets that change CPU inference speed several-fold (int8 dot products, bf16, AMX).
-SPEED_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-    "asimddp",
-    "sve",
-)
-
-
-def cpu_info() -> tuple[str, list[str]]:
-    """The CPU model and which of SPEED_FLAGS it has (from /proc/cpuinfo where there is one)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        flags = {f for line in lines if line.startswith(("flags", "Features")) for f in line.split(":", 1)[1].split()}
-        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return model, [flag for flag in SPEED_FLAGS if flag in flags]
+from ..cpu import cpu_info
 
 
 def gpu_name() -> str | None:
@@ -71,17 +45,19 @@ def manifest_sha256(bundle: Path) -> str:
 
 
 def environment(bundle: Path) -> dict:
-    """The fingerprint: CPU, cores, OS, Python, the runtime's libraries, GPU, and the bundle's manifest."""
+    """The fingerprint: CPU, cores, OS, Python, the runtime's libraries (onnxruntime, OpenVINO, TensorRT),
+    GPU, and the bundle's manifest."""
     model, flags = cpu_info()
     return {
         "cpu": model,
-        "cpu_flags": flags,
+        "cpu_flags": list(flags),
         "logical_cores": os.cpu_count(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "opencv": cv2.__version__,
         "onnxruntime": _version("onnxruntime"),
+        "openvino": _version("openvino"),
         "tensorrt": _version("tensorrt"),
         "gpu": gpu_name(),
         "bundle_manifest_sha256": manifest_sha256(bundle),

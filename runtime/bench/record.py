@@ -44,6 +44,7 @@ class BenchSettings:
     images: str | None = None  # a folder or file; None: synthetic scans
     block: int = 5
     settle_s: float = 0.2
+    device: str = "CPU"  # the OpenVINO device, for the openvino backend
 
 
 def config_key(backend: str, precision: str, batch_size: int) -> str:
@@ -104,7 +105,7 @@ def record(bundle: Path, settings: BenchSettings, stop: StopRequest = NEVER) -> 
     images = bench_images(settings.images)
     detectors = {
         (backend, precision): Detector.from_bundle(
-            bundle, backend=backend, precision=precision, intra_op_threads=settings.threads
+            bundle, backend=backend, precision=precision, intra_op_threads=settings.threads, device=settings.device
         )
         for backend in settings.backends
         for precision in settings.precisions

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..backends.components import BACKENDS
+from ..backends.openvino import DEVICES
 from ..bench.compare import load_record
 from ..bench.record import BenchSettings, record
 from ..bench.report import record_table
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     matrix.add_argument("--backend", nargs="+", choices=BACKENDS, default=["cpu"])
     matrix.add_argument("--precision", nargs="+", default=[BASE_PRECISION], help="fp32 and/or the bundle's variants")
     matrix.add_argument("--batch-size", nargs="+", type=int, default=[1])
+    matrix.add_argument("--device", choices=DEVICES, default="CPU", help="the OpenVINO device (--backend openvino)")
     matrix.add_argument("--images", help="a folder or file of images (default: synthetic 400x256 scans)")
     matrix.add_argument("--runs", type=int, default=30, help="timed samples per configuration")
     matrix.add_argument("--warmup", type=int, default=3)
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         threads=args.threads,
         cold_start=not args.no_cold_start,
         images=args.images,
+        device=args.device,
     )
     result = record(args.bundle, settings, stop)
     if args.out:

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     """Calibrate and write the constants into the manifest (or the bank) in one rename at the end."""
     from zsad_edge.calibration.scores import calibrate_memory_bank, calibrate_scores, write_scoring
 
-    detector = open_detector(args.bundle, args.backend, args.memory_bank)
+    detector = open_detector(args.bundle, args.backend, args.memory_bank, device=args.device)
     paths = list_images(args.normal_images)
     options = {
         "image_quantile": args.image_quantile,

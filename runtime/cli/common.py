@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..backends.components import BACKENDS
+from ..backends.openvino import DEVICES
 from ..bundle import BASE_PRECISION
 from ..detector import Detector
 
@@ -18,7 +19,14 @@ def backend_arguments(with_precision: bool = True, with_verify: bool = False) ->
     """Parent parser: --backend, and where the command takes them, --precision and --no-verify."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("backend")
-    group.add_argument("--backend", choices=BACKENDS, default="auto")
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto: an NVIDIA GPU where there is one, else OpenVINO "
+        "where installed (for its precisions), else onnxruntime's CPU provider",
+    )
+    group.add_argument("--device", choices=DEVICES, default="CPU", help="the OpenVINO device (--backend openvino)")
     if with_precision:
         group.add_argument(
             "--precision", default=BASE_PRECISION, help="fp32 or a variant the bundle holds (see `info`)"
@@ -29,9 +37,14 @@ def backend_arguments(with_precision: bool = True, with_verify: bool = False) ->
 
 
 def open_detector(
-    bundle: Path, backend: str, memory_bank: Path | None = None, verify: bool = True, precision: str = BASE_PRECISION
+    bundle: Path,
+    backend: str,
+    memory_bank: Path | None = None,
+    verify: bool = True,
+    precision: str = BASE_PRECISION,
+    device: str = "CPU",
 ) -> Detector:
-    detector = Detector.from_bundle(bundle, backend=backend, verify=verify, precision=precision)
+    detector = Detector.from_bundle(bundle, backend=backend, verify=verify, precision=precision, device=device)
     if memory_bank is not None:
         detector.load_memory_bank(memory_bank)
     return detector

@@ -221,9 +221,10 @@ def run_detect(
     precision: str = BASE_PRECISION,
     resume: bool = False,
     stop: StopRequest = NEVER,
+    device: str = "CPU",
 ) -> dict:
     """Detect on every image; returns the summary written to out_dir/summary.json."""
-    detector = open_detector(bundle, backend, memory_bank, verify, precision)
+    detector = open_detector(bundle, backend, memory_bank, verify, precision, device)
     weights = detector.manifest.clip.get("weights", {})
     if weights.get("kind") == "random":
         print(f"warning: {bundle} was built with {weights.get('warning', 'random weights')}", file=sys.stderr)
@@ -250,6 +251,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         args.precision,
         args.resume,
         stop,
+        args.device,
     )
     scored, failed = summary["scored"], summary["skipped"]
     if not scored and failed and not stop.requested:

@@ -52,7 +52,11 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     if not 0.0 <= args.mask_threshold < 1.0:
         raise ZsadEdgeError(f"--mask-threshold must be in [0, 1), got {args.mask_threshold}")
     categories = scan_dataset(args.dataset)
-    detectors = {"runtime": open_detector(args.bundle, args.backend, args.memory_bank, precision=args.precision)}
+    detectors = {
+        "runtime": open_detector(
+            args.bundle, args.backend, args.memory_bank, precision=args.precision, device=args.device
+        )
+    }
     if args.reference:
         detectors["reference"] = _reference(args)
     report = evaluate(

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     """Build the bank from the first K readable images and save it; unreadable ones are listed."""
     if args.shots is not None and args.shots < 1:
         raise ZsadEdgeError(f"--shots must be at least 1, got {args.shots}")
-    detector = open_detector(args.bundle, args.backend)
+    detector = open_detector(args.bundle, args.backend, device=args.device)
     paths = list_images(args.normal_images)
     if not paths:
         raise ImageReadError(f"no images found in {', '.join(args.normal_images)}")

@@ -132,7 +132,9 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     started = time.monotonic()
     with EventLog(args.out / "events.jsonl", only_anomalies=args.events == "anomalies") as log:
         sources = open_sources(args)
-        detector = open_detector(args.bundle, args.backend, args.memory_bank, precision=args.precision)
+        detector = open_detector(
+            args.bundle, args.backend, args.memory_bank, precision=args.precision, device=args.device
+        )
         load_s = time.monotonic() - started
         record = run_record(detector, args.bundle, args.precision, args.memory_bank)
         sinks = open_sinks(args, detector, record, sources)

@@ -239,3 +239,22 @@ def test_build_engines_adds_variants_to_an_existing_bundle(bundle, normal_folder
     assert "add-precision needs --precision" in capsys.readouterr().err
     assert main(["add-precision", str(bundle), "--precision", "int8"]) == 2
     assert "--precision needs --calibration-images" in capsys.readouterr().err
+
+
+def test_eight_bit_weights_for_cpus_with_an_int8_dot_product(bundle, normal_folder, tmp_path, monkeypatch):
+    from zsad_edge.calibration import variants
+
+    images = load_calibration_images([normal_folder], None)
+    source = bundle / "image_encoder.onnx"
+    plan, _ = convert(source, tmp_path / "enc.int8.onnx", "int8", _feeds(bundle, images), "minmax", weight_bits=8)
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "enc.int8.onnx")).graph.initializer]
+    int8_weights = [w for w in weights if w.dtype == np.int8 and w.ndim >= 2]
+    assert plan.weight_bits == 8 and max(int(np.abs(w).max()) for w in int8_weights) > 64  # the full range
+    with pytest.raises(ZsadEdgeError, match="7 or 8 bits, not 9"):
+        convert(source, tmp_path / "x.onnx", "int8", _feeds(bundle, images), "minmax", weight_bits=9)
+    monkeypatch.setattr(variants, "int8_dot_product", lambda: "avx512_vnni")
+    assert variants.resolve_weight_bits("auto") == 8
+    monkeypatch.setattr(variants, "int8_dot_product", lambda: None)
+    assert variants.resolve_weight_bits("auto") == 7 and variants.resolve_weight_bits("8") == 8
+    record = add_precision(bundle, "int8", images, "minmax", LOOSE, weight_bits="auto")
+    assert record["plan"]["weight_bits"] == 7 and record["plan"]["built_on_int8_dot_product"] is None

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 from helpers import REPO_ROOT
 
+from zsad_edge.runtime.backends.openvino import openvino_available
+
 
 def _run(args, cwd=REPO_ROOT):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -59,7 +61,8 @@ def test_folder_run_continues_past_bad_images(tiny_built, tmp_path):
     assert "cannot decode image (corrupt or not an image)" in proc.stdout and "image file is empty" in proc.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summary["results"]) == 2 and len(summary["failures"]) == 2
-    assert summary["run"]["providers"][0] == "CPUExecutionProvider"
+    auto = "OpenVINO CPU (f32)" if openvino_available() else "CPUExecutionProvider"  # `auto` on a CPU
+    assert summary["run"]["providers"] == [auto]
     assert "random weights: for tests and timing only" in proc.stderr
     per_image = json.loads((tmp_path / "out" / "1-+_row0.json").read_text())
     assert per_image["width"] == 100 and per_image["height"] == 64

@@ -1,0 +1,196 @@
+"""How close does each backend and precision get to what this CPU can do?
+
+For one bundle (random weights: speed does not depend on their values):
+1. GFLOP per image of each graph, counted from the ONNX (MatMul, Gemm, Conv; shapes inferred at
+   batch 1): a multiply-add counts as 2 FLOP.
+2. The machine's matrix-multiply rate, measured here with torch on 1024x1024 operands: fp32, and
+   bf16 and int8 where the CPU has native support (AVX512_BF16 / AMX, VNNI / AMX).
+3. Every candidate (onnxruntime fp32 and int8 Q/DQ; OpenVINO fp32, int8 Q/DQ and bf16) timed per
+   stage, interleaved in one run; the encoder's achieved GFLOP/s as a fraction of the matching
+   matmul rate; end-to-end speed-up over onnxruntime fp32.
+4. Drift of each candidate against onnxruntime fp32 on the dataset's test images: anomaly-map
+   Pearson (mean) and image-score Spearman.
+
+  python benchmarks/roofline.py ../shared/data/battery_weld
+  python benchmarks/roofline.py ../shared/data/battery_weld --runs 30 --out benchmarks/results/roofline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from zsad_edge.benchmarks.reports import machine_info, random_bundle, write_report
+from zsad_edge.calibration.drift import DriftTolerance, measure_drift
+from zsad_edge.calibration.variants import add_precision, load_calibration_images
+from zsad_edge.runtime.backends.openvino import import_openvino, native_bf16
+from zsad_edge.runtime.bench.timing import benchmark_interleaved
+from zsad_edge.runtime.bundle import load_manifest
+from zsad_edge.runtime.contract import HEADS, IMAGE_ENCODER
+from zsad_edge.runtime.cpu import cpu_info, int8_dot_product
+from zsad_edge.runtime.detector import Detector
+from zsad_edge.runtime.evaluation.dataset import sample_across_defects, scan_dataset
+
+NO_GATE = DriftTolerance(min_map_pearson=None, min_score_spearman=None)
+MATMUL_SIDE = 1024
+
+
+def graph_gflop(path: Path) -> float:
+    """GFLOP of one image through an ONNX graph: 2 x multiply-adds of its MatMul, Gemm and Conv nodes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for tensor in model.graph.input:  # batch 1 (and any other symbolic dimension left as it is)
+        dims = tensor.type.tensor_type.shape.dim
+        if dims and not dims[0].dim_value:
+            dims[0].dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        info.name: [d.dim_value for d in info.type.tensor_type.shape.dim]
+        for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    }
+    shapes.update({init.name: list(init.dims) for init in model.graph.initializer})
+    flop = 0
+    for node in inferred.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
+            if not a or not b or 0 in a or 0 in b:
+                continue
+            k = a[-1]
+            n = b[0] if node.op_type == "Gemm" and _attribute(node, "transB") else b[-1]
+            flop += 2 * int(np.prod(a[:-1])) * k * n
+        elif node.op_type == "Conv":
+            weight, out = shapes.get(node.input[1]), shapes.get(node.output[0])
+            if weight and out and 0 not in out:
+                flop += 2 * int(np.prod(out)) * int(np.prod(weight[1:]))
+    return flop / 1e9
+
+
+def _attribute(node, name: str) -> int:
+    return next((a.i for a in node.attribute if a.name == name), 0)
+
+
+def matmul_rates(repeats: int = 10) -> dict[str, float]:
+    """GFLOP/s (GOP/s for int8) of a 1024x1024 matrix multiply in torch, per precision this CPU has."""
+    import torch
+
+    flags = cpu_info()[1]
+    operands = {"fp32": torch.rand(MATMUL_SIDE, MATMUL_SIDE)}
+    if {"avx512_bf16", "amx_bf16"} & set(flags):
+        operands["bf16"] = operands["fp32"].bfloat16()
+    if int8_dot_product():
+        operands["int8"] = torch.randint(-128, 127, (MATMUL_SIDE, MATMUL_SIDE), dtype=torch.int8)
+    rates = {}
+    for precision, x in operands.items():
+        multiply = torch._int_mm if precision == "int8" else torch.matmul
+        samples = []
+        for _ in range(repeats + 2):
+            began = time.perf_counter()
+            multiply(x, x)
+            samples.append(time.perf_counter() - began)
+        rates[precision] = 2 * MATMUL_SIDE**3 / float(np.median(samples[2:])) / 1e9
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", type=Path, help="MVTec-layout category: train/good calibrates, test/ measures drift")
+    parser.add_argument("--arch", default="ViT-B-16")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--calibration-count", type=int, default=32)
+    parser.add_argument("--max-images", type=int, default=60, help="test images for drift, drawn across defect types")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="JSON path (default ./roofline_<arch>_<size>.json)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+
+    calibration = load_calibration_images([args.dataset / "train" / "good"], args.calibration_count)
+    samples = [s for c in scan_dataset(args.dataset) for s in c.samples]
+    test_images = [str(s.path) for s in sample_across_defects(samples, args.max_images, args.seed)]
+    bf16 = native_bf16(import_openvino().Core())
+    with tempfile.TemporaryDirectory() as scratch:
+        built = random_bundle(args.arch, args.image_size, "aprilgan", Path(scratch))
+        for precision in ["int8", *(["bf16"] if bf16 else [])]:
+            add_precision(built.path, precision, calibration, "percentile", NO_GATE)
+        manifest = load_manifest(built.path)
+        gflop = {name: graph_gflop(built.path / manifest.components[name].file) for name in (IMAGE_ENCODER, HEADS)}
+        candidates = [("cpu", "fp32"), ("cpu", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
+        candidates += [("openvino", "bf16")] if bf16 else []
+        detectors = {f"{b}/{p}": Detector.from_bundle(built.path, backend=b, precision=p) for b, p in candidates}
+        reference = detectors["cpu/fp32"]
+        drift = {name: measure_drift(reference, d, test_images) for name, d in detectors.items() if name != "cpu/fp32"}
+        one = [calibration[0]]
+        times = benchmark_interleaved({name: (d, one) for name, d in detectors.items()}, args.runs, args.warmup)
+        rates = matmul_rates()
+        providers = {name: d.providers for name, d in detectors.items()}
+
+    medians = {name: t.medians() for name, t in times.items()}
+    base = medians["cpu/fp32"]["end_to_end"]
+    rows = {}
+    for name, m in medians.items():
+        precision = name.split("/")[1]
+        rate = rates.get(precision, rates["fp32"])
+        achieved = gflop[IMAGE_ENCODER] / (m["encode"] / 1e3)
+        rows[name] = {
+            "encode_ms": m["encode"],
+            "end_to_end_ms": m["end_to_end"],
+            "speedup_vs_ort_fp32": base / m["end_to_end"],
+            "encoder_gflop_per_s": achieved,
+            "fraction_of_matmul_rate": achieved / rate,
+            "matmul_rate_used": precision if precision in rates else "fp32",
+            "map_pearson_mean": drift.get(name, {}).get("map_pearson_mean", 1.0),
+            "score_spearman": drift.get(name, {}).get("score_spearman", 1.0),
+        }
+    encoder, heads = gflop[IMAGE_ENCODER], gflop[HEADS]
+    print(f"\n{args.arch} @ {args.image_size}: encoder {encoder:.2f} GFLOP, heads {heads:.3f} GFLOP per image")
+    print("matmul rate (torch, 1024x1024): " + ", ".join(f"{p} {r:.0f} G/s" for p, r in rates.items()))
+    print(f"drift on {len(test_images)} test images of {args.dataset}; batch 1, median of {args.runs}\n")
+    columns = [
+        "encode ms",
+        "end-to-end ms",
+        "speed-up",
+        "encoder G/s",
+        "of matmul rate",
+        "map Pearson",
+        "score Spearman",
+    ]
+    print("| candidate | " + " | ".join(columns) + " |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(
+            f"| {name} | {r['encode_ms']:.1f} | {r['end_to_end_ms']:.1f} | {r['speedup_vs_ort_fp32']:.2f}x | "
+            f"{r['encoder_gflop_per_s']:.0f} | {100 * r['fraction_of_matmul_rate']:.0f} % ({r['matmul_rate_used']}) | "
+            f"{r['map_pearson_mean']:.4f} | {r['score_spearman']:.4f} |"
+        )
+    report = {
+        "benchmark": "roofline",
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "dataset": str(args.dataset),
+        "test_images": len(test_images),
+        "runs": args.runs,
+        "gflop_per_image": gflop,
+        "matmul_rates_gflop_per_s": rates,
+        "providers": providers,
+        "candidates": rows,
+        "median_ms": medians,
+        "iqr_ms": {name: t.spreads() for name, t in times.items()},
+        "drift_vs_ort_fp32": drift,
+        "machine": machine_info(),
+    }
+    write_report(report, args.out, f"roofline_{args.arch}_{args.image_size}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
