@@ -3,8 +3,9 @@
 For one bundle (random weights: speed does not depend on their values):
 1. GFLOP per image of each graph, counted from the ONNX (MatMul, Gemm, Conv; shapes inferred at
    batch 1): a multiply-add counts as 2 FLOP.
-2. The machine's matrix-multiply rate, measured here with torch on 1024x1024 operands: fp32, and
-   bf16 and int8 where the CPU has native support (AVX512_BF16 / AMX, VNNI / AMX).
+2. The machine's matrix-multiply rate: the best of torch, onnxruntime and OpenVINO on 1024x1024
+   operands, fp32, and bf16 and int8 where the CPU has native support (AVX512_BF16 / AMX, VNNI /
+   AMX); each engine's rate is kept in the JSON.
 3. Every candidate (onnxruntime fp32 and int8 Q/DQ; OpenVINO fp32, int8 Q/DQ and bf16) timed per
    stage, interleaved in one run; the encoder's achieved GFLOP/s as a fraction of the matching
    matmul rate; end-to-end speed-up over onnxruntime fp32.
@@ -77,25 +78,80 @@ def _attribute(node, name: str) -> int:
     return next((a.i for a in node.attribute if a.name == name), 0)
 
 
-def matmul_rates(repeats: int = 10) -> dict[str, float]:
-    """GFLOP/s (GOP/s for int8) of a 1024x1024 matrix multiply in torch, per precision this CPU has."""
+def _matmul_graph(path: Path, int8: bool) -> Path:
+    """x[N, N] @ w[N, N] as ONNX: plain fp32, or with Q/DQ on both operands (an int8 matmul to a runtime)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((MATMUL_SIDE, MATMUL_SIDE)).astype(np.float32)
+    if int8:
+        constants = {
+            "wq": np.clip(np.round(weight * 20), -127, 127).astype(np.int8),
+            "ws": np.array(0.05, np.float32),
+            "xs": np.array(0.02, np.float32),
+            "zero": np.array(0, np.int8),
+        }
+        nodes = [
+            helper.make_node("DequantizeLinear", ["wq", "ws", "zero"], ["w"]),
+            helper.make_node("QuantizeLinear", ["x", "xs", "zero"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "xs", "zero"], ["xd"]),
+            helper.make_node("MatMul", ["xd", "w"], ["y"]),
+        ]
+    else:
+        constants, nodes = {"w": weight}, [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    square = [MATMUL_SIDE, MATMUL_SIDE]
+    graph = helper.make_graph(
+        nodes,
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, square)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, square)],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _rate(call, repeats: int = 10) -> float:
+    samples = []
+    for _ in range(repeats + 2):
+        began = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - began)
+    return 2 * MATMUL_SIDE**3 / float(np.median(samples[2:])) / 1e9
+
+
+def matmul_rates(folder: Path) -> dict[str, dict[str, float]]:
+    """G/s of a 1024x1024 matrix multiply per precision this CPU has natively, by engine (torch,
+    onnxruntime, OpenVINO). The machine's rate is the best of them: torch's BLAS reaches only
+    about half of what onnxruntime's and oneDNN's kernels do on some AMD CPUs (measured here)."""
+    import onnxruntime
     import torch
 
-    flags = cpu_info()[1]
-    operands = {"fp32": torch.rand(MATMUL_SIDE, MATMUL_SIDE)}
-    if {"avx512_bf16", "amx_bf16"} & set(flags):
-        operands["bf16"] = operands["fp32"].bfloat16()
+    flags = set(cpu_info()[1])
+    x = np.random.default_rng(1).random((MATMUL_SIDE, MATMUL_SIDE), dtype=np.float32)
+    core = import_openvino().Core()
+    rates: dict[str, dict[str, float]] = {"fp32": {}}
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        rates["bf16"] = {}
     if int8_dot_product():
-        operands["int8"] = torch.randint(-128, 127, (MATMUL_SIDE, MATMUL_SIDE), dtype=torch.int8)
-    rates = {}
-    for precision, x in operands.items():
-        multiply = torch._int_mm if precision == "int8" else torch.matmul
-        samples = []
-        for _ in range(repeats + 2):
-            began = time.perf_counter()
-            multiply(x, x)
-            samples.append(time.perf_counter() - began)
-        rates[precision] = 2 * MATMUL_SIDE**3 / float(np.median(samples[2:])) / 1e9
+        rates["int8"] = {}
+    operand = torch.from_numpy(x)
+    rates["fp32"]["torch"] = _rate(lambda: torch.matmul(operand, operand))
+    if "bf16" in rates:
+        half = operand.bfloat16()
+        rates["bf16"]["torch"] = _rate(lambda: torch.matmul(half, half))
+    if "int8" in rates:
+        whole = torch.randint(-128, 127, (MATMUL_SIDE, MATMUL_SIDE), dtype=torch.int8)
+        rates["int8"]["torch"] = _rate(lambda: torch._int_mm(whole, whole))
+    for precision in rates:
+        path = _matmul_graph(folder / f"matmul_{precision}.onnx", int8=precision == "int8")
+        if precision != "bf16":
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            rates[precision]["onnxruntime"] = _rate(lambda: session.run(None, {"x": x}))
+        hint = "bf16" if precision == "bf16" else "f32"
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        request = compiled.create_infer_request()
+        rates[precision]["openvino"] = _rate(lambda: request.infer({"x": x}))
     return rates
 
 
@@ -116,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     calibration = load_calibration_images([args.dataset / "train" / "good"], args.calibration_count)
     samples = [s for c in scan_dataset(args.dataset) for s in c.samples]
-    test_images = [str(s.path) for s in sample_across_defects(samples, args.max_images, args.seed)]
+    test_images = [str(s.image) for s in sample_across_defects(samples, args.max_images, args.seed)]
     bf16 = native_bf16(import_openvino().Core())
     with tempfile.TemporaryDirectory() as scratch:
         built = random_bundle(args.arch, args.image_size, "aprilgan", Path(scratch))
@@ -131,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         drift = {name: measure_drift(reference, d, test_images) for name, d in detectors.items() if name != "cpu/fp32"}
         one = [calibration[0]]
         times = benchmark_interleaved({name: (d, one) for name, d in detectors.items()}, args.runs, args.warmup)
-        rates = matmul_rates()
+        engine_rates = matmul_rates(Path(scratch))
+        rates = {precision: max(by_engine.values()) for precision, by_engine in engine_rates.items()}
         providers = {name: d.providers for name, d in detectors.items()}
 
     medians = {name: t.medians() for name, t in times.items()}
@@ -153,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     encoder, heads = gflop[IMAGE_ENCODER], gflop[HEADS]
     print(f"\n{args.arch} @ {args.image_size}: encoder {encoder:.2f} GFLOP, heads {heads:.3f} GFLOP per image")
-    print("matmul rate (torch, 1024x1024): " + ", ".join(f"{p} {r:.0f} G/s" for p, r in rates.items()))
+    for precision, by_engine in engine_rates.items():
+        engines = ", ".join(f"{engine} {rate:.0f}" for engine, rate in by_engine.items())
+        print(f"1024x1024 matmul {precision}: {engines} G/s; the machine's rate: {rates[precision]:.0f}")
     print(f"drift on {len(test_images)} test images of {args.dataset}; batch 1, median of {args.runs}\n")
     columns = [
         "encode ms",
@@ -181,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "gflop_per_image": gflop,
         "matmul_rates_gflop_per_s": rates,
+        "matmul_rates_by_engine": engine_rates,
         "providers": providers,
         "candidates": rows,
         "median_ms": medians,

@@ -12,6 +12,7 @@ content and the compile options, so a changed graph compiles afresh.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Mapping
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError
 
+LOG = logging.getLogger(__name__)
 OPENVINO = "openvino"
 OPENVINO_EXTRA = "pip install 'zsad-edge[openvino]'"
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
@@ -96,8 +98,7 @@ class OpenVinoComponent:
             config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
         if threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
-        if cache is not None:
-            cache.mkdir(parents=True, exist_ok=True)
+        if cache is not None and _writable_folder(cache):
             config["CACHE_DIR"] = str(cache)
         try:
             model = core.read_model(str(onnx_path))
@@ -130,3 +131,15 @@ def _property(compiled, key: str, default):
     if key == "INFERENCE_PRECISION_HINT":  # an openvino Type: its short name (f32, bf16, f16)
         return value.get_type_name() if hasattr(value, "get_type_name") else str(value).lower()
     return value
+
+
+def _writable_folder(folder: Path) -> bool:
+    """Create the cache folder; where that is not allowed (a read-only install) compile without a cache."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        LOG.warning(
+            "OpenVINO model cache off: cannot create %s (%s); every start compiles afresh", folder, exc.strerror
+        )
+        return False
+    return True

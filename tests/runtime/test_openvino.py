@@ -158,3 +158,10 @@ def test_eight_bit_weights_on_a_cpu_without_int8_dot_product_are_warned_about(mo
     detector._warn_on_saturating_int8({"weight_bits": 8}, "int8")
     detector._warn_on_saturating_int8({"weight_bits": 7}, "int8")
     assert len(caplog.records) == 1 and "--weight-bits 7" in caplog.records[0].getMessage()
+
+
+def test_a_cache_folder_that_cannot_be_made_turns_the_cache_off(tmp_path, caplog):
+    (tmp_path / "a-file").write_text("")
+    assert not ov_backend._writable_folder(tmp_path / "a-file" / "bundle.openvino")
+    assert "model cache off" in caplog.records[0].getMessage()
+    assert ov_backend._writable_folder(tmp_path / "bundle.openvino") and (tmp_path / "bundle.openvino").is_dir()
