@@ -19,6 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError
+from .ort import threads_from_environment
 
 LOG = logging.getLogger(__name__)
 OPENVINO = "openvino"
@@ -96,6 +97,7 @@ class OpenVinoComponent:
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if precision in _HINTS and device in ("CPU", "AUTO"):
             config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
+        threads = threads_from_environment(threads)
         if threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
         if cache is not None and _writable_folder(cache):

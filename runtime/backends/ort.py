@@ -25,6 +25,7 @@ _BACKEND_PROVIDERS = {
     "auto": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 BACKENDS = tuple(_BACKEND_PROVIDERS)
+THREADS_ENV = "ZSAD_EDGE_THREADS"  # caps inference threads on a shared CPU (onnxruntime and OpenVINO)
 
 
 def import_onnxruntime():
@@ -37,6 +38,13 @@ def import_onnxruntime():
             "'zsad-edge[gpu]' for NVIDIA GPUs (never both: they overwrite each other)"
         ) from None
     return onnxruntime
+
+
+def threads_from_environment(threads: int | None) -> int | None:
+    """The thread count asked for, else $ZSAD_EDGE_THREADS, else None (the backend's own default)."""
+    if threads is None and os.environ.get(THREADS_ENV):
+        return int(os.environ[THREADS_ENV])
+    return threads
 
 
 def select_providers(backend: str, available: list[str]) -> list[str]:
@@ -79,8 +87,7 @@ class OrtComponent:
         # Spinning worker threads keep burning cores after a run; with two graphs per frame
         # (encoder, then heads) on a small CPU they steal time from the next graph.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if intra_op_threads is None and os.environ.get("ZSAD_EDGE_THREADS"):
-            intra_op_threads = int(os.environ["ZSAD_EDGE_THREADS"])
+        intra_op_threads = threads_from_environment(intra_op_threads)
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         requested = select_providers(backend, ort.get_available_providers())

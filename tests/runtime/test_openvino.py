@@ -165,3 +165,9 @@ def test_a_cache_folder_that_cannot_be_made_turns_the_cache_off(tmp_path, caplog
     assert not ov_backend._writable_folder(tmp_path / "a-file" / "bundle.openvino")
     assert "model cache off" in caplog.records[0].getMessage()
     assert ov_backend._writable_folder(tmp_path / "bundle.openvino") and (tmp_path / "bundle.openvino").is_dir()
+
+
+def test_the_thread_cap_of_a_shared_station_reaches_openvino(tiny_built, monkeypatch):
+    monkeypatch.setenv("ZSAD_EDGE_THREADS", "1")
+    detector = Detector.from_bundle(tiny_built.path, backend="openvino")
+    assert int(detector.encoder.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
