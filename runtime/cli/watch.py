@@ -155,6 +155,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
                 item.close()
     stopped = f"stopped by {stop.signal_name}" if stop.requested else None
     summary = {
+        "run_id": station.run_id,
         **station.stats.summary(stopped),
         "load_s": round(load_s, 3),
         "sinks": {sink.kind: sink.counts() for sink in sinks},

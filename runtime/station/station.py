@@ -15,6 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -79,6 +80,8 @@ class Station:
         self.batch_size, self.max_wait_s = batch_size, max_wait_ms / 1000.0
         self.sinks, self.on_event = list(sinks), on_event
         self.stats = StationStats(self.sources)
+        # events of every start append to the same log with frame indices from 0: the run id tells them apart
+        self.run_id = uuid.uuid4().hex[:12]
         self.error: BaseException | None = None
         self._by_name = {source.name: source for source in self.sources}
         self._arrived = threading.Event()
@@ -215,6 +218,7 @@ class Station:
         self._finished.set()
 
     def _emit(self, event: dict) -> None:
+        event = {"run": self.run_id, **event}
         self.stats.record(event)
         if self.on_event is not None:
             self.on_event(event)

@@ -1,6 +1,7 @@
 """The camera station's core: sources with exact counts, stall and loss recovery, batching across
 sources on three overlapping threads, events, the Station object and its stats."""
 
+import json
 import signal
 import threading
 import time
@@ -131,6 +132,8 @@ def test_the_station_object_starts_stops_and_counts(tiny_detector, tmp_path):
     assert counts["captured"] == counts["processed"] + counts["dropped"] + counts["skipped"] < 10_000
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
     assert len(lines) == counts["processed"] and counts["dropped"] > 0
+    assert {json.loads(line)["run"] for line in lines} == {station.run_id}
+    assert Station(tiny_detector, [Burst("cam", 1)]).run_id != station.run_id  # a restart is told apart
     assert {"wait", "preprocess", "infer", "postprocess", "total"} == set(summary["latency_ms"])
     assert summary["latency_ms"]["total"]["p50"] <= summary["latency_ms"]["total"]["p99"]
 

@@ -69,6 +69,7 @@ def test_sigint_leaves_a_playable_video_complete_events_and_summary(flagging_bun
     lines = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]  # every line whole
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"] == "stopped by SIGINT" and summary["processed"] == len(lines) >= 15
+    assert {line["run"] for line in lines} == {summary["run_id"]}  # one run id, in every event
     assert summary["sources"]["line1"]["dropped"] == 0 and "stopped by SIGINT" in stdout
     sinks = summary["sinks"]
     assert sinks["video"]["written"] + sinks["video"]["dropped"] == len(lines)
