@@ -28,7 +28,8 @@ from .sources import Frame
 
 log = logging.getLogger(__name__)
 SAVE_CHOICES = ("anomalies", "all", "none")
-DEFAULT_VIDEO_FPS = 10.0  # for sources that state no frame rate (cameras, folders)
+DEFAULT_VIDEO_FPS = 10.0  # a source without a stated rate that ended before its rate could be measured
+RATE_PROBE_FRAMES = 10
 
 
 SINK_NICENESS = 10
@@ -167,35 +168,63 @@ class FrameImageSink(QueuedSink):
 
 
 class VideoSink(FrameImageSink):
-    """OUT/<source>.mp4 per source: every frame's overlay (heatmap, contour, verdict header), at the
-    source's own frame rate where it has one. Closed on stop, so it plays after a signal too."""
+    """OUT/<source>.mp4 per source: every frame's overlay (heatmap, contour, verdict header). Closed
+    on stop, so it plays after a signal too.
+
+    Frame rate: the source's own where it states one (video files); otherwise the rate at which the
+    source's frames reach the sink, measured over its first RATE_PROBE_FRAMES frames (held back
+    until then), so a camera thinned by drops or --max-fps still plays back in real time.
+    """
 
     kind = "video"
 
     def __init__(self, folder: Path, scoring: Mapping, thresholds: Mapping, fps: Mapping[str, float | None], **options):
         self.fps = fps
         self._writers: dict[str, tuple[cv2.VideoWriter, tuple[int, int]]] = {}
+        self._probing: dict[str, list[tuple[float, np.ndarray]]] = {}
         super().__init__(folder, scoring, thresholds, save="all", **options)
 
     def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
         overlay = self._overlay(frame, result)
-        if frame.source not in self._writers:
-            self._writers[frame.source] = self._open(frame.source, overlay.shape[1], overlay.shape[0])
-        writer, size = self._writers[frame.source]
+        if frame.source in self._writers:
+            self._write(frame.source, overlay)
+            return
+        probe = self._probing.setdefault(frame.source, [])
+        probe.append((frame.captured_monotonic, overlay))
+        if self.fps.get(frame.source) or len(probe) >= RATE_PROBE_FRAMES:
+            self._start(frame.source)
+
+    def _start(self, source: str) -> None:
+        """Open the source's video at its rate and write the frames held back while measuring it."""
+        probe = self._probing.pop(source)
+        fps = self.fps.get(source) or measured_rate([when for when, _ in probe])
+        height, width = probe[0][1].shape[:2]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{source}.mp4"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not writer.isOpened():
+            raise OSError(f"cannot write video {path} (this OpenCV build lacks an mp4v encoder?)")
+        self._writers[source] = (writer, (width, height))
+        for _, overlay in probe:
+            self._write(source, overlay)
+
+    def _write(self, source: str, overlay: np.ndarray) -> None:
+        writer, size = self._writers[source]
         if (overlay.shape[1], overlay.shape[0]) != size:  # a source whose frame size changed
             overlay = cv2.resize(overlay, size, interpolation=cv2.INTER_AREA)
         writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
 
-    def _open(self, source: str, width: int, height: int) -> tuple[cv2.VideoWriter, tuple[int, int]]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{source}.mp4"
-        fps = self.fps.get(source) or DEFAULT_VIDEO_FPS
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        if not writer.isOpened():
-            raise OSError(f"cannot write video {path} (this OpenCV build lacks an mp4v encoder?)")
-        return writer, (width, height)
-
     def finish(self) -> None:
+        for source in list(self._probing):  # sources that ended before their rate was measured
+            self._start(source)
         for writer, _ in self._writers.values():
             writer.release()
         self._writers.clear()
+
+
+def measured_rate(times: list[float]) -> float:
+    """Frames per second from monotonic capture times, within [1, 120]; DEFAULT_VIDEO_FPS from fewer
+    than two frames."""
+    if len(times) < 2 or times[-1] <= times[0]:
+        return DEFAULT_VIDEO_FPS
+    return min(120.0, max(1.0, (len(times) - 1) / (times[-1] - times[0])))

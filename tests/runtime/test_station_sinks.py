@@ -7,9 +7,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import cv2
 import numpy as np
 import pytest
-from station_helpers import Subscriber, free_port, start_mosquitto, video_frame_count, write_video
+from station_helpers import Burst, Subscriber, free_port, start_mosquitto, video_frame_count, write_video
 
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import ZsadEdgeError
@@ -186,3 +187,14 @@ def test_the_webhook_gets_each_anomaly_and_failures_are_counted(flagging_detecto
     assert failing.counts()["failed"] == 3 and "500" in failing.counts()["last_error"]
     with pytest.raises(ZsadEdgeError, match="--webhook wants an http"):
         WebhookSink("ftp://example/hook")
+
+
+def test_a_live_source_is_filmed_at_the_rate_its_frames_arrive(flagging_detector, tmp_path):
+    sink = VideoSink(tmp_path / "video", flagging_detector.scoring, THRESHOLDS, {"cam": None}, queue_size=1000)
+    events = list(watch(flagging_detector, [Burst("cam", 30, every_s=0.04, queue_size=100)], sinks=[sink]))
+    sink.close()
+    capture = cv2.VideoCapture(str(tmp_path / "video" / "cam.mp4"))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    assert len(events) == 30 and video_frame_count(tmp_path / "video" / "cam.mp4") == 30
+    assert 15 < fps < 27  # ~25 frames/s delivered (sleep overhead makes it a little less), not the default 10
