@@ -20,25 +20,14 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from zsad_edge.benchmarks.reports import machine_info, random_bundle, write_report
 from zsad_edge.export.cli.arguments import method_options
 from zsad_edge.runtime.backends.components import BACKENDS
+from zsad_edge.runtime.bench.record import batch_of, bench_images
 from zsad_edge.runtime.bench.timing import benchmark_interleaved, format_table
 from zsad_edge.runtime.detector import Detector
-from zsad_edge.runtime.image_io import list_images, read_image
 
 METHODS = method_options()
-
-
-def _images(paths: list[str], batch_size: int) -> list[np.ndarray]:
-    """The given images (cycled to fill the batch) or synthetic 8-bit 400x256 scans."""
-    if paths:
-        files = list_images(paths)
-        return [read_image(files[i % len(files)]) for i in range(batch_size)]
-    rng = np.random.default_rng(0)
-    return [(rng.random((256, 400)) * 255).astype(np.uint8) for _ in range(batch_size)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="timed runs (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--images", nargs="*", default=[], help="image files/folders (default: synthetic)")
+    parser.add_argument(
+        "--images", nargs="*", default=[], help="image files/folders (default: synthetic 400x256 scans)"
+    )
     parser.add_argument(
         "--backend", choices=BACKENDS, default="cpu", help="runtime backend (onnxruntime, or tensorrt engines)"
     )
@@ -65,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch_eager_fp32": built.reference_detector(device=args.torch_device),
             "onnxruntime_fp32": Detector.from_bundle(built.path, backend=args.backend),
         }
-        images = _images(args.images, args.batch_size)
+        images = batch_of(bench_images(args.images), args.batch_size)
         cases = {name: (detector, images) for name, detector in detectors.items()}
         times = benchmark_interleaved(cases, args.runs, args.warmup)
         providers = detectors["onnxruntime_fp32"].providers

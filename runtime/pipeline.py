@@ -112,7 +112,11 @@ class DetectionPipeline(ABC):
 
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Images (arrays or paths) -> normalised NCHW batch and each image's original (H, W)."""
-        loaded = self.load(images)
+        return self.preprocess_loaded(self.load(images))
+
+    def preprocess_loaded(self, loaded: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """`preprocess` for images already through `load` (not checked again: a float image's check
+        reads every pixel)."""
         return preprocess_batch(loaded, self.manifest.preprocess), [im.shape[:2] for im in loaded]
 
     @abstractmethod
@@ -179,13 +183,16 @@ class DetectionPipeline(ABC):
 
         Calibration and drift measurement use this: a refinement (CLIP-SAM) does not change scores.
         """
-        batch, sizes = self.preprocess(images)
-        return self.postprocess(*self.infer(batch), sizes)
+        return self._score_loaded(self.load(images))
 
     def detect_batch(self, images: Sequence[ImageInput]) -> list[DetectionResult]:
         """Run a batch of images of any sizes through every stage, result stages included."""
         loaded = self.load(images)
-        return self.refine(self.score_batch(loaded), loaded)
+        return self.refine(self._score_loaded(loaded), loaded)
+
+    def _score_loaded(self, loaded: Sequence[np.ndarray]) -> list[DetectionResult]:
+        batch, sizes = self.preprocess_loaded(loaded)
+        return self.postprocess(*self.infer(batch), sizes)
 
     def __call__(self, image: ImageInput) -> DetectionResult:
         return self.detect_batch([image])[0]

@@ -18,7 +18,7 @@ from .fingerprint import differences
 from .record import SCHEMA, SCHEMA_VERSION
 from .statistics import MetricVerdict, judge, relative_iqr
 
-EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR = 0, 1, 2
+EXIT_PASS, EXIT_REGRESSION = 0, 1
 
 
 @dataclass(frozen=True)

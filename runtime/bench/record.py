@@ -51,16 +51,21 @@ def config_key(backend: str, precision: str, batch_size: int) -> str:
     return f"{backend}/{precision}/b{batch_size}"
 
 
-def bench_images(source: str | None) -> list[np.ndarray]:
-    """Up to MAX_IMAGES images from a folder or file, or eight seeded synthetic 8-bit 400x256 scans."""
-    if source:
-        paths = list_images([source])[:MAX_IMAGES]
+def bench_images(sources: Sequence[str] = ()) -> list[np.ndarray]:
+    """Up to MAX_IMAGES images from files and folders, or eight seeded synthetic 8-bit 400x256 scans."""
+    if sources:
+        paths = list_images(sources)[:MAX_IMAGES]
         if not paths:
-            raise ZsadEdgeError(f"--images {source}: no image found")
+            raise ZsadEdgeError(f"--images {' '.join(map(str, sources))}: no image found")
         return [read_image(path) for path in paths]
     rng = np.random.default_rng(0)
     base = cv2.GaussianBlur(rng.random((256, 400)).astype(np.float32), (0, 0), 3)
     return [np.clip((base + 0.05 * rng.standard_normal(base.shape)) * 255, 0, 255).astype(np.uint8) for _ in range(8)]
+
+
+def batch_of(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
+    """`size` images, cycling through `images`."""
+    return [images[i % len(images)] for i in range(size)]
 
 
 def reference_kernel() -> list[float]:
@@ -102,7 +107,7 @@ def record(bundle: Path, settings: BenchSettings, stop: StopRequest = NEVER) -> 
     """Run the matrix and return the record (see the module docstring); a stop request ends it
     after the round in hand (Stopped: nothing is written)."""
     bundle = Path(bundle)
-    images = bench_images(settings.images)
+    images = bench_images([settings.images] if settings.images else ())
     detectors = {
         (backend, precision): Detector.from_bundle(
             bundle, backend=backend, precision=precision, intra_op_threads=settings.threads, device=settings.device
@@ -111,7 +116,7 @@ def record(bundle: Path, settings: BenchSettings, stop: StopRequest = NEVER) -> 
         for precision in settings.precisions
     }
     cases = {
-        config_key(backend, precision, batch): (detector, [images[i % len(images)] for i in range(batch)])
+        config_key(backend, precision, batch): (detector, batch_of(images, batch))
         for (backend, precision), detector in detectors.items()
         for batch in settings.batch_sizes
     }

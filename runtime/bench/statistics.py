@@ -18,7 +18,6 @@ import numpy as np
 from ..errors import ZsadEdgeError
 
 BENCH_EXTRA = "pip install 'zsad-edge[bench]'"
-VERDICTS = ("regression", "improvement", "unchanged", "inconclusive")
 
 
 def relative_iqr(samples: Sequence[float]) -> float:

@@ -42,7 +42,7 @@ def time_stages(detector: DetectionPipeline, images: Sequence[np.ndarray], into:
     """One timed pass through all stages; `into=None` is a warm-up pass."""
     marks = {"start": time.perf_counter()}
     loaded = detector.load(images)
-    batch, sizes = detector.preprocess(loaded)
+    batch, sizes = detector.preprocess_loaded(loaded)
     marks["preprocess"] = time.perf_counter()
     features = detector.encode(batch)
     detector.synchronize()

@@ -2,6 +2,8 @@
 
 sources.py: one FrameSource per camera, stream, video file or drop folder, each with its own
 capture thread and bounded queue (live sources drop their oldest frames when inference falls
-behind, files and folders wait); loop.py: batches frames across sources and runs the detector;
-events.py: the JSON-lines event log and the run summary.
+behind, files and folders wait); batching.py: batches across sources; station.py: the Station
+(prepare, infer and finish threads) and the watch() generator; events.py: the frame event and
+the JSON-lines log; stats.py: counts and latency windows; sinks.py, messaging.py: frame images,
+video, MQTT, webhook; metrics.py, status.py: Prometheus, /healthz and the status line.
 """

@@ -176,7 +176,7 @@ class Station:
                 continue
             batch = Batch(frames, statuses, started=time.monotonic())
             batch.loaded = self.detector.load([frame.image for frame in frames])
-            batch.tensor, batch.sizes = self.detector.preprocess(batch.loaded)
+            batch.tensor, batch.sizes = self.detector.preprocess_loaded(batch.loaded)
             batch.stages_ms["preprocess"] = 1e3 * (time.monotonic() - batch.started)
             self._put(self._prepared, batch)
         self._put(self._prepared, _END)

@@ -36,7 +36,6 @@ class StationStats:
         self.up = dict.fromkeys(self.sources, True)
         self.latency: dict[str, deque[float]] = {}
         self.started = time.monotonic()
-        self.last_frame_at: float | None = None
         self._lock = threading.Lock()
 
     def record(self, event: dict) -> None:
@@ -48,7 +47,6 @@ class StationStats:
             source = event["source"]
             self.processed[source] += 1
             self.anomalies[source] += int(event["is_anomalous"])
-            self.last_frame_at = time.monotonic()
             for stage, ms in {**event["stages_ms"], "total": event["latency_ms"]}.items():
                 self.latency.setdefault(stage, deque(maxlen=LATENCY_WINDOW)).append(ms)
 

@@ -75,8 +75,8 @@ class Recording:
         self.spans[stage].append((began, time.monotonic(), threading.current_thread().name))
         return out
 
-    def preprocess(self, images):
-        return self._timed("preprocess", self.detector.preprocess, images)
+    def preprocess_loaded(self, images):
+        return self._timed("preprocess", self.detector.preprocess_loaded, images)
 
     def infer(self, batch):
         return self._timed("infer", self.detector.infer, batch)
