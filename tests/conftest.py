@@ -11,8 +11,55 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import BATTERY_WELD, write_image
+from needs import (
+    absence_message,
+    in_ci,
+    missing_optional_module,
+    module_absence,
+    require_module,
+    require_program,
+    require_torch_side,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on a model hub
+
+
+def pytest_runtest_setup(item):
+    """`needs_program(NAME...)`, `needs_module(NAME...)`, `torch_side`: skip, or fail under CI (tests/needs.py)."""
+    for marker in item.iter_markers("needs_program"):
+        for name in marker.args:
+            require_program(name)
+    for marker in item.iter_markers("needs_module"):
+        for name in marker.args:
+            require_module(name)
+    if item.get_closest_marker("torch_side"):
+        require_torch_side()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A test module that imports an optional package at its top is skipped naming the extra (a
+    runtime-only install has no torch), and under CI it fails with the same words."""
+    report = yield
+    missing = report.failed and isinstance(collector, pytest.Module) and missing_optional_module(str(report.longrepr))
+    if missing:
+        reason = absence_message(*module_absence(missing))
+        report.outcome = "failed" if in_ci() else "skipped"
+        report.longrepr = reason if in_ci() else (str(collector.path), 0, f"Skipped: {reason}")
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """The same rule when a test itself imports an optional package that is absent (outside CI)."""
+    report = yield
+    error = call.excinfo
+    imported = report.failed and error and error.errisinstance(ModuleNotFoundError)
+    missing = imported and missing_optional_module(str(error.value))
+    if missing and not in_ci():
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1], f"Skipped: {absence_message(*module_absence(missing))}")
+    return report
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,6 +75,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_built(tmp_path_factory):
     """A zsad-tiny-vit APRIL-GAN bundle (random CLIP and heads) plus its torch modules."""
+    require_torch_side()
     from zsad_edge.export.build import build_bundle
     from zsad_edge.export.demo import demo_config
 

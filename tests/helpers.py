@@ -29,3 +29,19 @@ def relative_map_error(actual: np.ndarray, expected: np.ndarray) -> float:
     from zsad_edge.runtime.comparison import relative_error
 
     return relative_error(actual, expected)
+
+
+def wait_for_stop_handler(pid: int, timeout: float = 300.0) -> None:
+    """Wait until process `pid` catches SIGTERM, i.e. the CLI's stop handler is installed (Python
+    itself catches only SIGINT), so a signal sent now is a clean stop, whatever the machine's load."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"process {pid} installed no stop handler within {timeout} s")

@@ -4,14 +4,13 @@ a detector that takes its time, a free local port, a mosquitto broker."""
 from __future__ import annotations
 
 import getpass
-import shutil
 import socket
 import subprocess
 import time
 
 import cv2
 import numpy as np
-import pytest
+from needs import require_program
 
 from zsad_edge.runtime.station.sources import FrameSource
 
@@ -72,10 +71,8 @@ def free_port() -> int:
 
 
 def start_mosquitto(tmp_path, password_file=None):
-    """A mosquitto broker on a free localhost port (installed by .ci/run); skips where there is none."""
-    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
-    if binary is None:
-        pytest.skip("mosquitto is not installed (.ci/run installs it: apt-get install -y mosquitto)")
+    """A mosquitto broker on a free localhost port; skips (fails under CI) where there is none."""
+    binary = require_program("mosquitto")
     port = free_port()
     config = tmp_path / "mosquitto.conf"
     lines = [f"listener {port} 127.0.0.1", f"user {getpass.getuser()}"]  # as root it would switch to `mosquitto`

@@ -2,7 +2,6 @@
 spelled once, the base pipeline free of methods, no product module depending on benchmarks/."""
 
 import ast
-import shutil
 import subprocess
 
 import pytest
@@ -37,7 +36,7 @@ def _modules(*folders):
             yield path, ast.parse(path.read_text(encoding="utf-8"))
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff comes with the dev extra")
+@pytest.mark.needs_program("ruff")
 def test_ruff_is_clean():
     for command in (["ruff", "check", "."], ["ruff", "format", "--check", "."]):
         proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)

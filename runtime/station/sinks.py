@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import cv2
 import numpy as np
@@ -50,17 +50,17 @@ class RateLimit:
     one second's worth: a batch of frames that arrive together is not cut to one, yet over any
     span T no more than per_s * (T + 1) items pass."""
 
-    def __init__(self, per_s: float | None) -> None:
+    def __init__(self, per_s: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         if per_s is not None and per_s <= 0:
             raise ValueError("a rate limit must be > 0 per second")
-        self.per_s = per_s
+        self.per_s, self.clock = per_s, clock
         self.capacity = max(1.0, per_s or 0.0)
         self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, when counted)
 
     def allow(self, source: str) -> bool:
         if self.per_s is None:
             return True
-        now = time.monotonic()
+        now = self.clock()
         tokens, then = self._buckets.get(source, (self.capacity, now))
         tokens = min(self.capacity, tokens + (now - then) * self.per_s)
         allowed = tokens >= 1.0

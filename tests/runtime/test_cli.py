@@ -8,6 +8,7 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 from helpers import REPO_ROOT
 
 from zsad_edge.runtime.backends.openvino import openvino_available
@@ -26,6 +27,7 @@ def _error_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.torch_side
 def test_demo_builds_and_detects_offline(tmp_path):
     proc = _run(
         [sys.executable, str(REPO_ROOT / "export" / "build_engines.py"), "demo", "--out", str(tmp_path / "demo")],
@@ -102,6 +104,7 @@ def test_bad_bundles_give_one_error_line(tiny_built, tmp_path):
     assert proc.returncode == 2 and "newer than this runtime supports" in _error_lines(proc.stderr)[0]
 
 
+@pytest.mark.torch_side
 def test_build_errors_are_one_line(tmp_path):
     build = [sys.executable, str(REPO_ROOT / "export" / "build_engines.py"), "--arch", "zsad-tiny-vit"]
     proc = _run(
@@ -145,6 +148,7 @@ def _write_normals(folder, count, seed=3, shape=(50, 70)):
     return folder
 
 
+@pytest.mark.torch_side
 def test_sdp_cli_build_calibrate_detect(tmp_path):
     build = [
         sys.executable,
@@ -175,6 +179,7 @@ def test_sdp_cli_build_calibrate_detect(tmp_path):
     assert proc.returncode == 2 and "few-shot memory banks work with aprilgan_zero_shot" in _error_lines(proc.stderr)[0]
 
 
+@pytest.mark.torch_side
 def test_fnn_cli_build_trains_with_a_progress_bar(tmp_path):
     proc = _run(
         [

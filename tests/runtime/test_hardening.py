@@ -297,6 +297,7 @@ def test_huge_8bit_files_are_decoded_reduced(tmp_path):
 
 
 # 9. permissions
+@pytest.mark.torch_side
 def test_files_renamed_into_place_follow_the_umask(tmp_path):
 
     code = (

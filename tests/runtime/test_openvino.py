@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import relative_map_error
+from needs import require_module
 
 from zsad_edge.runtime.backends import openvino as ov_backend
 from zsad_edge.runtime.contract import HEADS, IMAGE_ENCODER
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import BackendUnavailableError
 
-pytest.importorskip("openvino", reason="the openvino extra is not installed (.ci/run installs it)")
+require_module("openvino", module_level=True)
 
 
 def _images(rng):

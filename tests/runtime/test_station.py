@@ -62,37 +62,53 @@ def test_two_sources_are_batched_together_and_keep_their_own_order(tiny_detector
         assert [e["frame"] for e in events if e["source"] == name] == list(range(frames))
 
 
-class Recording:
-    """A detector that notes when its preprocess and model calls ran, on which thread."""
+class Rendezvous:
+    """A detector whose stages meet: the first `calls` model calls each wait (up to 10 s) until a
+    preprocessing call has begun while it was in hand, and preprocessing calls (after the first)
+    wait until a model call not yet met is in hand. With the prepare and infer threads side by side
+    every meeting happens; with the stages taking turns on one thread none can, and each wait times
+    out. The order of events decides the outcome, not how fast a machine is."""
 
-    def __init__(self, detector):
-        self.detector, self.spans = detector, {"preprocess": [], "infer": []}
-
-    def _timed(self, stage, call, *args):
-        began = time.monotonic()
-        out = call(*args)
-        time.sleep(0.01)  # long enough to be seen overlapping
-        self.spans[stage].append((began, time.monotonic(), threading.current_thread().name))
-        return out
+    def __init__(self, detector, calls):
+        self.detector, self.calls = detector, calls
+        self.threads = {"preprocess": set(), "infer": set()}
+        self.preprocessed = self.entered = self.acknowledged = self.met = 0
+        self.running = False
+        self._changed = threading.Condition()
 
     def preprocess_loaded(self, images):
-        return self._timed("preprocess", self.detector.preprocess_loaded, images)
+        self.threads["preprocess"].add(threading.current_thread().name)
+        with self._changed:
+            self.preprocessed += 1
+            unmet = lambda: self.running and self.entered > self.acknowledged  # noqa: E731
+            if self.preprocessed > 1 and self.acknowledged < self.calls and self._changed.wait_for(unmet, 10):
+                self.acknowledged = self.entered
+                self._changed.notify_all()
+        return self.detector.preprocess_loaded(images)
 
     def infer(self, batch):
-        return self._timed("infer", self.detector.infer, batch)
+        self.threads["infer"].add(threading.current_thread().name)
+        with self._changed:
+            self.entered += 1
+            entry, self.running = self.entered, True
+            self._changed.notify_all()
+        out = self.detector.infer(batch)
+        with self._changed:
+            if entry <= self.calls:
+                self.met += self._changed.wait_for(lambda: self.acknowledged >= entry, 10)
+            self.running = False
+        return out
 
     def __getattr__(self, name):
         return getattr(self.detector, name)
 
 
 def test_preprocessing_of_the_next_batch_overlaps_the_model_call(tiny_detector, tmp_path):
-    recording = Recording(tiny_detector)
-    list(watch(recording, [VideoFileSource("line", write_video(tmp_path / "v.avi", frames=20))]))
-    spans = recording.spans
-    assert {t for *_, t in spans["preprocess"]} == {"station-prepare"}
-    assert {t for *_, t in spans["infer"]} == {"station-infer"}
-    overlapping = sum(any(a0 < b1 and b0 < a1 for a0, a1, _ in spans["preprocess"]) for b0, b1, _ in spans["infer"])
-    assert overlapping >= 5  # of 20 model calls: the threads run side by side, not in turn
+    rendezvous = Rendezvous(tiny_detector, calls=5)
+    events = list(watch(rendezvous, [VideoFileSource("line", write_video(tmp_path / "v.avi", frames=20))]))
+    assert len(events) == 20
+    assert rendezvous.threads == {"preprocess": {"station-prepare"}, "infer": {"station-infer"}}
+    assert rendezvous.met == 5  # each of the first 5 model calls saw the next batch being prepared
 
 
 def test_a_drop_folder_takes_each_complete_file_once_also_after_a_restart(tiny_detector, tmp_path):
@@ -106,12 +122,11 @@ def test_a_drop_folder_takes_each_complete_file_once_also_after_a_restart(tiny_d
     def arrive():
         time.sleep(0.4)
         cv2.imwrite(str(folder / "b0.png"), np.zeros((20, 30), np.uint8))
-        time.sleep(1.2)
-        stop.signal = signal.SIGINT
 
     threading.Thread(target=arrive, daemon=True).start()
     source = FolderSource("drop", folder, follow=True, state_file=state, settle_s=0.2, poll_s=0.05)
-    events = list(watch(tiny_detector, [source], stop=stop))
+    arrived = lambda seen: seen[-1]["origin"] == "b0.png"  # noqa: E731
+    events = _until(watch(tiny_detector, [source], stop=stop), arrived, stop)
     assert [e["origin"] for e in events] == ["a0.png", "a1.png", "b0.png"]
     assert source.counts.skipped == 1 and "broken.png" in source.counts.skipped_items[0]
     cv2.imwrite(str(folder / "c0.png"), np.zeros((20, 30), np.uint8))
@@ -122,7 +137,7 @@ def test_a_drop_folder_takes_each_complete_file_once_also_after_a_restart(tiny_d
 def test_the_station_object_starts_stops_and_counts(tiny_detector, tmp_path):
     source = Burst("cam", 10_000, every_s=0.002, queue_size=2)
     with EventLog(tmp_path / "events.jsonl") as log:
-        station = Station(Slow(tiny_detector, 0.01), [source], on_event=log.write).start()
+        station = Station(Slow(tiny_detector, 0.05), [source], on_event=log.write).start()
         while station.stats.per_source()["cam"]["processed"] < 10:
             time.sleep(0.01)
         station.stop()
