@@ -56,7 +56,7 @@ class BuildConfig:
     fusion_weight: float | None = None  # FNN method: weight of the FNN against the prompt score
     fnn: FnnTrainConfig = field(default_factory=FnnTrainConfig)
     sam: SamSpec | None = None  # CLIP-SAM: refine the CLIP map with this SAM
-    cascade: CascadeConfig | None = None  # None: the documented defaults (runtime/clip_sam.py)
+    cascade: CascadeConfig | None = None  # None: the documented defaults (runtime/sam/cascade.py)
     parity_tolerance: float = 1e-4
     image_threshold: float | None = None  # None: the middle of the method's uncalibrated score range
     overwrite: bool = False

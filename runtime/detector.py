@@ -9,7 +9,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .backends.components import EngineOptions, GraphComponent, open_components
+from .backends.components import EngineOptions, GraphComponent, backend_of, open_components
 from .bundle import BASE_PRECISION, REBUILD_HINT, Manifest, load_manifest
 from .contract import (
     ANOMALY_MAP,
@@ -123,6 +123,11 @@ class Detector(DetectionPipeline, FewShot):
     def providers(self) -> list[str]:
         """Execution providers actually bound (not merely requested)."""
         return self.encoder.providers
+
+    @property
+    def backend(self) -> str:
+        """The backend that runs the graphs, as `--backend` names it ("auto" resolved)."""
+        return backend_of(self.providers)
 
     def encode(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self.encoder.run({IMAGE: batch})

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from zsad_edge.runtime.cli.common import HelpWithDefaults
 from zsad_edge.runtime.errors import ZsadEdgeError
 
 from . import build, demo, engines, train_heads, variants
@@ -29,7 +30,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
             help=module.HELP,
             description=module.__doc__,
             parents=[verbosity()],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpWithDefaults,
         )
         module.add_arguments(command)
     return parser

@@ -97,7 +97,7 @@ def clip_spec_from_args(args: argparse.Namespace):
 
 def add_sam_arguments(parser: argparse.ArgumentParser) -> None:
     """CLIP-SAM on any method: --sam KIND and the cascade's options (refused without --sam)."""
-    sam = parser.add_argument_group("CLIP-SAM refinement (any method; runtime/clip_sam.py)")
+    sam = parser.add_argument_group("CLIP-SAM refinement (any method; runtime/sam/cascade.py)")
     sam.add_argument(
         "--sam",
         choices=SAM_KINDS,

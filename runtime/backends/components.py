@@ -37,6 +37,7 @@ TENSORRT = "tensorrt"
 BACKENDS = (*ORT_BACKENDS, OPENVINO, TENSORRT)
 _ORT_TRT_PROVIDER = "TensorrtExecutionProvider"
 _ORT_ACCELERATORS = ("CUDAExecutionProvider", _ORT_TRT_PROVIDER)
+_FIRST_PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "ort-tensorrt": _ORT_TRT_PROVIDER}
 
 
 class GraphComponent(Protocol):
@@ -123,6 +124,17 @@ def open_components(
     }
 
 
+def backend_of(providers: Sequence[str]) -> str:
+    """The backend name (as `--backend` spells it) that the bound providers amount to, so that what
+    ran is recorded, not what was asked ("auto")."""
+    first = providers[0] if providers else ""
+    if first.startswith("OpenVINO"):
+        return OPENVINO
+    if first.startswith("TensorRT "):
+        return TENSORRT
+    return next((name for name, wanted in _FIRST_PROVIDER.items() if wanted == first), first)
+
+
 def resolve_auto(precisions: set[str]) -> str:
     """What "auto" means here (module docstring): an onnxruntime backend name or "openvino"."""
     if any(p in import_onnxruntime().get_available_providers() for p in _ORT_ACCELERATORS):
@@ -145,6 +157,7 @@ def _open_openvino(
             manifest.components[name].precision,
             threads,
             cache,
+            [t.name for t in (*manifest.components[name].inputs, *manifest.components[name].outputs)],
         )
         for name in names
     }

@@ -5,7 +5,8 @@ The same ONNX files as onnxruntime, compiled by OpenVINO for `device`. Precision
 with an explicit f32 inference-precision hint (OpenVINO's CPU plugin would otherwise pick bf16 on
 CPUs that have it, changing results silently); the `bf16` precision runs the fp32 graphs with a
 bf16 hint, only on CPUs OpenVINO says have native bf16; fp16 and int8 (Q/DQ) variants run as
-their graphs say. Compiled models are cached in `<bundle>.openvino/` beside the bundle (never
+their graphs say, their float parts with the same f32 hint on a CPU (the numeric path whose drift
+was gated when the variant was added). Compiled models are cached in `<bundle>.openvino/` beside the bundle (never
 inside it, where it would change the verified files); OpenVINO keys its cache by the graph's
 content and the compile options, so a changed graph compiles afresh.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -28,7 +29,9 @@ DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 BF16 = "bf16"
 # Variants OpenVINO can run; int8-dynamic holds onnxruntime's com.microsoft fused operators.
 OPENVINO_PRECISIONS = ("fp32", "fp16", "int8", BF16)
-_HINTS = {"fp32": "f32", BF16: "bf16"}
+# On a CPU every variant but bf16 computes its float parts in f32, as onnxruntime did when the
+# variant's drift was gated; left alone, OpenVINO would pick bf16 on CPUs that have it.
+_CPU_HINTS = {BF16: "bf16"}
 
 
 def import_openvino():
@@ -87,6 +90,7 @@ class OpenVinoComponent:
         precision: str = "fp32",
         threads: int | None = None,
         cache: Path | None = None,
+        contract_names: Sequence[str] = (),
     ) -> None:
         if device not in DEVICES:
             raise BackendUnavailableError(f"unknown OpenVINO device {device!r}; choose one of {', '.join(DEVICES)}")
@@ -95,8 +99,8 @@ class OpenVinoComponent:
             raise BackendUnavailableError(f"OpenVINO has no {device} device here (available: {', '.join(available)})")
         check_precision(precision, core, device)
         config = {"PERFORMANCE_HINT": "LATENCY"}
-        if precision in _HINTS and device in ("CPU", "AUTO"):
-            config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
+        if device in ("CPU", "AUTO"):
+            config["INFERENCE_PRECISION_HINT"] = _CPU_HINTS.get(precision, "f32")
         threads = threads_from_environment(threads)
         if threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
@@ -111,11 +115,11 @@ class OpenVinoComponent:
         self.loaded_from_cache = bool(_property(self.compiled, "LOADED_FROM_CACHE", False))
         hint = _property(self.compiled, "INFERENCE_PRECISION_HINT", None)
         self.providers = [f"OpenVINO {device}" + (f" ({hint})" if hint else "")]
-        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
-        self.output_names = [port.get_any_name() for port in self.compiled.outputs]
+        self.input_names = [_port_name(port, contract_names) for port in self.compiled.inputs]
+        self.output_names = [_port_name(port, contract_names) for port in self.compiled.outputs]
         self.input_shapes = {
-            port.get_any_name(): [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-            for port in self.compiled.inputs
+            name: [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+            for name, port in zip(self.input_names, self.compiled.inputs)
         }
         self._request = self.compiled.create_infer_request()
 
@@ -123,6 +127,14 @@ class OpenVinoComponent:
         """Run the graph; returns outputs by name (copies: the request's buffers are reused)."""
         results = self._request.infer({name: np.ascontiguousarray(feeds[name]) for name in self.input_names})
         return {name: np.array(results[port]) for name, port in zip(self.output_names, self.compiled.outputs)}
+
+
+def _port_name(port, contract_names: Sequence[str]) -> str:
+    """The bundle's name for a port. A port can carry several tensor names (a freshly compiled fp16
+    graph names its output both `taps` and the Cast node's output), and which one
+    `get_any_name()` returns differs between a first compile and a cached model."""
+    names = port.get_names()
+    return next((name for name in contract_names if name in names), port.get_any_name())
 
 
 def _property(compiled, key: str, default):

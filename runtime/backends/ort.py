@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, BundleError
+from ..errors import BackendUnavailableError, BundleError, ZsadEdgeError
 
 LOG = logging.getLogger(__name__)
 
@@ -42,9 +42,12 @@ def import_onnxruntime():
 
 def threads_from_environment(threads: int | None) -> int | None:
     """The thread count asked for, else $ZSAD_EDGE_THREADS, else None (the backend's own default)."""
-    if threads is None and os.environ.get(THREADS_ENV):
-        return int(os.environ[THREADS_ENV])
-    return threads
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if threads is not None or not text:
+        return threads
+    if not text.isdigit() or int(text) < 1:
+        raise ZsadEdgeError(f"{THREADS_ENV}={text!r} is not a thread count: set a whole number >= 1, or unset it")
+    return int(text)
 
 
 def select_providers(backend: str, available: list[str]) -> list[str]:

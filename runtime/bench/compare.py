@@ -8,7 +8,7 @@ changes scores or maps is reported as an output regression with the numbers.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,12 @@ class Comparison:
     machine_noise: float = 0.0
     unmatched: list[str] = field(default_factory=list)  # configurations in only one of the records
     cold_start: dict = field(default_factory=dict)
+    unconfirmed: list[str] = field(default_factory=list)  # regressions a second measurement did not repeat
+
+    @property
+    def slow_configs(self) -> list[str]:
+        """Configurations with a latency regression (to measure again before failing)."""
+        return [key for key, ms in self.metrics.items() if any(m.verdict == "regression" for m in ms)]
 
     @property
     def regressions(self) -> list[str]:
@@ -70,6 +76,7 @@ class Comparison:
             "machine_noise": self.machine_noise,
             "unmatched": self.unmatched,
             "cold_start": self.cold_start,
+            "unconfirmed": self.unconfirmed,
             "regressions": self.regressions,
             "exit_code": self.exit_code,
         }
@@ -101,6 +108,12 @@ def load_record(path: Path) -> dict:
     return data
 
 
+def _image_set(record: dict) -> tuple:
+    """What a record timed: its image source, count and digest (records without a digest: source and count)."""
+    settings = record.get("settings", {})
+    return settings.get("images", "?"), settings.get("image_count", "?"), settings.get("images_sha256")
+
+
 def _output_check(key: str, baseline: list[dict], new: list[dict]) -> OutputCheck:
     if len(baseline) != len(new):
         return OutputCheck(key, len(new), float("inf"), float("inf"), 0, True)
@@ -124,6 +137,14 @@ def compare(
             "the baseline was recorded in another environment (" + "; ".join(changed) + "): "
             "record a new baseline there, or pass --allow-env-change to compare anyway"
         )
+    base_images, new_images = _image_set(baseline), _image_set(new)
+    digests = {base_images[2], new_images[2]} - {None}
+    if base_images[:2] != new_images[:2] or len(digests) > 1:
+        raise ZsadEdgeError(
+            f"the two runs timed different images (baseline: {base_images[0]}, {base_images[1]} image(s); this run: "
+            f"{new_images[0]}, {new_images[1]} image(s)), so neither latency nor outputs compare: "
+            "pass the baseline's --images"
+        )
     common = [key for key in new["configs"] if key in baseline["configs"]]
     if not common:
         raise ZsadEdgeError(
@@ -142,7 +163,13 @@ def compare(
         base_samples, new_samples = baseline["configs"][key]["samples_ms"], new["configs"][key]["samples_ms"]
         comparison.metrics[key] = [
             judge(
-                stage, base_samples[stage], new_samples[stage], thresholds.max_slowdown, thresholds.alpha, machine_noise
+                stage,
+                base_samples[stage],
+                new_samples[stage],
+                thresholds.max_slowdown,
+                thresholds.alpha,
+                machine_noise,
+                comparison.kernel_ratio,
             )
             for stage in new_samples
             if stage in base_samples
@@ -158,3 +185,19 @@ def compare(
             )
             comparison.outputs.append(OutputCheck(**{**check.as_dict(), "changed": changed_outputs}))
     return comparison
+
+
+def confirmed(first: Comparison, again: Comparison) -> Comparison:
+    """`first` with each latency regression kept only where the second measurement (of the same
+    configurations against the same baseline) also calls it one; the others become inconclusive
+    and are listed as unconfirmed. One noisy measurement cannot fail a build."""
+    repeated = {(key, m.metric) for key, ms in again.metrics.items() for m in ms if m.verdict == "regression"}
+    metrics, unconfirmed = {}, []
+    for key, ms in first.metrics.items():
+        metrics[key] = []
+        for m in ms:
+            if m.verdict == "regression" and (key, m.metric) not in repeated:
+                unconfirmed.append(f"{key} {m.metric}")
+                m = replace(m, verdict="inconclusive")
+            metrics[key].append(m)
+    return replace(first, metrics=metrics, unconfirmed=unconfirmed)

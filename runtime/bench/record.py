@@ -8,6 +8,8 @@ comparison can rerun the statistics.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,8 +19,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..bundle import BASE_PRECISION, load_manifest
 from ..detector import Detector
-from ..errors import ZsadEdgeError
+from ..errors import BackendUnavailableError, ZsadEdgeError
 from ..image_io import list_images, read_image
 from ..stopping import NEVER, Stopped, StopRequest
 from .cold_start import measure
@@ -34,7 +37,7 @@ KERNEL_ELEMENTS, KERNEL_REPEATS, KERNEL_SAMPLES = 1 << 15, 40, 3
 
 @dataclass
 class BenchSettings:
-    backends: Sequence[str] = ("cpu",)
+    backends: Sequence[str] = ("auto",)  # as detect and watch: what a station runs
     precisions: Sequence[str] = ("fp32",)
     batch_sizes: Sequence[int] = (1,)
     runs: int = 30
@@ -103,18 +106,48 @@ def output_record(detector: Detector, images: Sequence[np.ndarray]) -> list[dict
     return records
 
 
+def images_digest(images: Sequence[np.ndarray]) -> str:
+    """One digest of the benchmark images (pixels and shapes): outputs compare only on the same set."""
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(repr((image.shape, str(image.dtype))).encode())
+        digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def open_matrix(bundle: Path, settings: BenchSettings) -> tuple[dict[tuple[str, str], Detector], dict[str, str]]:
+    """A detector per backend x precision that applies, keyed by the backend that actually runs
+    ("auto" resolved), and why each other combination was skipped; an error only when none applies."""
+    available = {BASE_PRECISION, *load_manifest(bundle).precisions}
+    detectors: dict[tuple[str, str], Detector] = {}
+    skipped: dict[str, str] = {}
+    for backend, precision in itertools.product(settings.backends, settings.precisions):
+        asked = f"{backend}/{precision}"
+        if precision not in available:
+            skipped[asked] = f"the bundle has no {precision} variant (it has {', '.join(sorted(available))})"
+            continue
+        try:
+            detector = Detector.from_bundle(
+                bundle, backend=backend, precision=precision, intra_op_threads=settings.threads, device=settings.device
+            )
+        except BackendUnavailableError as exc:
+            skipped[asked] = str(exc)
+            continue
+        if (detector.backend, precision) in detectors:
+            skipped[asked] = f"runs as {detector.backend}/{precision}, already in the matrix"
+            continue
+        detectors[(detector.backend, precision)] = detector
+    if not detectors:
+        raise ZsadEdgeError("nothing in the matrix can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return detectors, skipped
+
+
 def record(bundle: Path, settings: BenchSettings, stop: StopRequest = NEVER) -> dict:
     """Run the matrix and return the record (see the module docstring); a stop request ends it
     after the round in hand (Stopped: nothing is written)."""
     bundle = Path(bundle)
     images = bench_images([settings.images] if settings.images else ())
-    detectors = {
-        (backend, precision): Detector.from_bundle(
-            bundle, backend=backend, precision=precision, intra_op_threads=settings.threads, device=settings.device
-        )
-        for backend in settings.backends
-        for precision in settings.precisions
-    }
+    detectors, skipped = open_matrix(bundle, settings)
     cases = {
         config_key(backend, precision, batch): (detector, batch_of(images, batch))
         for (backend, precision), detector in detectors.items()
@@ -145,7 +178,7 @@ def record(bundle: Path, settings: BenchSettings, stop: StopRequest = NEVER) -> 
             "images_per_s": len(batch) * 1e3 / float(np.median(times[key].samples["end_to_end"])),
         }
     outputs = {f"{b}/{p}": output_record(detector, images) for (b, p), detector in detectors.items()}
-    first_backend, first_precision = settings.backends[0], settings.precisions[0]
+    first_backend, first_precision = next(iter(detectors))
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -158,8 +191,10 @@ def record(bundle: Path, settings: BenchSettings, stop: StopRequest = NEVER) -> 
             "threads": settings.threads,
             "images": settings.images or "synthetic",
             "image_count": len(images),
+            "images_sha256": images_digest(images),
         },
         "configs": configs,
+        "skipped": skipped,
         "noise": {"reference_kernel_ms": kernel},
         "outputs": outputs,
         "cold_start": (

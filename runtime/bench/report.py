@@ -62,6 +62,8 @@ def comparison_table(comparison: Comparison) -> str:
             f"| {check.key} | {check.images} | {check.max_score_error:.3g} | {check.max_map_error:.3g} | "
             f"{check.verdict_changes} | {verdict} |"
         )
+    if comparison.unconfirmed:
+        lines += ["", f"not confirmed by a second measurement (inconclusive): {', '.join(comparison.unconfirmed)}"]
     if comparison.unmatched:
         lines += ["", f"in one record only (not compared): {', '.join(comparison.unmatched)}"]
     cold = comparison.cold_start

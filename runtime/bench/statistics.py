@@ -6,6 +6,10 @@ the machine's noise is part of the verdict: noise is the larger of the two runs'
 interquartile ranges (and the reference kernel's, timed between rounds in each run). A shift no
 larger than the noise is not called a change, and when the noise is larger than the threshold
 itself an apparent non-change is "inconclusive", never a pass by luck.
+
+The reference kernel's ratio between the runs (`machine_ratio`, > 1: the machine itself ran
+slower) is taken out of a slowdown before it is called a regression, and out of a speed-up before
+it is called an improvement: a busier or slower machine reads as such, not as a slower product.
 """
 
 from __future__ import annotations
@@ -56,8 +60,10 @@ def judge(
     max_slowdown: float = 1.10,
     alpha: float = 0.002,
     machine_noise: float = 0.0,
+    machine_ratio: float = 1.0,
 ) -> MetricVerdict:
-    """The verdict on one metric's samples; machine_noise: the reference kernel's relative spread."""
+    """The verdict on one metric's samples; machine_noise: the reference kernel's relative spread,
+    machine_ratio: its new / baseline median."""
     if len(baseline) < 3 or len(new) < 3:
         raise ZsadEdgeError(f"{metric}: too few samples to compare ({len(baseline)} and {len(new)}; need 3 each)")
     base_median, new_median = float(np.median(baseline)), float(np.median(new))
@@ -65,10 +71,11 @@ def judge(
     p_value = mann_whitney_p(baseline, new)
     noise = max(relative_iqr(baseline), relative_iqr(new), machine_noise)
     significant = p_value < alpha
+    slower, faster = ratio / max(machine_ratio, 1.0), ratio / min(machine_ratio, 1.0)
     if ratio > max_slowdown and significant:
-        verdict = "regression" if ratio - 1.0 > noise else "inconclusive"
+        verdict = "regression" if slower > max_slowdown and slower - 1.0 > noise else "inconclusive"
     elif ratio < 1.0 / max_slowdown and significant:
-        verdict = "improvement" if 1.0 / ratio - 1.0 > noise else "inconclusive"
+        verdict = "improvement" if faster < 1.0 / max_slowdown and 1.0 / faster - 1.0 > noise else "inconclusive"
     elif noise > max_slowdown - 1.0:
         verdict = "inconclusive"  # a change of the threshold's size would hide in this noise
     else:

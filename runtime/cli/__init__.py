@@ -11,6 +11,7 @@ runs the torch-side commands (export/cli).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -19,7 +20,7 @@ from typing import Sequence
 from ..errors import ZsadEdgeError
 from ..stopping import Stopped, StopRequest
 from . import bench, bench_compare, calibrate, detect, evaluate, fit_normal, info, watch
-from .common import EXIT_ERROR
+from .common import EXIT_ERROR, HelpWithDefaults
 from .detect import run_detect
 
 COMMANDS = {
@@ -38,15 +39,30 @@ __all__ = ["COMMANDS", "main", "run_detect"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zsad-edge", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {product_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.__doc__, parents=module.PARENTS))
+        command = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.__doc__,
+            parents=module.PARENTS,
+            formatter_class=HelpWithDefaults,
+        )
+        module.add_arguments(command)
     sub.add_parser(
         "build",
         help="build bundles, variants, engines; train heads (torch side: zsad-edge[export]); "
         "see `zsad-edge build --help`",
     )
     return parser
+
+
+def product_version() -> str:
+    try:
+        return importlib.metadata.version("zsad-edge")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..backends.components import BACKENDS
@@ -30,7 +31,9 @@ PARENTS = (comparison_arguments(),)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path)
     matrix = parser.add_argument_group("what to time")
-    matrix.add_argument("--backend", nargs="+", choices=BACKENDS, default=["cpu"])
+    matrix.add_argument(
+        "--backend", nargs="+", choices=BACKENDS, default=["auto"], help="as for detect; auto is timed as what it picks"
+    )
     matrix.add_argument("--precision", nargs="+", default=[BASE_PRECISION], help="fp32 and/or the bundle's variants")
     matrix.add_argument("--batch-size", nargs="+", type=int, default=[1])
     matrix.add_argument("--device", choices=DEVICES, default="CPU", help="the OpenVINO device (--backend openvino)")
@@ -41,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     matrix.add_argument("--no-cold-start", action="store_true", help="skip the cold-start measurement")
     parser.add_argument("--out", type=Path, help="write the record (JSON) here, e.g. to keep as a baseline")
     parser.add_argument("--baseline", type=Path, help="a stored record to judge this run against")
+    parser.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="fail on a first regression verdict instead of measuring the regressed configurations again",
+    )
 
 
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
@@ -62,7 +70,22 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     if args.out:
         write_bytes_atomic(args.out, (json.dumps(result) + "\n").encode())
     print(record_table(result), file=sys.stdout)
+    for asked, reason in result["skipped"].items():
+        print(f"skipped {asked}: {reason}", file=sys.stdout)
     if baseline is None:
         return 0
     print("", file=sys.stdout)
-    return judge_records(baseline, result, args)
+
+    def measure_again(configs: list[str]) -> dict:
+        """The regressed configurations only, recorded anew with the same settings (no cold start)."""
+        backends, precisions, batches = zip(*(key.split("/") for key in configs))
+        narrowed = replace(
+            settings,
+            backends=sorted(set(backends)),
+            precisions=sorted(set(precisions)),
+            batch_sizes=sorted({int(b[1:]) for b in batches}),
+            cold_start=False,
+        )
+        return record(args.bundle, narrowed, stop)
+
+    return judge_records(baseline, result, args, None if args.no_confirm else measure_again)

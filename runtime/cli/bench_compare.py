@@ -11,8 +11,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
-from ..bench.compare import Comparison, Thresholds, compare, load_record
+from ..bench.compare import Comparison, Thresholds, compare, confirmed, load_record
 from ..bench.plots import plot_comparison
 from ..bench.report import comparison_table
 from ..errors import ZsadEdgeError
@@ -53,9 +54,17 @@ def thresholds_from(args: argparse.Namespace) -> Thresholds:
     return Thresholds(args.max_slowdown, args.alpha, args.max_score_error, args.max_map_error)
 
 
-def judge_records(baseline: dict, new: dict, args: argparse.Namespace) -> int:
-    """Compare, print and write the verdict; the exit code."""
-    comparison: Comparison = compare(baseline, new, thresholds_from(args), args.allow_env_change)
+def judge_records(
+    baseline: dict, new: dict, args: argparse.Namespace, measure_again: Callable[[list[str]], dict] | None = None
+) -> int:
+    """Compare, print and write the verdict; the exit code. With `measure_again` (a function that
+    records the given configurations anew), a latency regression counts only once it repeats."""
+    thresholds = thresholds_from(args)
+    comparison: Comparison = compare(baseline, new, thresholds, args.allow_env_change)
+    if measure_again and comparison.slow_configs:
+        print(f"confirming {', '.join(comparison.slow_configs)}: measuring again", file=sys.stderr)
+        again = compare(baseline, measure_again(comparison.slow_configs), thresholds, args.allow_env_change)
+        comparison = confirmed(comparison, again)
     table = comparison_table(comparison)
     print(table, file=sys.stdout)
     if args.markdown:

@@ -15,6 +15,16 @@ EXIT_PARTIAL = 1  # done, but some images were skipped
 EXIT_ERROR = 2  # one `error: ...` line
 
 
+class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
+    """`--help` keeps the module docstring's layout and names each option's default where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def backend_arguments(with_precision: bool = True, with_verify: bool = False) -> argparse.ArgumentParser:
     """Parent parser: --backend, and where the command takes them, --precision and --no-verify."""
     parent = argparse.ArgumentParser(add_help=False)

@@ -72,6 +72,7 @@ def run_record(detector: Detector, bundle: Path, precision: str, memory_bank: Pa
     return {
         "bundle": str(bundle),
         "method": detector.manifest.method.get("name"),
+        "backend": detector.backend,
         "precision": precision,
         "providers": detector.providers,
         "memory_bank": str(memory_bank) if memory_bank else None,

@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 from helpers import REPO_ROOT, wait_for_stop_handler
 
-from zsad_edge.runtime.bench.compare import Thresholds, compare, load_record
+from zsad_edge.runtime.bench.compare import Thresholds, compare, confirmed, load_record
 from zsad_edge.runtime.bench.record import SCHEMA, SCHEMA_VERSION
 from zsad_edge.runtime.bench.statistics import judge
 from zsad_edge.runtime.contract import MANIFEST_FILE
+from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import ZsadEdgeError
 
 CLI = [sys.executable, "-m", "zsad_edge.runtime.cli"]
+TIMED = ("--backend", "cpu", "--batch-size", 4, "--threads", 2)  # what the baseline below timed
 pytestmark = pytest.mark.needs_module("scipy")  # the gate's statistics
 
 
@@ -46,6 +48,26 @@ def test_machine_noise_makes_a_small_shift_inconclusive():
     base, new = _samples(10.0, 0.01, seed=1), _samples(11.5, 0.01, seed=2)
     assert judge("encode", base, new).verdict == "regression"
     assert judge("encode", base, new, machine_noise=0.2).verdict == "inconclusive"
+
+
+def test_a_machine_that_is_itself_slower_reads_as_such_not_as_a_regression():
+    base, new = _samples(10.0, 0.01, seed=1), _samples(13.0, 0.01, seed=2)
+    assert judge("encode", base, new, machine_ratio=1.0).verdict == "regression"
+    assert judge("encode", base, new, machine_ratio=1.25).verdict == "inconclusive"  # 1.3 / 1.25: within 10 %
+    assert judge("encode", base, new, machine_ratio=0.8).verdict == "regression"  # a faster machine excuses nothing
+    faster = _samples(7.0, 0.01, seed=2)
+    assert judge("encode", base, faster, machine_ratio=0.75).verdict == "inconclusive"
+
+
+def test_a_regression_counts_only_once_a_second_measurement_repeats_it():
+    slow = _record(samples=_samples(13.0, 0.01, seed=3))
+    first = compare(_record(), slow)
+    assert first.slow_configs == ["cpu/fp32/b1"] and first.exit_code == 1
+    not_again = confirmed(first, compare(_record(), _record(samples=_samples(10.0, 0.01, seed=4))))
+    assert not_again.exit_code == 0 and not_again.unconfirmed == ["cpu/fp32/b1 end_to_end"]
+    assert not_again.metrics["cpu/fp32/b1"][0].verdict == "inconclusive"
+    again = confirmed(first, compare(_record(), _record(samples=_samples(13.0, 0.01, seed=5))))
+    assert again.exit_code == 1 and again.regressions == ["cpu/fp32/b1 end_to_end"] and again.unconfirmed == []
 
 
 def test_too_few_samples_are_refused():
@@ -112,7 +134,8 @@ def _bench(*arguments):
 def baseline(tiny_built, tmp_path_factory):
     """A real baseline of the tiny bundle: batch 4, two threads, 10 samples per stage."""
     path = tmp_path_factory.mktemp("bench") / "base.json"
-    proc = _bench("bench", tiny_built.path, "--batch-size", 4, "--threads", 2, "--runs", 10, "--out", path)
+    proc = _bench("bench", tiny_built.path, *TIMED, "--runs", 10,
+                  "--out", path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return path
 
@@ -141,10 +164,11 @@ def test_a_record_holds_samples_outputs_fingerprint_and_cold_start(baseline):
 
 def test_a_fourfold_slowdown_fails_the_gate_with_markdown_and_json(tiny_built, baseline, tmp_path):
     fast_baseline = _scaled(baseline, 0.25, tmp_path / "fast.json")
-    proc = _bench("bench", tiny_built.path, "--batch-size", 4, "--threads", 2, "--runs", 10, "--no-cold-start",
+    proc = _bench("bench", tiny_built.path, *TIMED, "--runs", 10, "--no-cold-start",
                   "--baseline", fast_baseline, "--markdown", tmp_path / "verdict.md",
                   "--json", tmp_path / "verdict.json")  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "confirming cpu/fp32/b4: measuring again" in proc.stderr  # failed only once it repeated
     result_line = proc.stdout.strip().splitlines()[-1]
     assert result_line.startswith("RESULT: REGRESSION in cpu/fp32/b4 ") and "end_to_end" in result_line
     assert (tmp_path / "verdict.md").read_text().strip().endswith(result_line)
@@ -154,7 +178,7 @@ def test_a_fourfold_slowdown_fails_the_gate_with_markdown_and_json(tiny_built, b
 
 def test_a_fourfold_speed_up_passes_as_an_improvement(tiny_built, baseline, tmp_path):
     slow_baseline = _scaled(baseline, 4.0, tmp_path / "slow.json")
-    proc = _bench("bench", tiny_built.path, "--batch-size", 4, "--threads", 2, "--runs", 10, "--no-cold-start",
+    proc = _bench("bench", tiny_built.path, *TIMED, "--runs", 10, "--no-cold-start",
                   "--baseline", slow_baseline, "--json", tmp_path / "verdict.json")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdict = json.loads((tmp_path / "verdict.json").read_text())
@@ -169,10 +193,12 @@ def test_a_recalibrated_bundle_is_caught_as_an_output_regression(tiny_built, bas
     manifest = json.loads((bundle / MANIFEST_FILE).read_text())
     manifest["scoring"]["image_threshold"] = float(np.median(scores))  # some verdicts flip
     (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
-    refused = _bench("bench", bundle, "--batch-size", 4, "--runs", 5, "--no-cold-start", "--baseline", baseline)
+    refused = _bench(
+        "bench", bundle, "--backend", "cpu", "--batch-size", 4, "--runs", 5, "--no-cold-start", "--baseline", baseline
+    )
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(lines) == 1 and "bundle_manifest_sha256" in lines[0]
-    proc = _bench("bench", bundle, "--batch-size", 4, "--threads", 2, "--runs", 5, "--no-cold-start",
+    proc = _bench("bench", bundle, *TIMED, "--runs", 5, "--no-cold-start",
                   "--baseline", baseline, "--allow-env-change", "--json", tmp_path / "verdict.json")  # fmt: skip
     verdict = json.loads((tmp_path / "verdict.json").read_text())
     assert proc.returncode == 1 and "cpu/fp32 outputs" in verdict["regressions"]
@@ -203,3 +229,35 @@ def test_sigint_stops_a_bench_after_the_round_in_hand_and_writes_nothing(tiny_bu
     assert proc.returncode == 130 and not out.exists()
     assert stderr.strip().splitlines()[-1].startswith("stopped by SIGINT after ")
     assert stderr.strip().endswith("round(s); no record written")
+
+
+def test_a_matrix_runs_what_applies_and_lists_what_it_skipped(tiny_built, tmp_path):
+    out = tmp_path / "run.json"
+    proc = _bench("bench", tiny_built.path, "--backend", "cpu", "--precision", "fp32", "int8", "bf16",
+                  "--runs", 3, "--no-cold-start", "--out", out)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert list(load_record(out)["configs"]) == ["cpu/fp32/b1"]
+    assert "skipped cpu/int8: the bundle has no int8 variant" in proc.stdout
+    assert "skipped cpu/bf16: the bundle has no bf16 variant" in proc.stdout
+    nothing = _bench("bench", tiny_built.path, "--precision", "int8", "--runs", 3, "--no-cold-start")
+    lines = nothing.stderr.strip().splitlines()
+    assert nothing.returncode == 2 and len(lines) == 1 and "nothing in the matrix can run here" in lines[0]
+
+
+def test_auto_is_timed_as_the_backend_it_picks(tiny_built, tmp_path):
+    out = tmp_path / "run.json"
+    proc = _bench("bench", tiny_built.path, "--runs", 3, "--no-cold-start", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    (key,) = load_record(out)["configs"]
+    detector = Detector.from_bundle(tiny_built.path)  # detect's and watch's default, "auto"
+    assert key == f"{detector.backend}/fp32/b1" and detector.backend in ("cpu", "openvino")
+
+
+def test_records_of_different_images_are_refused_naming_both(baseline, tmp_path):
+    other = load_record(baseline)
+    other["settings"].update(images="samples/", image_count=5, images_sha256="0" * 64)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    proc = _bench("bench-compare", baseline, tmp_path / "other.json")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "the two runs timed different images" in lines[0]
+    assert "baseline: synthetic, 8 image(s); this run: samples/, 5 image(s)" in lines[0]
