@@ -110,6 +110,7 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
             f"(methods with trained heads: {', '.join(trained)})"
         )
     refuse_existing(config.out_dir, config.overwrite)
+    _check_local_files(config)
     params = method.params(
         config.object_name,
         config.prompt_set,
@@ -123,7 +124,7 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
     text = method.text_features(clip, params)
     modules = method.assemble(clip, taps, text, params)
     if modules.linear_heads is not None:
-        params["heads"] = _init_heads(modules.linear_heads, config, _encoder_settings(clip.activation, params))
+        params["heads"] = _init_heads(modules.linear_heads, config, _encoder_settings(clip.activation, params, taps))
     method.prepare(modules, clip, params, config)
     sam = load_sam(config.sam) if config.sam is not None else None
     if sam is not None:
@@ -153,6 +154,18 @@ def build_bundle(config: BuildConfig) -> BuiltBundle:
     return BuiltBundle(Path(config.out_dir), manifest, modules, sam)
 
 
+def _check_local_files(config: BuildConfig) -> None:
+    """Every file the build names exists, checked before any model is loaded or downloaded."""
+    files = {
+        "CLIP checkpoint": config.clip.checkpoint,
+        "heads checkpoint": config.heads_checkpoint,
+        "SAM checkpoint": config.sam.checkpoint if config.sam is not None else None,
+    }
+    for what, path in files.items():
+        if path is not None and not Path(path).is_file():
+            raise ModelLoadError(f"{what} not found: {path}")
+
+
 def _sam_params(config: BuildConfig, sam: LoadedSam) -> dict:
     """The manifest's SAM record: kind, weights, geometry, and every cascade constant."""
     cascade = config.cascade or CascadeConfig()
@@ -168,9 +181,9 @@ def _sam_params(config: BuildConfig, sam: LoadedSam) -> dict:
     }
 
 
-def _encoder_settings(activation: dict, params: dict) -> dict[str, str]:
-    """What trained heads depend on besides the architecture: the activation and the CLIP-AD mode."""
-    return {"activation": activation["name"], "clipad_mode": params.get("clipad_mode")}
+def _encoder_settings(activation: dict, params: dict, taps: list[int]) -> dict:
+    """What trained heads depend on besides the architecture: the activation, the CLIP-AD mode, the taps."""
+    return {"activation": activation["name"], "clipad_mode": params.get("clipad_mode"), "taps": taps}
 
 
 def _init_heads(heads: AprilGanHeads, config: BuildConfig, settings: dict[str, str]) -> dict:
@@ -217,7 +230,7 @@ def reference_from_bundle(
             load_head_weights(
                 modules.linear_heads,
                 _matching_file(heads_checkpoint, params["heads"], "--heads-checkpoint"),
-                _encoder_settings(clip.activation, params),
+                _encoder_settings(clip.activation, params, manifest.taps),
             )
     method.restore(modules, bundle_dir, params)
     sam = None

@@ -65,9 +65,8 @@ def add_clip_arguments(parser: argparse.ArgumentParser, methods: tuple[str, ...]
     method.add_argument(
         "--dbscan",
         choices=["mvtec", "visa"],
-        default="mvtec",
-        help="data-set family of CLIP-AD's settings: DBSCAN of the text vectors (eps 0.5/15 or "
-        "1.5/25) and SDP+'s smoothing (sigma 8, or 2 on VisA); use the same for training and export",
+        help="sdp/sdpplus/fnn: data-set family of CLIP-AD's settings: DBSCAN of the text vectors (eps 0.5/15 "
+        "or 1.5/25) and SDP+'s smoothing (sigma 8, or 2 on VisA) (default: mvtec)",
     )
     method.add_argument(
         "--clipad-mode",

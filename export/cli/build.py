@@ -61,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _refuse_foreign_options(args: argparse.Namespace) -> None:
     """An option that does not apply to the chosen method or lacks --sam is an error, not ignored."""
+    from zsad_edge.export.methods import export_method
+
+    method = export_method(args.method)
+    if args.dbscan is not None and not method.uses_dataset_family:
+        raise ZsadEdgeError(f"--dbscan does not apply to --method {args.method} (it sets CLIP-AD's text clustering)")
+    if args.random_heads and not method.spec.trained_heads:
+        raise ZsadEdgeError(f"--random-heads does not apply to --method {args.method}: it has no trained heads")
     if args.method != "fnn":
         for name in FNN_TRAINING_OPTIONS:
             if getattr(args, name) is not None:
@@ -73,6 +80,7 @@ def _refuse_foreign_options(args: argparse.Namespace) -> None:
 
 def config_from_args(args: argparse.Namespace):
     from zsad_edge.export.build import BuildConfig
+    from zsad_edge.export.methods.base import DEFAULT_DATASET_FAMILY
     from zsad_edge.export.models.fnn import FnnTrainConfig
     from zsad_edge.export.models.sam import SamSpec
     from zsad_edge.runtime.sam.cascade import CascadeConfig
@@ -92,7 +100,7 @@ def config_from_args(args: argparse.Namespace):
         heads_checkpoint=args.heads_checkpoint,
         random_heads=args.random_heads,
         gaussian_sigma=args.gaussian_sigma,
-        dbscan=args.dbscan,
+        dbscan=args.dbscan or DEFAULT_DATASET_FAMILY,
         clipad_mode=args.clipad_mode,
         fusion_weight=args.fusion_weight,
         fnn=fnn,

@@ -3,8 +3,9 @@
 Both train one Linear(width -> embed_dim) per tap on the original CLIP path's patch tokens with
 focal + dice per tap; they differ in CLIP, prompts/text vectors and schedule (aprilgan:
 ViT-L-14-336 @ 518, lr 1e-3; sdpplus: ViT-B-16-plus-240 @ 240, DBSCAN text vectors, lr 1e-4,
-5 epochs). Use the same --method, CLIP flags (incl. --activation), --taps, --object-name,
---dbscan and --clipad-mode for training and build; the build refuses heads trained otherwise.
+5 epochs). The build refuses heads trained with another --method, CLIP (--arch, --activation),
+--taps or --clipad-mode. --object-name and --dbscan may differ, and do in the published
+cross-data-set setting (heads trained on one data set's objects and settings, used on another's).
 
 Examples:
   python export/build_engines.py train-heads --method aprilgan --dataset /data/visa --out heads_visa.pth
@@ -17,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from zsad_edge.runtime.contract import METHODS
+from zsad_edge.runtime.errors import ZsadEdgeError
 
 from .arguments import add_clip_arguments, clip_spec_from_args
 
@@ -37,16 +39,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zsad_edge.export.methods import export_method
+    from zsad_edge.export.methods.base import DEFAULT_DATASET_FAMILY
     from zsad_edge.export.models.aprilgan import randomize_heads
     from zsad_edge.export.models.clip import default_taps, load_clip, validate_taps
     from zsad_edge.export.training import TrainConfig, load_training_data, save_heads_checkpoint, train_heads
 
+    if not args.dataset.is_dir():
+        raise ZsadEdgeError(f"--dataset {args.dataset} is not a folder: give an MVTec-layout data set")
     method = export_method(args.method)
     epochs, learning_rate = args.epochs or method.defaults["epochs"], args.lr or method.defaults["learning_rate"]
     spec = clip_spec_from_args(args)
     clip = load_clip(spec)
     taps = validate_taps(args.taps, clip.num_layers) if args.taps else default_taps(clip.num_layers)
-    params = method.params(args.object_name, None, None, args.dbscan, clipad_mode=args.clipad_mode)
+    if args.dbscan is not None and not method.uses_dataset_family:
+        raise ZsadEdgeError(f"--dbscan does not apply to --method {args.method} (it sets CLIP-AD's text clustering)")
+    params = method.params(
+        args.object_name, None, None, args.dbscan or DEFAULT_DATASET_FAMILY, clipad_mode=args.clipad_mode
+    )
     # The encoder the bundle will run: SDP+ heads learn on CLIP-AD's taps in the chosen mode.
     modules = method.assemble(clip, taps, method.text_features(clip, params), params)
     randomize_heads(modules.linear_heads, args.seed)

@@ -24,6 +24,7 @@ from ..models.clip import LoadedClip
 
 # Data-set families of CLIP-AD's settings (the --dbscan option).
 DATASET_FAMILIES = ("mvtec", "visa")
+DEFAULT_DATASET_FAMILY = DATASET_FAMILIES[0]
 
 
 @dataclass
@@ -43,11 +44,13 @@ class ExportMethod:
     defaults: the published setting: arch, pretrained, image_size, prompt_set, gaussian_sigma per
     data-set family, and for trained heads learning_rate and epochs.
     options: the method-specific keyword options `params` accepts (others are refused).
+    uses_dataset_family: whether the data-set family (`--dbscan`) changes the method's numbers.
     """
 
     spec: ClassVar[MethodSpec]
     defaults: ClassVar[dict[str, Any]]
     options: ClassVar[tuple[str, ...]] = ()
+    uses_dataset_family: ClassVar[bool] = False  # whether --dbscan changes its numbers (CLIP-AD's settings)
 
     def params(
         self, object_name: str, prompt_set: str | None, gaussian_sigma: float | None, dataset: str, **options: Any

@@ -24,6 +24,7 @@ class ClipAdMethod(ExportMethod):
     """What every method on CLIP-AD's encoder shares: DBSCAN text vectors and the CLIP-AD mode."""
 
     options = ("clipad_mode",)
+    uses_dataset_family = True
     # CLIP-AD's model, size, prompts and smoothing (sigma 8 in its scripts, SDP+ on VisA aside).
     model_defaults = {
         "arch": "ViT-B-16-plus-240",

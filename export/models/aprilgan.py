@@ -84,7 +84,7 @@ class AprilGanHeads(nn.Module):
         return anomaly_map, image_score
 
 
-def load_head_weights(heads: AprilGanHeads, checkpoint: Path, build: dict[str, str] | None = None) -> str:
+def load_head_weights(heads: AprilGanHeads, checkpoint: Path, build: dict | None = None) -> str:
     """Load trained head weights into `heads`; returns the checkpoint's sha256 for the manifest.
 
     Accepts the official APRIL-GAN and CLIP-AD layouts and a bare state dict (ACCEPTED_LAYOUTS);
@@ -106,6 +106,12 @@ def load_head_weights(heads: AprilGanHeads, checkpoint: Path, build: dict[str, s
     if isinstance(state, dict) and isinstance(state.get(TRAINING_RECORD_KEY), dict):
         _check_training_record(state[TRAINING_RECORD_KEY], checkpoint, build or {})
     state = _heads_state(state, checkpoint)
+    trained_taps = len({key.split(".")[1] for key in state if key.startswith("fc.")})
+    if trained_taps != len(heads.fc):
+        raise ModelLoadError(
+            f"heads checkpoint {checkpoint} has heads for {trained_taps} taps, this build has {len(heads.fc)}: "
+            "build with the taps the heads were trained on (--taps), or retrain the heads"
+        )
     try:
         heads.load_state_dict(state, strict=False)
         missing = [k for k in heads.state_dict() if k.startswith("fc.") and k not in state]
@@ -118,18 +124,21 @@ def load_head_weights(heads: AprilGanHeads, checkpoint: Path, build: dict[str, s
     return sha256_file(checkpoint)
 
 
-def _check_training_record(record: dict, checkpoint: Path, build: dict[str, str]) -> None:
-    """Refuse heads trained on other encoder settings than this build's (activation, CLIP-AD mode)."""
+def _check_training_record(record: dict, checkpoint: Path, build: dict) -> None:
+    """Refuse heads trained on other encoder settings than this build's (activation, CLIP-AD mode,
+    taps): such heads read other tokens than they learnt on."""
     trained = {
         "activation": record.get("activation", {}).get("name"),
         "clipad_mode": record.get("text", {}).get("clipad_mode"),
+        "taps": record.get("taps"),
     }
-    flags = {"activation": "--activation", "clipad_mode": "--clipad-mode"}
+    flags = {"activation": "--activation", "clipad_mode": "--clipad-mode", "taps": "--taps"}
     for name, value in trained.items():
         if value is not None and build.get(name) is not None and value != build[name]:
+            as_flag = " ".join(map(str, value)) if isinstance(value, list) else value
             raise ModelLoadError(
                 f"heads checkpoint {checkpoint} was trained with {name} {value!r}, this build uses "
-                f"{build[name]!r}: build with {flags[name]} {value}, or retrain the heads"
+                f"{build[name]!r}: build with {flags[name]} {as_flag}, or retrain the heads"
             )
 
 

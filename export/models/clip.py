@@ -13,6 +13,8 @@ whenever the size is not 336, so its published results and heads ran OpenAI's we
 from __future__ import annotations
 
 import logging
+import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from ..defaults import ACTIVATION_CHOICES
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
 
 RANDOM_WEIGHTS_WARNING = "random weights: for tests and timing only, never for inspection"
+MODEL_HUB_HOST = "huggingface.co"  # where open_clip's pretrained tags are downloaded from
 ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 
 
@@ -101,6 +104,46 @@ class LoadedClip:
         return height // patch[0], width // patch[1]
 
 
+@contextmanager
+def _hub_offline():
+    """The model hub client in offline mode: weights come from the local cache or not at all."""
+    from huggingface_hub import constants
+
+    before, quiet = constants.HF_HUB_OFFLINE, logging.root.manager.disable
+    constants.HF_HUB_OFFLINE = True
+    logging.disable(logging.ERROR)  # open_clip logs a cache miss as an error; here it is a normal answer
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+        logging.disable(quiet)
+
+
+def _reachable(host: str, timeout_s: float = 5.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _create_pretrained(architecture: str, tag: str, kwargs: dict) -> Any:
+    """open_clip's model with a pretrained tag: from the local cache when it is there; else
+    downloaded, once the hub has answered. Offline, the hub client would retry for about a minute
+    and print each retry; here the answer is one line at once."""
+    try:
+        with _hub_offline():
+            return open_clip.create_model(architecture, pretrained=tag, weights_only=True, **kwargs)
+    except Exception:  # not in the local cache
+        pass
+    if not _reachable(MODEL_HUB_HOST):
+        raise ModelLoadError(
+            f"open_clip weights {architecture}/{tag} are not in the local cache and the model hub "
+            f"({MODEL_HUB_HOST}) cannot be reached; on an offline machine pass a local file with --clip-checkpoint PATH"
+        )
+    return open_clip.create_model(architecture, pretrained=tag, weights_only=True, **kwargs)
+
+
 def load_clip(spec: ClipSpec) -> LoadedClip:
     """Create the model as open_clip would; every failure becomes a ModelLoadError with a fix."""
     if spec.architecture not in open_clip.list_models():
@@ -127,17 +170,22 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
         torch.manual_seed(spec.seed)
         pretrained, origin = None, {"kind": "random", "seed": spec.seed, "warning": RANDOM_WEIGHTS_WARNING}
     try:
-        model = open_clip.create_model(spec.architecture, pretrained=pretrained, weights_only=True, **kwargs)
+        if spec.pretrained is not None:
+            model = _create_pretrained(spec.architecture, spec.pretrained, kwargs)
+        else:
+            model = open_clip.create_model(spec.architecture, pretrained=pretrained, weights_only=True, **kwargs)
     except RuntimeError as exc:
         if spec.pretrained is not None:
             raise ModelLoadError(
                 f"could not download open_clip weights {spec.architecture}/{spec.pretrained} "
-                "(model hub unreachable or weights not cached); on an offline machine pass a local file "
+                f"({str(exc).strip().splitlines()[0][:200]}); on an offline machine pass a local file "
                 "with --clip-checkpoint PATH"
             ) from None
         raise ModelLoadError(
             f"checkpoint {spec.checkpoint} does not fit {spec.architecture}: {str(exc)[:300]}"
         ) from None
+    except ModelLoadError:
+        raise
     except Exception as exc:  # torch.load / safetensors errors on corrupt files
         raise ModelLoadError(
             f"cannot read CLIP weights for {spec.architecture}: {type(exc).__name__}: {str(exc)[:300]}"

@@ -72,6 +72,8 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     if report["stopped"]:
         print(report["stopped"] + (f"; report in {args.out}" if args.out else ""))
         return stop.exit_code
+    if args.out:
+        print(f"report written to {args.out}")
     return EXIT_PARTIAL if report["skipped_images"] else 0
 
 

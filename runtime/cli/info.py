@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
                 "sam": params.get("sam", {}).get("kind"),
                 "precisions": {
                     BASE_PRECISION: "as exported",
-                    **{name: v["drift"] for name, v in manifest.precisions.items()},
+                    **{name: _variant_summary(v) for name, v in manifest.precisions.items()},
                 },
                 "scoring": manifest.scoring,
             },
@@ -40,3 +40,10 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         )
     )
     return 0
+
+
+def _variant_summary(variant: dict) -> dict:
+    """A precision variant's measured drift, and for integer variants the weight bits (7 or 8: 8 can
+    saturate on CPUs without an int8 dot product)."""
+    bits = variant.get("plan", {}).get("weight_bits")
+    return {**variant["drift"], **({"weight_bits": bits} if bits is not None else {})}

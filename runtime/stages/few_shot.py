@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..contract import IMAGE_ENCODER, METHODS
-from ..errors import BundleError
+from ..errors import BundleError, ZsadEdgeError
+from ..image_io import list_images
 from ..stopping import NEVER, Stopped, StopRequest
 from .memory_bank import MemoryBank, default_map_max_range
 
@@ -45,12 +46,17 @@ class FewShot:
         """Summed (1 - max cosine to the bank) per tap, upsampled to the input size [B, H, W]."""
         raise NotImplementedError
 
-    def fit_normal(self, images: Sequence, chunk: int = 4, stop: StopRequest = NEVER) -> MemoryBank:
-        """Build and attach the memory bank from k normal images (arrays or paths).
+    def fit_normal(self, images: Sequence | str | os.PathLike, chunk: int = 4, stop: StopRequest = NEVER) -> MemoryBank:
+        """Build and attach the memory bank from k normal images (arrays or paths), or from every
+        image in a folder (a path to it), in name order.
 
         A stop request between chunks abandons the bank (Stopped): nothing is attached or written.
         """
         self._check_few_shot()
+        if isinstance(images, (str, os.PathLike)):  # one folder or file, not a sequence of characters
+            images = list_images([images])
+            if not images:
+                raise ZsadEdgeError("fit_normal: no image found in the folder given")
         taps = []
         for start in range(0, len(images), chunk):
             if stop.requested:

@@ -14,8 +14,8 @@ from helpers import REPO_ROOT
 from zsad_edge.runtime.backends.openvino import openvino_available
 
 
-def _run(args, cwd=REPO_ROOT):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def _run(args, cwd=REPO_ROOT, env=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
@@ -65,6 +65,7 @@ def test_folder_run_continues_past_bad_images(tiny_built, tmp_path):
     assert len(summary["results"]) == 2 and len(summary["failures"]) == 2
     auto = "OpenVINO CPU (f32)" if openvino_available() else "CPUExecutionProvider"  # `auto` on a CPU
     assert summary["run"]["providers"] == [auto]
+    assert summary["run"]["backend"] == ("openvino" if openvino_available() else "cpu")  # what ran, not "auto"
     assert "random weights: for tests and timing only" in proc.stderr
     per_image = json.loads((tmp_path / "out" / "1-+_row0.json").read_text())
     assert per_image["width"] == 100 and per_image["height"] == 64
@@ -125,6 +126,7 @@ def test_info_prints_the_manifest_summary(tiny_built):
     assert info["method"] == "aprilgan_zero_shot" and info["taps"] == [1, 2, 3, 4]
     assert info["preprocess"]["interpolation"] == "pil_bicubic" and info["preprocess"]["input_size"] == [224, 224]
     assert info["clip"]["activation"]["name"] == "gelu" and info["clipad_mode"] is None
+    assert info["precisions"] == {"fp32": "as exported"}
 
 
 def test_few_shot_cli_fit_calibrate_detect(tiny_built, tmp_path):
@@ -204,3 +206,26 @@ def test_fnn_cli_build_trains_with_a_progress_bar(tmp_path):
     assert "train FNN" in proc.stderr and "encode text" in proc.stderr  # tqdm progress bars
     info = json.loads(_zsad("info", tmp_path / "fnn").stdout)
     assert info["method"] == "fnn" and set(info["components"]) == {"image_encoder", "heads", "fnn"}
+
+
+def test_version_and_help_show_what_a_user_needs():
+    version = _zsad("--version")
+    assert version.returncode == 0 and version.stdout.startswith("zsad-edge ") and "." in version.stdout
+    detect = _zsad("detect", "--help").stdout
+    assert "(default: auto)" in detect and "(default: fp32)" in detect and "(default: 1)" in detect
+    assert "(default: None)" not in detect and "(default: False)" not in detect
+
+
+def test_a_bad_thread_count_in_the_environment_is_one_error_line(tiny_built, tmp_path):
+    image = tmp_path / "p.png"
+    cv2.imwrite(str(image), np.zeros((32, 32), np.uint8))
+    for value in ("abc", "0", "-2"):
+        proc = _run(
+            [sys.executable, "-m", "zsad_edge.runtime.cli", "detect", str(tiny_built.path), str(image), "--out",
+             str(tmp_path / "o")],
+            env={"ZSAD_EDGE_THREADS": value},
+        )  # fmt: skip
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert _error_lines(proc.stderr) == [
+            f"error: ZSAD_EDGE_THREADS={value!r} is not a thread count: set a whole number >= 1, or unset it"
+        ]

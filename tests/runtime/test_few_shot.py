@@ -5,7 +5,7 @@ import pytest
 from helpers import relative_map_error
 
 from zsad_edge.runtime.detector import Detector
-from zsad_edge.runtime.errors import BundleError
+from zsad_edge.runtime.errors import BundleError, ZsadEdgeError
 from zsad_edge.runtime.interpolation import align_corners_matrix
 from zsad_edge.runtime.stages.memory_bank import MemoryBank
 
@@ -78,3 +78,16 @@ def test_bank_saves_loads_and_refuses_other_encoders(tiny_built, rng, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(BundleError, match="unreadable"):
         fresh.load_memory_bank(tmp_path / "junk.npz")
+
+
+def test_a_folder_path_fits_on_every_image_in_it_as_a_list_of_them_does(tiny_built, normal_folder, tmp_path):
+    from zsad_edge.runtime.image_io import list_images
+
+    from_folder = Detector.from_bundle(tiny_built.path).fit_normal(str(normal_folder))
+    from_list = Detector.from_bundle(tiny_built.path).fit_normal(list_images([normal_folder]))
+    assert from_folder.shots == from_list.shots == 6
+    np.testing.assert_array_equal(from_folder.tokens, from_list.tokens)
+    with pytest.raises(ZsadEdgeError, match="image not found: .*absent"):
+        Detector.from_bundle(tiny_built.path).fit_normal(normal_folder / "absent")
+    with pytest.raises(ZsadEdgeError, match="no image found in the folder given"):
+        Detector.from_bundle(tiny_built.path).fit_normal(tmp_path)

@@ -269,6 +269,7 @@ def test_masks_in_any_format_and_soft_masks_by_threshold(tmp_path):
 def test_eval_exits_1_when_images_were_skipped(tiny_built, quirky_set, tmp_path):
     proc = _zsad("eval", tiny_built.path, quirky_set, "--out", tmp_path / "report.json")
     assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"report written to {tmp_path / 'report.json'}"
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["skipped_images"] == 1 and "corrupt.png" in " ".join(report["categories"]["parts"]["skipped"])
 

@@ -58,12 +58,13 @@ def ov_variants(tiny_built, normal_folder, tmp_path_factory) -> Path:
     images = load_calibration_images([normal_folder], None)
     loose = DriftTolerance(min_map_pearson=0.9, min_score_spearman=None)  # random tiny weights: int8 scores are noise
     add_precision(bundle, "int8", images, "minmax", loose)
+    add_precision(bundle, "fp16", images, "minmax")
     if ov_backend.native_bf16(ov_backend.import_openvino().Core()):
         add_precision(bundle, "bf16", images, "minmax")  # the default drift gate
     return bundle
 
 
-@pytest.mark.parametrize("precision, hint", [("int8", None), ("bf16", "bf16")])
+@pytest.mark.parametrize("precision, hint", [("int8", "f32"), ("fp16", "f32"), ("bf16", "bf16")])
 def test_int8_qdq_and_bf16_run_on_openvino_within_the_drift_gate(ov_variants, normal_folder, precision, hint):
     from zsad_edge.calibration.drift import DriftTolerance, check_drift, measure_drift
     from zsad_edge.runtime.bundle import load_manifest
@@ -73,11 +74,26 @@ def test_int8_qdq_and_bf16_run_on_openvino_within_the_drift_gate(ov_variants, no
         pytest.skip("this CPU has no native bf16")
     reference = Detector.from_bundle(ov_variants, backend="cpu")
     variant = Detector.from_bundle(ov_variants, backend="openvino", precision=precision)
-    assert hint is None or variant.providers == [f"OpenVINO CPU ({hint})"]
+    assert variant.providers == [f"OpenVINO CPU ({hint})"]  # int8's float parts in f32, as gated on onnxruntime
     recorded = load_manifest(ov_variants).precisions[precision]
     drift = measure_drift(reference, variant, [str(p) for p in list_images([normal_folder])])
     check_drift(drift, DriftTolerance(**recorded["tolerance"]), f"{precision} on OpenVINO")  # the recorded gate
     assert recorded["components"][IMAGE_ENCODER].precision == precision and recorded["drift"]["images"] == 6
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_a_variant_runs_on_its_first_compile_as_from_the_cache(ov_variants, precision, rng):
+    """A freshly compiled fp16 graph names its outputs twice (`taps` and a Cast's output); the
+    bundle's names are used either way."""
+    shutil.rmtree(ov_backend.cache_folder(ov_variants), ignore_errors=True)
+    images = _images(rng)
+    first = Detector.from_bundle(ov_variants, backend="openvino", precision=precision)
+    assert not first.encoder.loaded_from_cache
+    fresh = first.detect_batch(images)
+    cached = Detector.from_bundle(ov_variants, backend="openvino", precision=precision)
+    assert cached.encoder.loaded_from_cache and first.backend == cached.backend == "openvino"
+    for got, want in zip(cached.detect_batch(images), fresh):
+        assert relative_map_error(got.anomaly_map, want.anomaly_map) <= 1e-5
 
 
 def test_bf16_is_refused_on_onnxruntime(ov_variants):
@@ -172,3 +188,15 @@ def test_the_thread_cap_of_a_shared_station_reaches_openvino(tiny_built, monkeyp
     monkeypatch.setenv("ZSAD_EDGE_THREADS", "1")
     detector = Detector.from_bundle(tiny_built.path, backend="openvino")
     assert int(detector.encoder.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+
+
+def test_info_names_the_weight_bits_of_an_int8_variant(ov_variants):
+    import json
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "zsad_edge.runtime.cli", "info", str(ov_variants)], capture_output=True, text=True
+    )
+    precisions = json.loads(proc.stdout)["precisions"]
+    assert precisions["int8"]["weight_bits"] in (7, 8) and "weight_bits" not in precisions["fp16"]
+    assert precisions["int8"]["images"] == 6
