@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "--images", nargs="*", default=[], help="image files/folders (default: synthetic 400x256 scans)"
     )
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="cpu", help="runtime backend (onnxruntime, or tensorrt engines)"
+        "--backend", choices=BACKENDS, default="cpu", help="runtime backend; its column is named by what runs"
     )
     parser.add_argument("--torch-device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON path (default ./latency_<arch>_<size>.json)")
@@ -52,14 +52,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         built = random_bundle(args.arch, args.image_size, args.method, Path(scratch))
-        detectors = {
-            "torch_eager_fp32": built.reference_detector(device=args.torch_device),
-            "onnxruntime_fp32": Detector.from_bundle(built.path, backend=args.backend),
-        }
+        runtime = Detector.from_bundle(built.path, backend=args.backend)
+        runtime_label = f"{runtime.backend}_fp32"  # what runs: `auto` named by what it picked
+        detectors = {"torch_eager_fp32": built.reference_detector(device=args.torch_device), runtime_label: runtime}
         images = batch_of(bench_images(args.images), args.batch_size)
         cases = {name: (detector, images) for name, detector in detectors.items()}
         times = benchmark_interleaved(cases, args.runs, args.warmup)
-        providers = detectors["onnxruntime_fp32"].providers
+        providers = runtime.providers
 
     table = format_table(times, baseline="torch_eager_fp32")
     title = f"{args.method}: {args.arch} @ {args.image_size}px, batch {args.batch_size}, median of {args.runs} runs"
@@ -73,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "warmup": args.warmup,
         "weights": "random",
-        "onnxruntime_providers": providers,
+        "runtime_backend": runtime.backend,
+        "runtime_providers": providers,
         "machine": machine_info(),
         "median_ms": {name: t.medians() for name, t in times.items()},
         "iqr_ms": {name: t.spreads() for name, t in times.items()},

@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from zsad_edge.export.graphs.trt_target import build_trt_engines, check_engine_precisions
     from zsad_edge.runtime.backends.components import EngineOptions
+    from zsad_edge.runtime.backends.trt.engine import current_device
     from zsad_edge.runtime.backends.trt.profiles import ProfileConfig
 
     precisions = args.precision or [BASE_PRECISION]
@@ -44,7 +45,15 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batch < 1 or args.workspace_gb <= 0:
         raise ZsadEdgeError("--max-batch must be >= 1 and --workspace-gb > 0")
     existing = set(load_manifest(args.bundle, verify_hashes=False).precisions)
-    missing = [p for p in precisions if p not in existing]
+    missing = [p for p in precisions if p not in existing and p != BASE_PRECISION]
+    if missing:
+        try:
+            current_device()  # before the bundle changes: variants are added here only for engines
+        except ZsadEdgeError as exc:
+            raise ZsadEdgeError(
+                f"{exc}; nothing was changed (add the {' and '.join(missing)} variant(s) without TensorRT with "
+                "`add-precision`, then run `engines` on the GPU machine)"
+            ) from None
     add_variants(args.bundle, args, missing, calibration_images(args, missing))
     options = EngineOptions(args.engine_cache, ProfileConfig().with_max_batch(args.max_batch), args.workspace_gb)
     for built in build_trt_engines(args.bundle, precisions, options):

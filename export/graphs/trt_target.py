@@ -113,10 +113,10 @@ def write_trtexec_script(jobs: Sequence[EngineJob], options: EngineOptions, cach
 
 def build_trt_engines(bundle_dir: Path, precisions: Sequence[str], options: EngineOptions) -> list[dict]:
     """Write the trtexec script, then build (or reuse) every engine; returns one summary per engine."""
-    bundle_dir = Path(bundle_dir)
+    bundle_dir = Path(bundle_dir).resolve()  # the trtexec script's paths work from any folder
     manifest = load_manifest(bundle_dir)
     jobs = engine_jobs(bundle_dir, manifest, precisions)
-    cache_folder = options.cache_folder or default_cache_folder(bundle_dir)
+    cache_folder = Path(options.cache_folder or default_cache_folder(bundle_dir)).resolve()
     script = write_trtexec_script(jobs, options, cache_folder)
     try:
         device = current_device()

@@ -291,3 +291,26 @@ def test_build_engines_cli_engines_errors(variant_bundle, tmp_path):
         )
         assert absent.returncode == 2 and "TensorRT is not installed" in absent.stderr
         assert (tmp_path / "e" / TRTEXEC_SCRIPT).is_file()
+
+
+@pytest.mark.skipif(TENSORRT_INSTALLED, reason="tests the refusal where tensorrt is absent")
+def test_engines_without_tensorrt_change_nothing_and_the_script_works_from_any_folder(
+    tiny_built, normal_folder, tmp_path
+):
+    bundle = Path(shutil.copytree(tiny_built.path, tmp_path / "bundle"))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in bundle.iterdir())
+    script = [sys.executable, str(REPO_ROOT / "export" / "build_engines.py"), "engines"]
+    refused = subprocess.run(
+        [*script, "bundle", "--precision", "fp16", "--calibration-images", str(normal_folder)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "TensorRT is not installed" in refused.stderr and "nothing was changed" in refused.stderr
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in bundle.iterdir()) == before  # no fp16 variant added
+    fp32 = subprocess.run([*script, "bundle", "--precision", "fp32"], capture_output=True, text=True, cwd=tmp_path)
+    assert fp32.returncode == 2 and "trtexec commands are in" in fp32.stderr
+    lines = (tmp_path / "bundle.engines" / TRTEXEC_SCRIPT).read_text().splitlines()
+    paths = [arg.split("=", 1)[1] for line in lines if line.startswith("trtexec") for arg in line.split()
+             if arg.startswith(("--onnx=", "--saveEngine=", "--timingCacheFile="))]  # fmt: skip
+    assert len(paths) == 6 and all(Path(path).is_absolute() for path in paths)
+    assert all(Path(path).is_file() for path in paths if path.endswith(".onnx"))
