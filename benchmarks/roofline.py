@@ -7,7 +7,9 @@ For one bundle (random weights: speed does not depend on their values):
    operands, fp32, and bf16 and int8 where the CPU has native support (AVX512_BF16 / AMX, VNNI /
    AMX); each engine's rate is kept in the JSON.
 3. Every candidate (onnxruntime fp32 and int8 Q/DQ; OpenVINO fp32, int8 Q/DQ and bf16) timed per
-   stage, interleaved in one run; the encoder's achieved GFLOP/s as a fraction of the matching
+   stage, interleaved in one run, through the same `Detector` a station runs, in a process that has
+   not loaded torch (the bundle and its variants are made by `build_engines.py` in processes of
+   their own); the encoder's achieved GFLOP/s as a fraction of the matching
    matmul rate; end-to-end speed-up over onnxruntime fp32.
 4. Drift of each candidate against onnxruntime fp32 on the dataset's test images: anomaly-map
    Pearson (mean) and image-score Spearman.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zsad_edge.benchmarks.reports import machine_info, random_bundle, write_report
-from zsad_edge.calibration.drift import DriftTolerance, measure_drift
-from zsad_edge.calibration.variants import add_precision, load_calibration_images
+from zsad_edge.benchmarks.reports import machine_info, write_report
+from zsad_edge.calibration.drift import measure_drift
+from zsad_edge.calibration.variants import load_calibration_images
 from zsad_edge.runtime.backends.openvino import import_openvino, native_bf16
 from zsad_edge.runtime.bench.timing import benchmark_interleaved
 from zsad_edge.runtime.bundle import load_manifest
@@ -39,7 +42,6 @@ from zsad_edge.runtime.cpu import cpu_info, int8_dot_product
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.evaluation.dataset import sample_across_defects, scan_dataset
 
-NO_GATE = DriftTolerance(min_map_pearson=None, min_score_spearman=None)
 MATMUL_SIDE = 1024
 
 
@@ -155,6 +157,25 @@ def matmul_rates(folder: Path) -> dict[str, dict[str, float]]:
     return rates
 
 
+def build_with_the_cli(args: argparse.Namespace, bundle: Path, precisions: list[str]) -> Path:
+    """The bundle and its variants made as a user makes them, in processes of their own: the process
+    that times never loads torch, exactly like a station's (every variant is kept whatever its drift,
+    which is reported, unless its maps are not numbers at all)."""
+    build = [sys.executable, str(Path(__file__).resolve().parents[1] / "export" / "build_engines.py")]
+    subprocess.run(
+        [*build, "--method", "aprilgan", "--arch", args.arch, "--image-size", str(args.image_size), "--random-init",
+         "--random-heads", "--out", str(bundle)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        [*build, "add-precision", str(bundle), "--precision", *precisions, "--calibration-images",
+         str(args.dataset / "train" / "good"), "--calibration-count", str(args.calibration_count),
+         "--min-map-pearson", "-1", "--min-score-spearman", "-1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return bundle
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, help="MVTec-layout category: train/good calibrates, test/ measures drift")
@@ -174,20 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     samples = [s for c in scan_dataset(args.dataset) for s in c.samples]
     test_images = [str(s.image) for s in sample_across_defects(samples, args.max_images, args.seed)]
     bf16 = native_bf16(import_openvino().Core())
+    precisions = ["int8", *(["bf16"] if bf16 else [])]
     with tempfile.TemporaryDirectory() as scratch:
-        built = random_bundle(args.arch, args.image_size, "aprilgan", Path(scratch))
-        for precision in ["int8", *(["bf16"] if bf16 else [])]:
-            add_precision(built.path, precision, calibration, "percentile", NO_GATE)
-        manifest = load_manifest(built.path)
-        gflop = {name: graph_gflop(built.path / manifest.components[name].file) for name in (IMAGE_ENCODER, HEADS)}
+        bundle = build_with_the_cli(args, Path(scratch) / "bundle", precisions)
+        manifest = load_manifest(bundle)
+        gflop = {name: graph_gflop(bundle / manifest.components[name].file) for name in (IMAGE_ENCODER, HEADS)}
         candidates = [("cpu", "fp32"), ("cpu", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
         candidates += [("openvino", "bf16")] if bf16 else []
-        detectors = {f"{b}/{p}": Detector.from_bundle(built.path, backend=b, precision=p) for b, p in candidates}
+        detectors = {f"{b}/{p}": Detector.from_bundle(bundle, backend=b, precision=p) for b, p in candidates}
         reference = detectors["cpu/fp32"]
         drift = {name: measure_drift(reference, d, test_images) for name, d in detectors.items() if name != "cpu/fp32"}
         one = [calibration[0]]
+        if "torch" in sys.modules:
+            raise SystemExit("torch was imported before timing: the rows would not be the runtime's own process")
         times = benchmark_interleaved({name: (d, one) for name, d in detectors.items()}, args.runs, args.warmup)
-        engine_rates = matmul_rates(Path(scratch))
+        engine_rates = matmul_rates(Path(scratch))  # torch is imported from here on, after every timing
         rates = {precision: max(by_engine.values()) for precision, by_engine in engine_rates.items()}
         providers = {name: d.providers for name, d in detectors.items()}
 

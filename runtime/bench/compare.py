@@ -108,6 +108,14 @@ def load_record(path: Path) -> dict:
     return data
 
 
+def _comparable_kernels(baseline: dict, new: dict) -> tuple[list[float], list[float]]:
+    """Both runs' reference-kernel samples, or none when the kernels ran on different thread counts
+    (records without a count ran it on one thread): their ratio would not be the machine's."""
+    if baseline.get("reference_kernel_threads", 1) != new.get("reference_kernel_threads", 1):
+        return [], []
+    return baseline["reference_kernel_ms"], new["reference_kernel_ms"]
+
+
 def _image_set(record: dict) -> tuple:
     """What a record timed: its image source, count and digest (records without a digest: source and count)."""
     settings = record.get("settings", {})
@@ -150,7 +158,7 @@ def compare(
         raise ZsadEdgeError(
             f"no configuration in common: baseline has {sorted(baseline['configs'])}, this run {sorted(new['configs'])}"
         )
-    base_kernel, new_kernel = baseline["noise"]["reference_kernel_ms"], new["noise"]["reference_kernel_ms"]
+    base_kernel, new_kernel = _comparable_kernels(baseline["noise"], new["noise"])
     machine_noise = max(relative_iqr(base_kernel), relative_iqr(new_kernel)) if base_kernel and new_kernel else 0.0
     comparison = Comparison(
         environment_differences=changed,

@@ -1,5 +1,6 @@
 """Recording a bench run: a matrix of backends x precisions x batch sizes, timed per stage in
-interleaved rounds, with a reference kernel timed between rounds as a noise probe, each image's
+interleaved rounds, with a reference kernel on as many threads as the product's timed between
+rounds as a probe of the machine's own speed and noise, each image's
 outputs (for output regressions), cold start, and the environment fingerprint.
 
 The record is JSON (schema SCHEMA, version SCHEMA_VERSION) with the raw samples, so any later
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,21 +74,26 @@ def batch_of(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
     return [images[i % len(images)] for i in range(size)]
 
 
-def reference_kernel() -> list[float]:
-    """KERNEL_SAMPLES timings (ms) of a fixed single-threaded workload: what one core gives right now.
+def reference_kernel(workers: int) -> list[float]:
+    """KERNEL_SAMPLES timings (ms) of a fixed workload run on `workers` threads at once, each sample
+    the slowest thread's: what the cores the product uses give right now.
 
-    Single-threaded, so a thread pool's scheduling does not become the measurement; in place on an
-    array that fits the L2 cache, so allocation and memory do not either; ~10 ms per sample, so it
-    averages over the scheduler's time slices."""
+    As many threads as the product's thread pool, so a process that takes one of them away shows
+    here as it does in the product (a single-threaded probe finds a free core and sees nothing); in
+    place on arrays that fit the L2 cache, so allocation and memory do not become the measurement;
+    ~10 ms per sample, so it averages over the scheduler's time slices. numpy releases the GIL in
+    the loop, so the threads run side by side."""
     values = np.random.default_rng(0).random(KERNEL_ELEMENTS)
-    out = np.empty_like(values)
-    samples = []
-    for _ in range(KERNEL_SAMPLES):
+    outs = [np.empty_like(values) for _ in range(workers)]
+
+    def work(out: np.ndarray) -> float:
         began = time.perf_counter()
         for _ in range(KERNEL_REPEATS):
             np.sin(values, out=out)
-        samples.append((time.perf_counter() - began) * 1e3)
-    return samples
+        return time.perf_counter() - began
+
+    with ThreadPoolExecutor(workers) as pool:
+        return [max(pool.map(work, outs)) * 1e3 for _ in range(KERNEL_SAMPLES)]
 
 
 def output_record(detector: Detector, images: Sequence[np.ndarray]) -> list[dict]:
@@ -154,10 +162,11 @@ def record(bundle: Path, settings: BenchSettings, stop: StopRequest = NEVER) -> 
         for batch in settings.batch_sizes
     }
     kernel: list[float] = []
+    kernel_threads = settings.threads or os.cpu_count() or 1
     rounds = -(-settings.runs // settings.block)
 
     def between_rounds() -> None:
-        kernel.extend(reference_kernel())
+        kernel.extend(reference_kernel(kernel_threads))
         if stop.requested:
             done = len(kernel) // KERNEL_SAMPLES
             raise Stopped(stop, done, rounds, "no record written", unit="round(s)")
@@ -195,7 +204,7 @@ def record(bundle: Path, settings: BenchSettings, stop: StopRequest = NEVER) -> 
         },
         "configs": configs,
         "skipped": skipped,
-        "noise": {"reference_kernel_ms": kernel},
+        "noise": {"reference_kernel_ms": kernel, "reference_kernel_threads": kernel_threads},
         "outputs": outputs,
         "cold_start": (
             measure(bundle, first_backend, first_precision, settings.threads) if settings.cold_start else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +42,8 @@ def comparison_arguments() -> argparse.ArgumentParser:
 
 
 PARENTS = (comparison_arguments(),)
+# Before a confirming measurement: a burst of other work that slowed the first one may pass.
+CONFIRM_PAUSE_S = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +66,7 @@ def judge_records(
     comparison: Comparison = compare(baseline, new, thresholds, args.allow_env_change)
     if measure_again and comparison.slow_configs:
         print(f"confirming {', '.join(comparison.slow_configs)}: measuring again", file=sys.stderr)
+        time.sleep(CONFIRM_PAUSE_S)
         again = compare(baseline, measure_again(comparison.slow_configs), thresholds, args.allow_env_change)
         comparison = confirmed(comparison, again)
     table = comparison_table(comparison)

@@ -11,7 +11,7 @@ import pytest
 from helpers import REPO_ROOT, wait_for_stop_handler
 
 from zsad_edge.runtime.bench.compare import Thresholds, compare, confirmed, load_record
-from zsad_edge.runtime.bench.record import SCHEMA, SCHEMA_VERSION
+from zsad_edge.runtime.bench.record import KERNEL_SAMPLES, SCHEMA, SCHEMA_VERSION, reference_kernel
 from zsad_edge.runtime.bench.statistics import judge
 from zsad_edge.runtime.contract import MANIFEST_FILE
 from zsad_edge.runtime.detector import Detector
@@ -68,6 +68,16 @@ def test_a_regression_counts_only_once_a_second_measurement_repeats_it():
     assert not_again.metrics["cpu/fp32/b1"][0].verdict == "inconclusive"
     again = confirmed(first, compare(_record(), _record(samples=_samples(13.0, 0.01, seed=5))))
     assert again.exit_code == 1 and again.regressions == ["cpu/fp32/b1 end_to_end"] and again.unconfirmed == []
+
+
+def test_the_machine_probe_counts_only_between_runs_that_probed_alike():
+    slow_machine = _record()
+    slow_machine["noise"] = {"reference_kernel_ms": _samples(6.0, 0.02), "reference_kernel_threads": 2}
+    two_threads = _record()
+    two_threads["noise"] = {"reference_kernel_ms": _samples(3.0, 0.02), "reference_kernel_threads": 2}
+    assert compare(two_threads, slow_machine).kernel_ratio == pytest.approx(2.0, rel=0.1)
+    assert compare(_record(), slow_machine).kernel_ratio == 1.0  # a one-thread probe says nothing here
+    assert len(reference_kernel(2)) == KERNEL_SAMPLES and min(reference_kernel(2)) > 0
 
 
 def test_too_few_samples_are_refused():
