@@ -10,6 +10,7 @@ again before failing; --no-confirm shows what it would do without.
 
   python benchmarks/bench_gate.py --out benchmarks/results/bench_gate.json
   python benchmarks/bench_gate.py --repeats 5 --slow-repeats 3            # a quick look
+  python benchmarks/bench_gate.py --background none --repeats 10 --out benchmarks/results/bench_gate_quiet.json
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30, help="unchanged reruns (false alarms)")
     parser.add_argument("--slow-repeats", type=int, default=10, help="runs of the 20 %% slower model (detections)")
     parser.add_argument("--no-confirm", action="store_true", help="pass --no-confirm to every gate run")
+    parser.add_argument(
+        "--background", choices=("intermittent", "none"), default="intermittent", help="load beside the gate runs"
+    )
     parser.add_argument("--out", type=Path, help="JSON path (default ./bench_gate.json)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = scratch / "base.json"
         subprocess.run([*CLI, "bench", str(bundle), *timing, "--no-cold-start", "--out", str(baseline)], check=True,
                        capture_output=True)  # fmt: skip
-        burner = subprocess.Popen([sys.executable, "-c", INTERMITTENT_BURNER])
+        burner = subprocess.Popen([sys.executable, "-c", INTERMITTENT_BURNER if args.background != "none" else ""])
         try:
             unchanged, slow = [], []
             for index in range(args.repeats):
@@ -122,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "bench_gate",
         "arguments": {k: str(v) for k, v in vars(args).items()},
-        "background": "an intermittent CPU burner (busy 0.5-3 s, idle 0.5-4 s) beside every gate run",
+        "background": "none"
+        if args.background == "none"
+        else "an intermittent CPU burner (busy 0.5-3 s, idle 0.5-4 s) beside every gate run",
         "unchanged": unchanged,
         "false_alarms": false_alarms,
         "slower": slow,

@@ -27,6 +27,7 @@ class Thresholds:
     alpha: float = 0.002
     max_score_error: float = 1e-4  # absolute, on image scores
     max_map_error: float = 1e-3  # max abs difference of the downsampled maps over the baseline's range
+    min_shift_ms: float = 0.25  # smaller shifts of a median are never a change
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ def compare(
                 thresholds.alpha,
                 machine_noise,
                 comparison.kernel_ratio,
+                thresholds.min_shift_ms,
             )
             for stage in new_samples
             if stage in base_samples

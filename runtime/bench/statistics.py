@@ -61,16 +61,19 @@ def judge(
     alpha: float = 0.002,
     machine_noise: float = 0.0,
     machine_ratio: float = 1.0,
+    min_shift_ms: float = 0.0,
 ) -> MetricVerdict:
     """The verdict on one metric's samples; machine_noise: the reference kernel's relative spread,
-    machine_ratio: its new / baseline median."""
+    machine_ratio: its new / baseline median; min_shift_ms: a change of the medians smaller than
+    this is no change at all (a sub-millisecond stage moves by more than 10 % between processes
+    with cache and timer effects alone)."""
     if len(baseline) < 3 or len(new) < 3:
         raise ZsadEdgeError(f"{metric}: too few samples to compare ({len(baseline)} and {len(new)}; need 3 each)")
     base_median, new_median = float(np.median(baseline)), float(np.median(new))
     ratio = new_median / base_median if base_median > 0 else float("inf")
     p_value = mann_whitney_p(baseline, new)
     noise = max(relative_iqr(baseline), relative_iqr(new), machine_noise)
-    significant = p_value < alpha
+    significant = p_value < alpha and abs(new_median - base_median) >= min_shift_ms
     slower, faster = ratio / max(machine_ratio, 1.0), ratio / min(machine_ratio, 1.0)
     if ratio > max_slowdown and significant:
         verdict = "regression" if slower > max_slowdown and slower - 1.0 > noise else "inconclusive"

@@ -34,6 +34,12 @@ def comparison_arguments() -> argparse.ArgumentParser:
     group.add_argument(
         "--max-map-error", type=float, default=1e-3, help="largest accepted map change, over the map's range"
     )
+    group.add_argument(
+        "--min-shift-ms",
+        type=float,
+        default=0.25,
+        help="a median that moves by less than this is unchanged, whatever the ratio (sub-millisecond stages)",
+    )
     group.add_argument("--allow-env-change", action="store_true", help="compare records from different environments")
     group.add_argument("--markdown", type=Path, help="also write the verdict as Markdown (CI job summaries)")
     group.add_argument("--json", type=Path, help="also write the verdict as JSON")
@@ -54,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
     if args.max_slowdown <= 1.0 or not 0.0 < args.alpha < 1.0:
         raise ZsadEdgeError("--max-slowdown must be > 1 and --alpha between 0 and 1")
-    return Thresholds(args.max_slowdown, args.alpha, args.max_score_error, args.max_map_error)
+    if args.min_shift_ms < 0:
+        raise ZsadEdgeError("--min-shift-ms must be >= 0")
+    return Thresholds(args.max_slowdown, args.alpha, args.max_score_error, args.max_map_error, args.min_shift_ms)
 
 
 def judge_records(

@@ -44,6 +44,15 @@ def test_verdicts_on_samples_with_known_answers(new_median, spread, verdict):
     assert result.ratio == pytest.approx(new_median / 10.0, rel=0.25)
 
 
+def test_a_shift_below_the_floor_is_no_change_however_large_its_ratio():
+    base, new = _samples(0.30, 0.01, seed=1), _samples(0.39, 0.01, seed=2)  # a 0.3 ms stage, 30 % slower
+    assert judge("postprocess", base, new).verdict == "regression"
+    assert judge("postprocess", base, new, min_shift_ms=0.25).verdict == "unchanged"
+    assert judge("encode", _samples(10.0, 0.01, seed=1), _samples(13.0, 0.01, seed=2), min_shift_ms=0.25).verdict == (
+        "regression"
+    )
+
+
 def test_machine_noise_makes_a_small_shift_inconclusive():
     base, new = _samples(10.0, 0.01, seed=1), _samples(11.5, 0.01, seed=2)
     assert judge("encode", base, new).verdict == "regression"
