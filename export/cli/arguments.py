@@ -76,6 +76,17 @@ def add_clip_arguments(parser: argparse.ArgumentParser, methods: tuple[str, ...]
     )
 
 
+def dataset_family(args: argparse.Namespace) -> str:
+    """--dbscan, or the default family; refused for a method whose numbers it does not change."""
+    from zsad_edge.export.methods import export_method
+    from zsad_edge.export.methods.base import DEFAULT_DATASET_FAMILY
+    from zsad_edge.runtime.errors import ZsadEdgeError
+
+    if args.dbscan is not None and not export_method(args.method).uses_dataset_family:
+        raise ZsadEdgeError(f"--dbscan does not apply to --method {args.method} (it sets CLIP-AD's text clustering)")
+    return args.dbscan or DEFAULT_DATASET_FAMILY
+
+
 def clip_spec_from_args(args: argparse.Namespace):
     """The ClipSpec the flags describe; the method's default tag applies only when no source is given."""
     from zsad_edge.export.methods import export_method

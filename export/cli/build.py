@@ -16,7 +16,13 @@ from pathlib import Path
 
 from zsad_edge.runtime.errors import ZsadEdgeError
 
-from .arguments import add_calibration_arguments, add_clip_arguments, add_sam_arguments, clip_spec_from_args
+from .arguments import (
+    add_calibration_arguments,
+    add_clip_arguments,
+    add_sam_arguments,
+    clip_spec_from_args,
+    dataset_family,
+)
 from .variants import add_variants, calibration_images
 
 HELP = "export a method's bundle (the default command)"
@@ -63,10 +69,8 @@ def _refuse_foreign_options(args: argparse.Namespace) -> None:
     """An option that does not apply to the chosen method or lacks --sam is an error, not ignored."""
     from zsad_edge.export.methods import export_method
 
-    method = export_method(args.method)
-    if args.dbscan is not None and not method.uses_dataset_family:
-        raise ZsadEdgeError(f"--dbscan does not apply to --method {args.method} (it sets CLIP-AD's text clustering)")
-    if args.random_heads and not method.spec.trained_heads:
+    dataset_family(args)
+    if args.random_heads and not export_method(args.method).spec.trained_heads:
         raise ZsadEdgeError(f"--random-heads does not apply to --method {args.method}: it has no trained heads")
     if args.method != "fnn":
         for name in FNN_TRAINING_OPTIONS:
@@ -80,7 +84,6 @@ def _refuse_foreign_options(args: argparse.Namespace) -> None:
 
 def config_from_args(args: argparse.Namespace):
     from zsad_edge.export.build import BuildConfig
-    from zsad_edge.export.methods.base import DEFAULT_DATASET_FAMILY
     from zsad_edge.export.models.fnn import FnnTrainConfig
     from zsad_edge.export.models.sam import SamSpec
     from zsad_edge.runtime.sam.cascade import CascadeConfig
@@ -100,7 +103,7 @@ def config_from_args(args: argparse.Namespace):
         heads_checkpoint=args.heads_checkpoint,
         random_heads=args.random_heads,
         gaussian_sigma=args.gaussian_sigma,
-        dbscan=args.dbscan or DEFAULT_DATASET_FAMILY,
+        dbscan=dataset_family(args),
         clipad_mode=args.clipad_mode,
         fusion_weight=args.fusion_weight,
         fnn=fnn,

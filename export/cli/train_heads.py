@@ -20,7 +20,7 @@ from pathlib import Path
 from zsad_edge.runtime.contract import METHODS
 from zsad_edge.runtime.errors import ZsadEdgeError
 
-from .arguments import add_clip_arguments, clip_spec_from_args
+from .arguments import add_clip_arguments, clip_spec_from_args, dataset_family
 
 HELP = "train APRIL-GAN / SDP+ linear heads on an MVTec-layout folder"
 TRAINABLE = tuple(spec.option for spec in METHODS.values() if spec.trained_heads)
@@ -39,23 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zsad_edge.export.methods import export_method
-    from zsad_edge.export.methods.base import DEFAULT_DATASET_FAMILY
     from zsad_edge.export.models.aprilgan import randomize_heads
     from zsad_edge.export.models.clip import default_taps, load_clip, validate_taps
     from zsad_edge.export.training import TrainConfig, load_training_data, save_heads_checkpoint, train_heads
 
     if not args.dataset.is_dir():
         raise ZsadEdgeError(f"--dataset {args.dataset} is not a folder: give an MVTec-layout data set")
+    family = dataset_family(args)
     method = export_method(args.method)
     epochs, learning_rate = args.epochs or method.defaults["epochs"], args.lr or method.defaults["learning_rate"]
     spec = clip_spec_from_args(args)
     clip = load_clip(spec)
     taps = validate_taps(args.taps, clip.num_layers) if args.taps else default_taps(clip.num_layers)
-    if args.dbscan is not None and not method.uses_dataset_family:
-        raise ZsadEdgeError(f"--dbscan does not apply to --method {args.method} (it sets CLIP-AD's text clustering)")
-    params = method.params(
-        args.object_name, None, None, args.dbscan or DEFAULT_DATASET_FAMILY, clipad_mode=args.clipad_mode
-    )
+    params = method.params(args.object_name, None, None, family, clipad_mode=args.clipad_mode)
     # The encoder the bundle will run: SDP+ heads learn on CLIP-AD's taps in the chosen mode.
     modules = method.assemble(clip, taps, method.text_features(clip, params), params)
     randomize_heads(modules.linear_heads, args.seed)
