@@ -24,7 +24,8 @@ def _shell_commands(text: str) -> list[str]:
             command: list[str] = []
             for word in [*words, ";"]:
                 if word in ("&&", ";", "|", "||"):
-                    commands.append(command) if command else None
+                    if command:
+                        commands.append(command)
                     command = []
                 else:
                     command.append(word)
