@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = scratch / "base.json"
         subprocess.run([*CLI, "bench", str(bundle), *timing, "--no-cold-start", "--out", str(baseline)], check=True,
                        capture_output=True)  # fmt: skip
-        burner = subprocess.Popen([sys.executable, "-c", INTERMITTENT_BURNER if args.background != "none" else ""])
+        loaded = args.background == "intermittent"
+        burner = subprocess.Popen([sys.executable, "-c", INTERMITTENT_BURNER]) if loaded else None
         try:
             unchanged, slow = [], []
             for index in range(args.repeats):
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                 slow.append(_gate(slower, baseline, timing, scratch / "verdict.json", [*extra, "--allow-env-change"]))
                 print(f"20 % slower {index + 1}: {slow[-1]}", flush=True)
         finally:
-            burner.kill()
+            if burner is not None:
+                burner.kill()
     false_alarms = sum(run["exit_code"] != 0 for run in unchanged)
     caught = sum(_caught(run) for run in slow)
     saved = sum(bool(run["unconfirmed"]) for run in unchanged)
