@@ -153,7 +153,16 @@ def hash_bundle_files(bundle_dir: Path) -> dict[str, str]:
 
 def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifest:
     """Read and validate a bundle's manifest; with verify_hashes, check every listed file."""
-    bundle_dir = Path(bundle_dir)
+    try:
+        return _load_manifest(Path(bundle_dir), verify_hashes)
+    except PermissionError as exc:
+        raise BundleError(
+            f"cannot read the bundle {bundle_dir}: permission denied on {exc.filename}; "
+            f"give the user running zsad-edge read access (chmod -R a+rX {bundle_dir})"
+        ) from None
+
+
+def _load_manifest(bundle_dir: Path, verify_hashes: bool) -> Manifest:
     manifest_path = bundle_dir / MANIFEST_FILE
     if not bundle_dir.is_dir():
         raise BundleError(f"bundle folder not found: {bundle_dir}; {REBUILD_HINT}")

@@ -18,6 +18,7 @@ import sys
 from typing import Sequence
 
 from ..errors import ZsadEdgeError
+from ..station.credentials import MaskingFilter, masked
 from ..stopping import Stopped, StopRequest
 from . import bench, bench_compare, calibrate, detect, evaluate, fit_normal, info, watch
 from .common import EXIT_ERROR, HelpWithDefaults
@@ -71,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _build(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(MaskingFilter())
     try:
         with StopRequest() as stop:
             return COMMANDS[args.command].run(args, stop)
@@ -78,7 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
     except ZsadEdgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {masked(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    except PermissionError as exc:  # anything a check before it did not name: still one line
+        print(
+            f"error: permission denied: {exc.filename}; give the user running zsad-edge access to it",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except KeyboardInterrupt:  # a second signal: stop at once, still one line
         print("stopped at once by a second signal; the image in hand was dropped", file=sys.stderr)

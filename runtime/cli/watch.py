@@ -1,12 +1,15 @@
-"""`zsad-edge watch`: run a station on live and recorded sources; events.jsonl and summary.json in --out.
+"""`zsad-edge watch`: run a station on live and recorded sources; events.jsonl and a summary per run in --out.
 
 Sources are `[name=]URI`: a video file, an image folder (`--follow` keeps watching it for new
-files, each taken exactly once, also across restarts), a camera number or /dev/videoN, an
-rtsp:// or http(s):// stream, or gst:PIPELINE. Live sources drop their oldest frames when the
-detector falls behind; files and folders never drop. Everything that can fail at start (sources,
-the output folder, the MQTT broker, the metrics port) is checked before the first frame.
-SIGINT/SIGTERM stops capture, processes the frames already captured, closes the sinks (videos
-play), writes summary.json and exits 0; a second signal exits at once.
+files, each scored exactly once and only when complete, also across restarts and crashes), a
+camera number or /dev/videoN, an rtsp:// or http(s):// stream, or gst:PIPELINE. Credentials in a
+URI can come from the environment or a file: rtsp://admin:${CAM1_PASSWORD}@host/... or
+${file:/run/credentials/cam1}; they are shown as *** everywhere. Live sources drop their oldest
+frames when the detector falls behind; files and folders never drop. Everything that can fail at
+start (sources, the output folder, the MQTT broker, the metrics port) is checked before the
+first frame. SIGINT/SIGTERM stops capture, processes the frames already captured, gives the sinks
+--drain-s seconds (what is undelivered stays in the spool for the next run), closes the videos
+(they play), writes the run's summary and exits 0; a second signal exits at once.
 """
 
 from __future__ import annotations
@@ -19,12 +22,25 @@ from pathlib import Path
 
 from ..errors import ZsadEdgeError
 from ..image_io import write_bytes_atomic
-from ..station.events import EventLog
-from ..station.messaging import MqttSink, MqttTarget, WebhookSink
+from ..station.credentials import masked
+from ..station.drop_folder import ProcessedAction, reconcile
+from ..station.events import EventLog, tail_events
+from ..station.messaging import MqttSink, MqttTarget, WebhookSink, parse_header
 from ..station.metrics import MetricsServer
-from ..station.sinks import SAVE_CHOICES, FrameImageSink, QueuedSink, VideoSink
-from ..station.sources import FrameSource, open_source
-from ..station.station import Station
+from ..station.opening import open_source
+from ..station.sinks import (
+    DEFAULT_DRAIN_S,
+    DEFAULT_SEGMENT_S,
+    SAVE_CHOICES,
+    DiskGuard,
+    FrameImageSink,
+    QueuedSink,
+    VideoSink,
+    close_sinks,
+)
+from ..station.sources import FrameSource
+from ..station.spool import DEFAULT_MAX_ITEMS, Spool
+from ..station.station import Station, new_run_id
 from ..station.status import StatusLine
 from ..stopping import StopRequest
 from .common import backend_arguments, open_detector
@@ -49,6 +65,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     capture.add_argument("--realtime", action="store_true", help="video files: deliver at the file's own frame rate")
     capture.add_argument("--follow", action="store_true", help="image folders: keep taking new files as they arrive")
     capture.add_argument(
+        "--settle-s", type=float, default=0.5, help="image folders: a file must not change this long to be taken"
+    )
+    capture.add_argument(
+        "--done-markers", action="store_true", help="image folders: take a file only once NAME.done exists"
+    )
+    capture.add_argument(
+        "--processed",
+        default="keep",
+        metavar="keep|delete|move:DIR",
+        help="image folders: what happens to a file once its event is written",
+    )
+    capture.add_argument("--part-id", metavar="REGEX", help="image folders: the part id in a file name (group `part`)")
+    capture.add_argument(
         "--stall-s", type=float, default=10.0, help="cameras and streams: reopen one that gives no frame this long"
     )
     batching = parser.add_argument_group("batching")
@@ -61,7 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--save", choices=SAVE_CHOICES, default="none", help="frame, overlay and mask PNGs in OUT/frames/SOURCE/"
     )
     outputs.add_argument("--save-rate", type=float, help="at most this many saved frames per second per source")
-    outputs.add_argument("--video", action="store_true", help="an annotated video per source: OUT/video/SOURCE.mp4")
+    outputs.add_argument(
+        "--video", action="store_true", help="annotated video per source, in segments: OUT/video/SOURCE/RUN-NNNN.mp4"
+    )
+    outputs.add_argument("--video-segment-s", type=float, default=DEFAULT_SEGMENT_S, help="length of a video file")
+    outputs.add_argument(
+        "--min-free-mb", type=float, default=500.0, help="stop saving images and video below this free disk room"
+    )
     outputs.add_argument("--mqtt", metavar="URL", help="publish anomalies: mqtt[s]://[user@]host[:port]/topic")
     outputs.add_argument("--mqtt-username", help="MQTT user (the password comes from $ZSAD_EDGE_MQTT_PASSWORD)")
     outputs.add_argument("--mqtt-ca", help="TLS: CA certificate file (implies TLS)")
@@ -70,6 +105,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     outputs.add_argument("--mqtt-rate", type=float, default=2.0, help="at most this many messages/s per source")
     outputs.add_argument("--webhook", metavar="URL", help="POST each anomaly's event as JSON to this URL")
     outputs.add_argument("--webhook-rate", type=float, default=2.0, help="at most this many requests/s per source")
+    outputs.add_argument(
+        "--webhook-header", action="append", default=[], metavar="'NAME: VALUE'", help="add to each request"
+    )
+    outputs.add_argument(
+        "--spool-max", type=int, default=DEFAULT_MAX_ITEMS, help="messages each of MQTT and webhook keep while down"
+    )
+    outputs.add_argument(
+        "--drain-s", type=float, default=DEFAULT_DRAIN_S, help="on stop: time for all sinks to finish their work"
+    )
     watching = parser.add_argument_group("watching it run")
     watching.add_argument("--status-s", type=float, default=10.0, help="status line interval; 0: none")
     watching.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /healthz on this port")
@@ -79,7 +123,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_numbers(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.max_wait_ms < 0:
         raise ZsadEdgeError("--batch-size must be at least 1 and --max-wait-ms at least 0")
-    for flag in ("stall_s", "save_rate", "mqtt_rate", "webhook_rate"):
+    ProcessedAction(args.processed)
+    if args.settle_s < 0 or args.min_free_mb < 0 or args.drain_s < 0 or args.spool_max < 1:
+        raise ZsadEdgeError("--settle-s, --min-free-mb and --drain-s must be >= 0 and --spool-max >= 1")
+    for flag in ("stall_s", "save_rate", "mqtt_rate", "webhook_rate", "video_segment_s"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise ZsadEdgeError(f"--{flag.replace('_', '-')} must be > 0, got {value}")
@@ -89,40 +136,52 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def open_sources(args: argparse.Namespace) -> list[FrameSource]:
     options = {"queue_size": args.queue_size, "stride": args.stride, "max_fps": args.max_fps, "stall_s": args.stall_s}
-    sources = [
-        open_source(
-            spec, index, state_folder=args.out, follow=args.follow, loop=args.loop, realtime=args.realtime, **options
-        )
-        for index, spec in enumerate(args.sources)
-    ]
+    folder_options = {
+        "state_folder": args.out / "state",
+        "settle_s": args.settle_s,
+        "processed": args.processed,
+        "done_markers": args.done_markers,
+        "part_id": args.part_id,
+    }
+    sources = []
+    try:
+        for index, spec in enumerate(args.sources):
+            source = open_source(spec, index, args.follow, args.loop, args.realtime, folder_options, **options)
+            sources.append(source)
+    except BaseException:
+        for source in sources:
+            source.close()
+        raise
     names = [source.name for source in sources]
     if len(set(names)) != len(names):
         raise ZsadEdgeError(f"source names must differ, got {names}: name them with NAME=URI")
     return sources
 
 
-def open_sinks(args: argparse.Namespace, detector, record: dict, sources: list[FrameSource]) -> list[QueuedSink]:
+def open_sinks(
+    args: argparse.Namespace, detector, record: dict, sources: list[FrameSource], run_id: str
+) -> list[QueuedSink]:
     """The sinks asked for, each checked now (a broker is connected to) rather than at the first anomaly."""
     sinks: list[QueuedSink] = []
+    files = {"run_id": run_id, "guard": DiskGuard(args.out, int(args.min_free_mb * 1e6))}
+    scoring = (detector.scoring, record["thresholds"])
     try:
         if args.save != "none":
-            sinks.append(
-                FrameImageSink(
-                    args.out / "frames", detector.scoring, record["thresholds"], args.save, rate_per_s=args.save_rate
-                )
-            )
+            sinks.append(FrameImageSink(args.out / "frames", *scoring, args.save, rate_per_s=args.save_rate, **files))
         if args.video:
             fps = {source.name: source.fps for source in sources}
-            sinks.append(VideoSink(args.out / "video", detector.scoring, record["thresholds"], fps))
+            sinks.append(VideoSink(args.out / "video", *scoring, fps, segment_s=args.video_segment_s, **files))
         if args.mqtt:
             tls_files = {"ca_file": args.mqtt_ca, "cert_file": args.mqtt_cert, "key_file": args.mqtt_key}
             target = MqttTarget.parse(args.mqtt, args.mqtt_username, **tls_files)
-            sinks.append(MqttSink(target, rate_per_s=args.mqtt_rate))
+            spool = Spool(args.out / "spool" / "mqtt.sqlite", args.spool_max)
+            sinks.append(MqttSink(target, spool=spool, rate_per_s=args.mqtt_rate))
         if args.webhook:
-            sinks.append(WebhookSink(args.webhook, rate_per_s=args.webhook_rate))
+            headers = dict(parse_header(header) for header in args.webhook_header)
+            spool = Spool(args.out / "spool" / "webhook.sqlite", args.spool_max)
+            sinks.append(WebhookSink(args.webhook, headers=headers, spool=spool, rate_per_s=args.webhook_rate))
     except BaseException:
-        for sink in sinks:
-            sink.close()
+        close_sinks(sinks, 0.0)
         raise
     return sinks
 
@@ -130,15 +189,20 @@ def open_sinks(args: argparse.Namespace, detector, record: dict, sources: list[F
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
     _check_numbers(args)
     started = time.monotonic()
+    run_id = new_run_id()
     with EventLog(args.out / "events.jsonl", only_anomalies=args.events == "anomalies") as log:
         sources = open_sources(args)
+        reconcile(sources, tail_events(log.path))
         detector = open_detector(
             args.bundle, args.backend, args.memory_bank, precision=args.precision, device=args.device
         )
         load_s = time.monotonic() - started
         record = run_record(detector, args.bundle, args.precision, args.memory_bank)
-        sinks = open_sinks(args, detector, record, sources)
-        station = Station(detector, sources, args.batch_size, args.max_wait_ms, sinks, on_event=log.write)
+        sinks = open_sinks(args, detector, record, sources, run_id)
+        station = Station(
+            detector, sources, args.batch_size, args.max_wait_ms, sinks, on_event=log.write, run_id=run_id
+        )
+        station.monitored["events"] = log
         watchers: list[MetricsServer | StatusLine] = []
         interrupted = False
         try:
@@ -146,38 +210,58 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
                 watchers.append(MetricsServer(station, args.metrics_port, args.metrics_host))
             if args.status_s:
                 watchers.append(StatusLine(station.stats, args.status_s).start())
-            _run_until_done(station, stop)
+            _run_until_done(station, stop, log.retry)
         except KeyboardInterrupt:  # a second signal: leave now, abandoning what the sinks still hold
             interrupted = True
             raise
         finally:
-            for item in [*watchers, *([] if interrupted else sinks)]:
-                item.close()
+            for watcher in watchers:
+                watcher.close()
+            if not interrupted:
+                close_sinks(sinks, args.drain_s)
+        summary = _summary(station, stop, load_s, sinks, record, log)
+    _write_summary(args.out, summary)
+    print(
+        f"{summary['processed']} frame(s) from {len(sources)} source(s), {summary['anomalies']} anomalous, "
+        f"{summary['dropped']} dropped, {summary['frames_per_s']} frames/s; events in {log.path}"
+        + (f" ({summary['stopped']})" if summary["stopped"] else ""),
+        file=sys.stdout,
+    )
+    return 0
+
+
+def _summary(station: Station, stop: StopRequest, load_s: float, sinks: list[QueuedSink], record: dict, log) -> dict:
     stopped = f"stopped by {stop.signal_name}" if stop.requested else None
     summary = {
         "run_id": station.run_id,
         **station.stats.summary(stopped),
         "load_s": round(load_s, 3),
         "sinks": {sink.kind: sink.counts() for sink in sinks},
+        "events_log": {**log.state(), "torn_bytes_set_aside": log.torn_bytes},
         "run": record,
     }
-    write_bytes_atomic(args.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    print(
-        f"{summary['processed']} frame(s) from {len(sources)} source(s), {summary['anomalies']} anomalous, "
-        f"{summary['dropped']} dropped, {summary['frames_per_s']} frames/s; events in {log.path}"
-        + (f" ({stopped})" if stopped else ""),
-        file=sys.stdout,
-    )
-    return 0
+    return json.loads(masked(json.dumps(summary)))
 
 
-def _run_until_done(station: Station, stop: StopRequest) -> None:
-    """Run until every source has ended, or a stop request and the frames in flight are done.
+def _write_summary(out: Path, summary: dict) -> None:
+    """OUT/runs/RUN.json for every run (none is replaced), and OUT/summary.json: the latest run's."""
+    data = (json.dumps(summary, indent=2) + "\n").encode()
+    try:
+        write_bytes_atomic(out / "runs" / f"{summary['run_id']}.json", data)
+        write_bytes_atomic(out / "summary.json", data)
+    except OSError as exc:
+        raise ZsadEdgeError(f"the run ended but its summary could not be written to {out}: {exc.strerror}") from None
+
+
+def _run_until_done(station: Station, stop: StopRequest, tick) -> None:
+    """Run until every source has ended, or a stop request and the frames in flight are done; `tick`
+    every POLL_S (the event log retries what a full disk held back).
 
     A second signal raises KeyboardInterrupt here: the station is abandoned at once."""
     station.start()
     try:
         while not station.join(POLL_S):
+            tick()
             if stop.requested:
                 station.stop()
     finally:

@@ -1,32 +1,43 @@
 """Sinks that tell other systems: MQTT (the factory's usual message bus) and an HTTP webhook.
 
 Both send the frame event (JSON) of anomalous frames, each from its own thread behind a bounded
-queue and a per-source rate limit (sinks.py). Both are checked before the first frame: an
-unreachable broker, refused credentials or a malformed URL stop the station at start with one
-line, not after hours of silently lost messages.
+queue and a per-source rate limit (sinks.py), and both store and forward: a message goes into the
+sink's on-disk spool (spool.py) first and leaves it only once the broker or web server
+acknowledged it, oldest first, so an outage, a stop or a crash loses nothing and a restart replays
+what was left. Each reports its connection state: `sink_down` / `sink_up` events, /healthz, and
+the metrics. Both are checked before the first frame: an unreachable broker, refused credentials
+or a malformed URL stop the station at start with one line. Credentials never show (credentials.py).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ZsadEdgeError
 from ..pipeline import DetectionResult
+from .credentials import expand, masked, remember, split_userinfo
 from .sinks import QueuedSink
 from .sources import Frame
+from .spool import Spool
+
+log = logging.getLogger(__name__)
 
 MQTT_EXTRA = "pip install 'zsad-edge[station]'"
 MQTT_PASSWORD_ENV = "ZSAD_EDGE_MQTT_PASSWORD"  # read from the environment, not the command line `ps` shows
 DEFAULT_TOPIC = "zsad-edge/anomalies"
 CONNECT_TIMEOUT_S = 10.0
-DRAIN_TIMEOUT_S = 5.0  # on close: wait this long for the broker to acknowledge what is in flight
-MAX_UNSENT = 1000  # messages paho holds while the broker is away; more are dropped and counted
+ACK_TIMEOUT_S = 5.0  # one message's wait for its acknowledgement before the receiver counts as down
+RETRY_S = 1.0  # while down, try the spool's oldest message again this often
 
 
 @dataclass(frozen=True)
@@ -45,14 +56,16 @@ class MqttTarget:
 
     @classmethod
     def parse(cls, url: str, username: str | None = None, **tls_files: str | None) -> "MqttTarget":
+        url = expand(url, "--mqtt")
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ZsadEdgeError(f"--mqtt wants mqtt://host[:port]/topic or mqtts://... (TLS), got {url!r}")
+            raise ZsadEdgeError(f"--mqtt wants mqtt://host[:port]/topic or mqtts://... (TLS), got {masked(url)!r}")
         tls = parts.scheme == "mqtts"
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
-            raise ZsadEdgeError(f"--mqtt: bad port in {url!r}") from None
+            raise ZsadEdgeError(f"--mqtt: bad port in {masked(url)!r}") from None
+        remember(os.environ.get(MQTT_PASSWORD_ENV))
         return cls(
             host=parts.hostname,
             port=port,
@@ -64,10 +77,113 @@ class MqttTarget:
         )
 
 
-class MqttSink(QueuedSink):
+class Refused(Exception):
+    """The receiver answered and will never take this message (a 4xx): counted failed, not retried."""
+
+
+class ForwardingSink(QueuedSink):
+    """A sink that stores, then forwards, in order: subclasses implement `send`.
+
+    `written` counts messages taken into the spool, `delivered` those the receiver acknowledged,
+    `failed` those it refused for good; `spooled` is what waits. `report`, where set (the station
+    sets it), gets `sink_down` / `sink_up` events.
+    """
+
+    idle_s = RETRY_S
+
+    def __init__(self, spool: Spool | None = None, ack_timeout_s: float = ACK_TIMEOUT_S, **options) -> None:
+        self.spool = spool or Spool(None)
+        self.ack_timeout_s = ack_timeout_s
+        self.delivered = 0
+        self.connected = True
+        self.report: Callable[[dict], None] | None = None
+        self._forward_lock = threading.Lock()
+        super().__init__(**options)
+        if len(self.spool):
+            log.warning("%s sink: %d message(s) left by an earlier run will be sent first", self.kind, len(self.spool))
+            self.wake()
+
+    @property
+    def target(self) -> str:
+        """Where messages go, as it may be shown (no credentials)."""
+        raise NotImplementedError
+
+    def send(self, topic: str, payload: bytes, item_id: int, timeout_s: float) -> None:
+        """Deliver one message and return once the receiver acknowledged it; raise ConnectionError or
+        OSError while it cannot, Refused when it never will."""
+        raise NotImplementedError
+
+    def topic_of(self, frame: Frame) -> str:
+        return ""
+
+    def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
+        self.spool.put(self.topic_of(frame), json.dumps(event).encode("utf-8"))
+        self.forward()
+
+    def idle(self) -> None:
+        if len(self.spool):
+            self.forward()
+
+    def forward(self) -> None:
+        """Send the spool's messages, oldest first, until it is empty or the receiver is down."""
+        with self._forward_lock:
+            while not self._abandon and (item := self.spool.oldest()) is not None:
+                item_id, topic, payload = item
+                try:
+                    self.send(topic, payload, item_id, self.remaining_s(self.ack_timeout_s))
+                except Refused as exc:
+                    self.failed += 1
+                    self.last_error = masked(str(exc))
+                    log.warning("%s sink: %s refused a message (counted, not retried): %s", self.kind, self.target, exc)
+                except (ConnectionError, OSError) as exc:
+                    self._set_connected(False, masked(str(exc)))
+                    return
+                else:
+                    self.delivered += 1
+                    self._set_connected(True, None)
+                self.spool.remove(item_id)
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    return
+
+    def finish(self) -> None:
+        if self.connected:
+            self.forward()  # what is left in the spool goes, while the drain time lasts
+        if len(self.spool):
+            log.warning("%s sink: %d message(s) kept in the spool %s for the next run", self.kind,
+                        len(self.spool), self.spool.path or "(memory: lost)")  # fmt: skip
+        self.spool.close()
+
+    def counts(self) -> dict:
+        return {**super().counts(), "delivered": self.delivered, "spooled": self.state()["spooled"],
+                "spool_dropped": self.spool.dropped}  # fmt: skip
+
+    def state(self) -> dict:
+        try:
+            spooled = len(self.spool)
+        except Exception:  # noqa: BLE001  (closed at the end of a run: what it held was logged)
+            spooled = 0
+        return {"connected": self.connected, "spooled": spooled}
+
+    def _set_connected(self, connected: bool, reason: str | None) -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        if connected:
+            log.warning("%s sink: %s is reachable again; sending what was spooled", self.kind, self.target)
+        else:
+            self.last_error = reason
+            log.warning("%s sink: %s is unreachable (%s); spooling messages until it is back",
+                        self.kind, self.target, reason)  # fmt: skip
+        if self.report is not None:
+            kind = "sink_up" if connected else "sink_down"
+            spooled = self.state()["spooled"]
+            self.report({"event": kind, "sink": self.kind, "time": round(time.time(), 6), "reason": reason,
+                         "spooled": spooled})  # fmt: skip
+
+
+class MqttSink(ForwardingSink):
     """Publishes each anomalous frame's event at QoS 1 to `topic` (`{source}` in it is replaced by the
-    source's name). `written` counts messages handed to the client, `delivered` those the broker
-    acknowledged; paho resends unacknowledged ones after a reconnect."""
+    source's name). paho reconnects by itself; while it is away, messages wait in the spool."""
 
     kind = "mqtt"
 
@@ -76,75 +192,112 @@ class MqttSink(QueuedSink):
             import paho.mqtt.client as mqtt
         except ImportError:
             raise ZsadEdgeError(f"--mqtt needs paho-mqtt: {MQTT_EXTRA}") from None
-        self.target = target
-        self.delivered = 0
+        self.broker = target
         self._connected = threading.Event()
         self._refusal: str | None = None
+        self._in_flight: tuple[int, object] | None = None  # (spool id, paho's MQTTMessageInfo)
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        client.max_queued_messages_set(MAX_UNSENT)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
         if target.username:
             client.username_pw_set(target.username, target.password)
         if target.tls:
             client.tls_set(ca_certs=target.ca_file, certfile=target.cert_file, keyfile=target.key_file)
         client.on_connect = self._on_connect
-        client.on_publish = self._on_publish
+        client.on_disconnect = self._on_disconnect
         where = f"MQTT broker {target.host}:{target.port}"
         try:
             client.connect(target.host, target.port, keepalive=30)
         except (OSError, ValueError) as exc:
-            raise ZsadEdgeError(f"cannot reach the {where}: {exc}") from None
+            raise ZsadEdgeError(f"cannot reach the {where}: {masked(str(exc))}") from None
         client.loop_start()
         if not self._connected.wait(CONNECT_TIMEOUT_S) or self._refusal:
             client.loop_stop()
             raise ZsadEdgeError(f"the {where} did not accept the connection: {self._refusal or 'no answer'}")
         self.client = client
-        self._published = 0  # handed to paho; `delivered` catches up as the broker acknowledges
         super().__init__(**options)
+
+    @property
+    def target(self) -> str:
+        return f"the MQTT broker {self.broker.host}:{self.broker.port}"
+
+    def topic_of(self, frame: Frame) -> str:
+        return self.broker.topic.replace("{source}", frame.source)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._refusal = str(reason_code)
         self._connected.set()
+        if not reason_code.is_failure and hasattr(self, "spool"):
+            self.wake()  # back: the sink's thread sends the spool now
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        # paho's network thread, possibly holding paho's own locks: never take a lock here that is
-        # held around publish(), or the two threads wait for each other
-        self.delivered += 1
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        # paho's network thread: only flags here, the sink's thread reports it on its next send
+        self._connected.clear()
 
-    def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
-        topic = self.target.topic.replace("{source}", frame.source)
-        info = self.client.publish(topic, json.dumps(event), qos=1)
-        if info.rc not in (0, 4):  # success, or no connection (paho queues and resends it)
-            raise ConnectionError(f"MQTT publish failed: {info.rc!r}")
-        self._published += 1
+    def send(self, topic: str, payload: bytes, item_id: int, timeout_s: float) -> None:
+        if self._in_flight is not None and self._in_flight[0] == item_id:
+            info = self._in_flight[1]  # published before the broker went away: paho resends it itself
+        else:
+            if not self.client.is_connected():
+                raise ConnectionError("not connected")
+            info = self.client.publish(topic, payload, qos=1)
+            if info.rc not in (0, 4):  # success, or no connection (paho keeps it and resends)
+                raise ConnectionError(f"publish failed: {info.rc!r}")
+            self._in_flight = (item_id, info)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise ConnectionError(f"no acknowledgement within {timeout_s:.1f} s")
+        self._in_flight = None
 
     def finish(self) -> None:
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while self.delivered < self._published and time.monotonic() < deadline:
-            time.sleep(0.05)
+        super().finish()
         self.client.disconnect()
         self.client.loop_stop()
 
-    def counts(self) -> dict:
-        return {**super().counts(), "delivered": self.delivered}
+
+def parse_header(text: str) -> tuple[str, str]:
+    """`Name: value` (value may hold ${ENV} / ${file:PATH}; it is treated as a secret)."""
+    name, separator, value = text.partition(":")
+    if not separator or not name.strip() or not value.strip():
+        raise ZsadEdgeError(f"--webhook-header wants 'Name: value', got {masked(text)!r}")
+    value = expand(value.strip(), "--webhook-header")
+    remember(value)
+    return name.strip(), value
 
 
-class WebhookSink(QueuedSink):
-    """POSTs each anomalous frame's event as JSON to a URL; a refused or failed request (no answer
-    within `timeout_s`, or a status other than 2xx) is counted as failed."""
+class WebhookSink(ForwardingSink):
+    """POSTs each anomalous frame's event as JSON to a URL. A 2xx answer is a delivery; a 4xx other
+    than 408 / 429 is a refusal (counted failed, not retried); no answer within the timeout, or any
+    other status, means the server is down: the message waits in the spool.
+
+    `user:password@` in the URL becomes a Basic Authorization header (never sent in the URL, never
+    shown); `headers` are added to every request (an API token, from the environment)."""
 
     kind = "webhook"
 
-    def __init__(self, url: str, timeout_s: float = 5.0, **options) -> None:
+    def __init__(self, url: str, timeout_s: float = 5.0, headers: dict[str, str] | None = None, **options) -> None:
+        url = expand(url, "--webhook")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ZsadEdgeError(f"--webhook wants an http:// or https:// URL, got {url!r}")
-        self.url, self.timeout_s = url, timeout_s
-        super().__init__(**options)
+            raise ZsadEdgeError(f"--webhook wants an http:// or https:// URL, got {masked(url)!r}")
+        self.url, user, password = split_userinfo(url)
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        if user is not None:
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            self.headers["Authorization"] = f"Basic {token}"
+            remember(token)
+        super().__init__(ack_timeout_s=timeout_s, **options)
 
-    def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
-        request = urllib.request.Request(
-            self.url, data=json.dumps(event).encode(), headers={"Content-Type": "application/json"}, method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # raises on a non-2xx status
-            response.read()
+    @property
+    def target(self) -> str:
+        return f"the webhook {masked(self.url)}"
+
+    def send(self, topic: str, payload: bytes, item_id: int, timeout_s: float) -> None:
+        request = urllib.request.Request(self.url, data=payload, headers=self.headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                raise Refused(f"HTTP {exc.code} {exc.reason}") from None
+            raise ConnectionError(f"HTTP {exc.code} {exc.reason}") from None

@@ -17,15 +17,23 @@ from .station import Station
 
 METRICS_EXTRA = "pip install 'zsad-edge[station]'"
 SOURCE_COUNTERS = ("captured", "processed", "dropped", "skipped", "anomalies")
-SINK_OUTCOMES = ("written", "dropped", "rate_limited", "failed")
+SINK_OUTCOMES = ("written", "dropped", "rate_limited", "failed", "abandoned", "delivered", "disk_skipped")
 
 
 def health(station: Station) -> tuple[bool, dict]:
-    """Healthy while the station runs and every source is up; the body says which is not."""
+    """Healthy while the station runs, every source is up, every forwarding sink is connected and the
+    event log has room; the body says which is not."""
     sources = {name: counts["up"] for name, counts in station.stats.per_source().items()}
+    sinks = {sink.kind: sink.state() for sink in station.sinks if sink.state()}
+    outputs = {name: output.state() for name, output in station.monitored.items()}
     running = station.running and station.error is None
-    state = "ok" if running and all(sources.values()) else ("degraded" if running else "stopped")
-    return state == "ok", {"status": state, "sources_up": sources}
+    fine = (
+        all(sources.values())
+        and all(state.get("connected", True) for state in sinks.values())
+        and not any(state.get("disk_full") for state in outputs.values())
+    )
+    state = "ok" if running and fine else ("degraded" if running else "stopped")
+    return state == "ok", {"status": state, "sources_up": sources, "sinks": sinks, **outputs}
 
 
 class StationCollector:
@@ -60,8 +68,25 @@ class StationCollector:
         for sink in self.station.sinks:
             counts = sink.counts()
             for outcome in SINK_OUTCOMES:
-                sinks.add_metric([sink.kind, outcome], counts[outcome])
+                if outcome in counts:
+                    sinks.add_metric([sink.kind, outcome], counts[outcome])
         yield sinks
+        connected = GaugeMetricFamily("zsad_sink_up", "1 while a forwarding sink reaches its receiver", labels=["sink"])
+        spooled = GaugeMetricFamily("zsad_sink_spooled", "messages waiting in a sink's spool", labels=["sink"])
+        for sink in self.station.sinks:
+            state = sink.state()
+            if "connected" in state:
+                connected.add_metric([sink.kind], float(state["connected"]))
+                spooled.add_metric([sink.kind], state["spooled"])
+        yield connected
+        yield spooled
+        events = self.station.monitored.get("events")
+        if events is not None:
+            state = events.state()
+            yield GaugeMetricFamily("zsad_disk_full", "1 while the event log finds no room on the disk",
+                                    value=float(state["disk_full"]))  # fmt: skip
+            yield GaugeMetricFamily("zsad_events_held", "events held in memory for want of disk room",
+                                    value=state["held"])  # fmt: skip
 
 
 class MetricsServer:

@@ -3,20 +3,26 @@
 A sink must never slow the line: when it falls behind (a slow disk, a broker or web server that
 is down), its oldest pending item is dropped and counted, and inference goes on. A per-source
 rate limit keeps a burst of anomalies from flooding a disk or a message bus; what it holds back
-is counted too. A failed write is counted and logged once, never fatal. `close` handles what is
-still queued, then finalises (videos are closed so they play).
+is counted too. A failed write is counted and logged once, never fatal. Images and videos stop
+(counted) while the disk has less free room than the guard asks, so the event log keeps the
+rest. `close_sinks` handles what is still queued within one time budget for all sinks (a stop
+must fit in systemd's 90 s), then finalises (videos are closed so they play).
+
+Files are named by run id, so two runs into one folder never overwrite each other's evidence:
+OUT/frames/SOURCE/RUN/FRAME_{frame,overlay,mask}.png and OUT/video/SOURCE/RUN-NNNN.mp4.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 SAVE_CHOICES = ("anomalies", "all", "none")
 DEFAULT_VIDEO_FPS = 10.0  # a source without a stated rate that ended before its rate could be measured
 RATE_PROBE_FRAMES = 10
+DEFAULT_SEGMENT_S = 300.0  # a video file per 5 minutes per source: a crash loses at most the open one
+DEFAULT_DRAIN_S = 30.0  # all sinks together, on stop: well inside systemd's default 90 s
 
 
 SINK_NICENESS = 10
@@ -68,6 +76,38 @@ class RateLimit:
         return allowed
 
 
+class DiskLow(Exception):
+    """Raised by a file sink instead of writing while the disk's free room is below the guard."""
+
+
+class DiskGuard:
+    """Free room on the disk of a folder, looked at most once a second (a statvfs per image would
+    be wasted on a healthy disk): `low()` while below `min_free_bytes`."""
+
+    def __init__(self, folder: Path, min_free_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.folder, self.min_free_bytes, self.clock = Path(folder), min_free_bytes, clock
+        self._checked = (-float("inf"), False)
+
+    def low(self) -> bool:
+        now = self.clock()
+        if now - self._checked[0] >= 1.0:
+            folder = self.folder
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+            self._checked = (now, shutil.disk_usage(folder).free < self.min_free_bytes)
+        return self._checked[1]
+
+
+def close_sinks(sinks: Sequence["QueuedSink"], drain_s: float | None = DEFAULT_DRAIN_S) -> None:
+    """Close every sink within one budget of `drain_s` seconds for all of them together (None: no
+    limit): they drain side by side, not one after another."""
+    deadline = None if drain_s is None else time.monotonic() + drain_s
+    for sink in sinks:
+        sink.begin_close(deadline)
+    for sink in sinks:
+        sink.close(deadline)
+
+
 class QueuedSink(ABC):
     """A sink with its own thread: `__call__` picks and queues (never blocks), `handle` does the work.
 
@@ -75,16 +115,18 @@ class QueuedSink(ABC):
     """
 
     kind = "sink"
+    idle_s: float | None = None  # with nothing queued, call `idle` this often (None: never)
 
     def __init__(self, queue_size: int = 32, rate_per_s: float | None = None, only_anomalies: bool = True) -> None:
         self.only_anomalies = only_anomalies
-        self.written = self.dropped = self.rate_limited = self.failed = 0
+        self.written = self.dropped = self.rate_limited = self.failed = self.abandoned = 0
         self.last_error: str | None = None
+        self.deadline: float | None = None  # set on close: work must end by then
         self._rate = RateLimit(rate_per_s)
         self._queue: deque[tuple[Frame, DetectionResult, dict]] = deque()
         self._size = queue_size
         self._wake = threading.Condition()
-        self._closing = False
+        self._closing = self._abandon = False
         self._thread = threading.Thread(target=self._run, name=f"sink-{self.kind}", daemon=True)
         self._thread.start()
 
@@ -108,13 +150,37 @@ class QueuedSink(ABC):
     def finish(self) -> None:
         """After the last item: release files and connections."""
 
-    def close(self) -> None:
-        """Handle what is queued, stop the thread, finalise."""
+    def begin_close(self, deadline: float | None = None) -> None:
+        """No more items come; handle the queued ones until `deadline` (monotonic; None: all of them)."""
         with self._wake:
-            self._closing = True
+            self._closing, self.deadline = True, deadline
             self._wake.notify()
-        self._thread.join()
+
+    def close(self, deadline: float | None = None) -> None:
+        """Handle what is queued (until `deadline`; what is left then is `left_behind`), stop, finalise."""
+        self.begin_close(deadline if self.deadline is None else self.deadline)
+        self._thread.join(None if self.deadline is None else max(0.0, self.deadline - time.monotonic()))
+        with self._wake:
+            self._abandon = True
+            left, self._queue = list(self._queue), deque()
+            self._wake.notify()
+        if left:
+            self.left_behind(left)
+        if self._thread.is_alive():  # stuck in one item past the deadline: leave it, finalise nothing it uses
+            log.warning("%s sink: still busy at the end of the drain time; left as it was", self.kind)
+            return
         self.finish()
+
+    def left_behind(self, items: list[tuple[Frame, DetectionResult, dict]]) -> None:
+        """Items still queued when the drain time ran out: counted as abandoned (sinks that can keep
+        them for later, in a spool, do so)."""
+        self.abandoned += len(items)
+
+    def remaining_s(self, cap: float) -> float:
+        """How long one blocking step may take: `cap`, or less once a drain deadline is set."""
+        if self.deadline is None:
+            return cap
+        return max(0.05, min(cap, self.deadline - time.monotonic()))
 
     def counts(self) -> dict:
         return {
@@ -122,21 +188,39 @@ class QueuedSink(ABC):
             "dropped": self.dropped,
             "rate_limited": self.rate_limited,
             "failed": self.failed,
+            "abandoned": self.abandoned,
             "last_error": self.last_error,
         }
+
+    def state(self) -> dict:
+        """What health and metrics show; sinks with a connection add `connected`."""
+        return {}
+
+    def idle(self) -> None:
+        """Called on the sink's thread every `idle_s` while nothing is queued (retries of a spool)."""
+
+    def wake(self) -> None:
+        """Have the sink's thread look at its work now (a connection came back)."""
+        with self._wake:
+            self._wake.notify()
 
     def _run(self) -> None:
         lower_priority()
         while True:
             with self._wake:
-                while not self._queue and not self._closing:
-                    self._wake.wait()
-                if not self._queue:
+                if not self._queue and not self._closing:
+                    self._wake.wait(self.idle_s)
+                if self._abandon or (self._closing and not self._queue):
                     return
-                item = self._queue.popleft()
+                item = self._queue.popleft() if self._queue else None
+            if item is None:
+                self.idle()
+                continue
             try:
                 self.handle(*item)
                 self.written += 1
+            except DiskLow:
+                self.disk_skipped += 1
             except (OSError, ConnectionError, ValueError) as exc:
                 self.failed += 1
                 if self.last_error is None:
@@ -145,19 +229,40 @@ class QueuedSink(ABC):
 
 
 class FrameImageSink(QueuedSink):
-    """OUT/<source>/<frame>_frame.png, _overlay.png and _mask.png (the final mask: the refined one
-    where CLIP-SAM refined it). Rendering happens here, off the inference path."""
+    """FOLDER/SOURCE/RUN/FRAME_frame.png, _overlay.png and _mask.png (the final mask: the refined one
+    where CLIP-SAM refined it). Rendering happens here, off the inference path.
+
+    guard: a DiskGuard; while it says the disk is low, frames are not written (counted disk_skipped)."""
 
     kind = "images"
 
-    def __init__(self, folder: Path, scoring: Mapping, thresholds: Mapping, save: str = "anomalies", **options) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        scoring: Mapping,
+        thresholds: Mapping,
+        save: str = "anomalies",
+        run_id: str = "run",
+        guard: DiskGuard | None = None,
+        **options,
+    ) -> None:
         if save not in SAVE_CHOICES[:2]:
             raise ValueError(f"save must be one of {SAVE_CHOICES[:2]}, got {save!r}")
         self.folder, self.scoring, self.thresholds = Path(folder), scoring, thresholds
+        self.run_id, self.guard = run_id, guard
+        self.disk_skipped = 0
         super().__init__(only_anomalies=save == "anomalies", **options)
 
+    def counts(self) -> dict:
+        return {**super().counts(), "disk_skipped": self.disk_skipped}
+
+    def check_room(self) -> None:
+        if self.guard is not None and self.guard.low():
+            raise DiskLow()
+
     def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
-        base = self.folder / frame.source / f"{frame.index:08d}"
+        self.check_room()
+        base = self.folder / frame.source / self.run_id / f"{frame.index:08d}"
         mask = result.refinement.mask if result.refinement is not None else result.mask
         write_image_atomic(base.with_name(f"{base.name}_frame.png"), frame.image)
         write_image_atomic(base.with_name(f"{base.name}_overlay.png"), self._overlay(frame, result))
@@ -168,8 +273,9 @@ class FrameImageSink(QueuedSink):
 
 
 class VideoSink(FrameImageSink):
-    """OUT/<source>.mp4 per source: every frame's overlay (heatmap, contour, verdict header). Closed
-    on stop, so it plays after a signal too.
+    """FOLDER/SOURCE/RUN-NNNN.mp4: every frame's overlay (heatmap, contour, verdict header), in
+    segments of `segment_s` seconds of video, each closed (playable) before the next opens, so a
+    crash loses at most the open one; the last is closed on stop.
 
     Frame rate: the source's own where it states one (video files); otherwise the rate at which the
     source's frames reach the sink, measured over its first RATE_PROBE_FRAMES frames (held back
@@ -178,13 +284,24 @@ class VideoSink(FrameImageSink):
 
     kind = "video"
 
-    def __init__(self, folder: Path, scoring: Mapping, thresholds: Mapping, fps: Mapping[str, float | None], **options):
-        self.fps = fps
-        self._writers: dict[str, tuple[cv2.VideoWriter, tuple[int, int]]] = {}
+    def __init__(
+        self,
+        folder: Path,
+        scoring: Mapping,
+        thresholds: Mapping,
+        fps: Mapping[str, float | None],
+        segment_s: float = DEFAULT_SEGMENT_S,
+        **options,
+    ):
+        if segment_s <= 0:
+            raise ValueError("a video segment must be > 0 seconds long")
+        self.fps, self.segment_s = fps, segment_s
+        self._writers: dict[str, Segment] = {}
         self._probing: dict[str, list[tuple[float, np.ndarray]]] = {}
         super().__init__(folder, scoring, thresholds, save="all", **options)
 
     def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
+        self.check_room()
         overlay = self._overlay(frame, result)
         if frame.source in self._writers:
             self._write(frame.source, overlay)
@@ -199,27 +316,51 @@ class VideoSink(FrameImageSink):
         probe = self._probing.pop(source)
         fps = self.fps.get(source) or measured_rate([when for when, _ in probe])
         height, width = probe[0][1].shape[:2]
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{source}.mp4"
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        if not writer.isOpened():
-            raise OSError(f"cannot write video {path} (this OpenCV build lacks an mp4v encoder?)")
-        self._writers[source] = (writer, (width, height))
+        frames = max(1, round(fps * self.segment_s))
+        self._writers[source] = Segment(self.folder / source, self.run_id, fps, (width, height), frames)
         for _, overlay in probe:
             self._write(source, overlay)
 
     def _write(self, source: str, overlay: np.ndarray) -> None:
-        writer, size = self._writers[source]
-        if (overlay.shape[1], overlay.shape[0]) != size:  # a source whose frame size changed
-            overlay = cv2.resize(overlay, size, interpolation=cv2.INTER_AREA)
-        writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        self._writers[source].write(overlay)
 
     def finish(self) -> None:
         for source in list(self._probing):  # sources that ended before their rate was measured
             self._start(source)
-        for writer, _ in self._writers.values():
-            writer.release()
+        for segment in self._writers.values():
+            segment.close()
         self._writers.clear()
+
+
+class Segment:
+    """A source's video as files of `frames` frames each: FOLDER/RUN-0001.mp4, RUN-0002.mp4, ..."""
+
+    def __init__(self, folder: Path, run_id: str, fps: float, size: tuple[int, int], frames: int) -> None:
+        self.folder, self.run_id, self.fps, self.size, self.frames = folder, run_id, fps, size, frames
+        self.number = self.count = 0
+        self._writer: cv2.VideoWriter | None = None
+
+    def write(self, overlay: np.ndarray) -> None:
+        if self._writer is None or self.count >= self.frames:
+            self._next()
+        if (overlay.shape[1], overlay.shape[0]) != self.size:  # a source whose frame size changed
+            overlay = cv2.resize(overlay, self.size, interpolation=cv2.INTER_AREA)
+        self._writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        self.count += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def _next(self) -> None:
+        self.close()
+        self.number, self.count = self.number + 1, 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{self.run_id}-{self.number:04d}.mp4"
+        self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+        if not self._writer.isOpened():
+            raise OSError(f"cannot write video {path} (this OpenCV build lacks an mp4v encoder?)")
 
 
 def measured_rate(times: list[float]) -> float:

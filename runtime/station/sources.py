@@ -9,20 +9,19 @@ or queued for the detector: captured = delivered + dropped + skipped + still que
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
 
-from ..errors import ImageReadError, ZsadEdgeError
-from ..image_io import IMAGE_SUFFIXES, read_image, write_bytes_atomic
+from ..errors import ZsadEdgeError
+from .credentials import expand, masked
 
 
 @dataclass
@@ -36,6 +35,9 @@ class Frame:
     captured_monotonic: float
     image: np.ndarray
     origin: str = ""
+    # called once the frame's event is on record (drop folders mark the file done then)
+    receipt: Callable[[], None] | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # more for its event (a file's key, a part id)
 
 
 @dataclass
@@ -205,9 +207,10 @@ class FrameSource(ABC):
             self._status("source_up", None)
             return
 
-    def _status(self, kind: str, reason: str | None) -> None:
+    def _status(self, kind: str, reason: str | None, **details: Any) -> None:
+        event = {"event": kind, "source": self.name, "time": round(time.time(), 6), "reason": reason, **details}
         with self._lock:
-            self._statuses.append({"event": kind, "source": self.name, "time": round(time.time(), 6), "reason": reason})
+            self._statuses.append(event)
         self._announce()
 
     def _offer(self, image: np.ndarray | None, origin: str) -> None:
@@ -221,7 +224,7 @@ class FrameSource(ABC):
             self._skip(None)
             return
         self._last_kept = now
-        frame = Frame(self.name, index, time.time(), now, image, origin)
+        frame = self._frame(index, now, image, origin)
         with self._lock:
             if self.live and len(self._queue) >= self._size:
                 self._queue.popleft()
@@ -231,6 +234,10 @@ class FrameSource(ABC):
             self._queue.append(frame)
             self._lock.notify_all()
         self._announce()
+
+    def _frame(self, index: int, now: float, image: np.ndarray, origin: str) -> Frame:
+        """The Frame of a kept capture; sources that know more about it (a file) add it here."""
+        return Frame(self.name, index, time.time(), now, image, origin)
 
     def _skip(self, reason: str | None) -> None:
         with self._lock:
@@ -279,80 +286,6 @@ class VideoFileSource(FrameSource):
                 return
 
 
-class FolderSource(FrameSource):
-    """Images of a folder in name order; with `follow`, also the files that arrive later (a drop folder).
-
-    A file is taken once its size has stayed the same for `settle_s` (a camera still writing it is
-    waited for), and exactly once: the names taken are kept in `state_file` (written atomically),
-    so a restart skips them too.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        folder: Path,
-        follow: bool = False,
-        state_file: Path | None = None,
-        settle_s: float = 0.5,
-        poll_s: float = 0.2,
-        **options: Any,
-    ) -> None:
-        super().__init__(name, **options)
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise ZsadEdgeError(f"source {name}: folder not found: {self.folder}")
-        self.follow, self.settle_s, self.poll_s = follow, settle_s, poll_s
-        self.state_file = Path(state_file) if state_file else None
-        self.taken: set[str] = set()
-        if self.state_file and self.state_file.is_file():
-            try:
-                self.taken = set(json.loads(self.state_file.read_text(encoding="utf-8"))["taken"])
-            except (ValueError, KeyError, TypeError):
-                raise ZsadEdgeError(
-                    f"source {name}: state file {self.state_file} is unreadable; remove it to start over"
-                ) from None
-
-    def read(self) -> Iterator[tuple[np.ndarray | None, str]]:
-        seen: dict[str, tuple[int, float]] = {}
-        while not self._stop.is_set():
-            for path in self._ready(seen):
-                self._remember(path.name)
-                try:
-                    yield read_image(path), path.name
-                except ImageReadError:
-                    yield None, path.name
-                if self._stop.is_set():
-                    return
-            if not self.follow:
-                return
-            time.sleep(self.poll_s)
-
-    def _ready(self, seen: dict[str, tuple[int, float]]) -> list[Path]:
-        """Files not taken yet whose size has not changed for settle_s (all of them without --follow)."""
-        ready, now = [], time.monotonic()
-        for path in sorted(p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-            if path.name in self.taken:
-                continue
-            try:
-                size = path.stat().st_size
-            except OSError:
-                continue
-            first = seen.get(path.name)
-            if first is None or first[0] != size:
-                seen[path.name] = (size, now)
-                if self.follow:
-                    continue
-            elif now - first[1] < self.settle_s:
-                continue
-            ready.append(path)
-        return ready
-
-    def _remember(self, name: str) -> None:
-        self.taken.add(name)
-        if self.state_file:
-            write_bytes_atomic(self.state_file, json.dumps({"taken": sorted(self.taken)}).encode("utf-8"))
-
-
 NETWORK_SCHEMES = ("rtsp://", "http://", "https://")
 DEFAULT_NETWORK_TIMEOUT_S = 10.0
 
@@ -366,15 +299,19 @@ class CaptureSource(FrameSource):
 
     def __init__(self, name: str, uri: str, **options: Any) -> None:
         super().__init__(name, **options)
-        self.uri = uri
+        self.uri = expand(uri, f"source {name}")
+        self.shown = masked(self.uri)  # what events, logs and errors say: never the credentials
         if uri.startswith("gst:") and "GStreamer:                   YES" not in cv2.getBuildInformation():
             raise ZsadEdgeError(
                 f"source {name}: this OpenCV has no GStreamer support (the PyPI wheel lacks it; "
-                f"JetPack's OpenCV has it): cannot open {uri!r}"
+                f"JetPack's OpenCV has it): cannot open {self.shown!r}"
             )
         self._capture = self._open()
         if not self._capture.isOpened():
-            raise ZsadEdgeError(f"source {name}: cannot open {uri!r} (no such camera, or the stream is unreachable)")
+            raise ZsadEdgeError(
+                f"source {name}: cannot open {self.shown!r} (no such camera, the stream is unreachable, "
+                "or its credentials were refused)"
+            )
 
     def _open(self) -> cv2.VideoCapture:
         if self.uri.startswith("gst:"):
@@ -393,7 +330,7 @@ class CaptureSource(FrameSource):
         self._capture.release()
         self._capture = self._open()
         if not self._capture.isOpened():
-            raise ZsadEdgeError(f"source {self.name}: {self.uri!r} is still unavailable")
+            raise ZsadEdgeError(f"source {self.name}: {self.shown!r} is still unavailable")
 
     def read(self) -> Iterator[tuple[np.ndarray | None, str]]:
         position = 0
@@ -401,39 +338,5 @@ class CaptureSource(FrameSource):
             ok, bgr = self._capture.read()
             if not ok:
                 return
-            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{self.uri}#{position}"
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{self.shown}#{position}"
             position += 1
-
-
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpeg", ".mpg", ".ts"})
-
-
-def open_source(
-    spec: str,
-    index: int,
-    state_folder: Path | None = None,
-    follow: bool = False,
-    loop: bool = False,
-    realtime: bool = False,
-    **options: Any,
-) -> FrameSource:
-    """A source from `[name=]URI`: a video file, an image folder, a device number or /dev/video*, rtsp/http(s)
-    URL, or gst:PIPELINE. Unknown forms are refused by name."""
-    name, _, uri = (
-        spec.rpartition("=")
-        if "=" in spec and not spec.startswith(("rtsp:", "http:", "https:", "gst:"))
-        else ("", "", spec)
-    )
-    name = name or f"source{index}"
-    path = Path(uri)
-    if path.is_dir():
-        state = state_folder / f"{name}.taken.json" if state_folder and follow else None
-        return FolderSource(name, path, follow=follow, state_file=state, **options)
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        return VideoFileSource(name, path, loop=loop, realtime=realtime, **options)
-    if uri.isdigit() or uri.startswith(("/dev/video", "gst:", *NETWORK_SCHEMES)):
-        return CaptureSource(name, uri, **options)
-    raise ZsadEdgeError(
-        f"unknown source {spec!r}: expected a video file ({', '.join(sorted(VIDEO_SUFFIXES))}), an "
-        "image folder, a camera number or /dev/videoN, an rtsp:// or http(s):// URL, or gst:PIPELINE"
-    )

@@ -34,6 +34,18 @@ EVENT_QUEUE = 64  # events waiting for a slow `watch()` consumer before the stat
 JOIN_S = 5.0
 
 
+def new_run_id() -> str:
+    """A run's id: its UTC start time (sortable, readable) and a random suffix (two starts in one second)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+class EventTaker(Protocol):
+    """Takes each event; calls `receipt` (where given) once the event is on record, which may be later
+    (a full disk) or never (a crash): a drop-folder file is marked done only then."""
+
+    def __call__(self, event: dict, receipt: Callable[[], None] | None = None) -> None: ...
+
+
 class Sink(Protocol):
     """Gets every processed frame; must return at once (sinks.py queues the work on its own thread)."""
 
@@ -62,7 +74,8 @@ class Station:
     """Runs a detector on sources: `start()`, `stop()`, `join()`, `stats`.
 
     on_event: called (on the finish thread) with every event: frame events and the sources'
-    source_down / source_up. sinks: called with every (frame, result, event).
+    status events (source_down / source_up, file_skipped), with the frame's receipt (EventTaker).
+    sinks: called with every (frame, result, event). run_id: names this run's events and files.
     """
 
     def __init__(
@@ -72,7 +85,8 @@ class Station:
         batch_size: int = 1,
         max_wait_ms: float = 20.0,
         sinks: Sequence[Sink] = (),
-        on_event: Callable[[dict], None] | None = None,
+        on_event: EventTaker | None = None,
+        run_id: str | None = None,
     ) -> None:
         if batch_size < 1 or max_wait_ms < 0:
             raise ValueError("batch_size must be at least 1 and max_wait_ms at least 0")
@@ -81,9 +95,14 @@ class Station:
         self.sinks, self.on_event = list(sinks), on_event
         self.stats = StationStats(self.sources)
         # events of every start append to the same log with frame indices from 0: the run id tells them apart
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or new_run_id()
         self.error: BaseException | None = None
+        # outputs besides the sinks whose state() health and metrics show (the event log)
+        self.monitored: dict[str, object] = {}
         self._by_name = {source.name: source for source in self.sources}
+        for sink in self.sinks:
+            if hasattr(sink, "report"):  # forwarding sinks: sink_down / sink_up on record with the rest
+                sink.report = self.report
         self._arrived = threading.Event()
         for source in self.sources:
             source.arrivals = self._arrived
@@ -210,18 +229,24 @@ class Station:
                 waited = 1e3 * (batch.started - frame.captured_monotonic)
                 stages = {"wait": waited, **batch.stages_ms}
                 event = frame_event(frame, result, stages, self._by_name[frame.source].counts.dropped, done)
-                self._emit(event)
+                self._emit(event, frame.receipt)
                 for sink in self.sinks:
                     sink(frame, result, event)
         for status in self._statuses():
             self._emit(status)
         self._finished.set()
 
-    def _emit(self, event: dict) -> None:
+    def report(self, event: dict) -> None:
+        """Put an event from outside the frame path on record (a sink's connection state); any thread."""
+        self._emit(event)
+
+    def _emit(self, event: dict, receipt: Callable[[], None] | None = None) -> None:
         event = {"run": self.run_id, **event}
         self.stats.record(event)
         if self.on_event is not None:
-            self.on_event(event)
+            self.on_event(event, receipt)
+        elif receipt is not None:
+            receipt()
 
 
 def watch(
@@ -238,13 +263,15 @@ def watch(
     events: queue.Queue[dict] = queue.Queue(EVENT_QUEUE)
     closed = threading.Event()
 
-    def deliver(event: dict) -> None:
+    def deliver(event: dict, receipt: Callable[[], None] | None = None) -> None:
         while not closed.is_set():
             try:
                 events.put(event, timeout=0.1)
-                return
             except queue.Full:
                 continue
+            if receipt is not None:  # in the consumer's hands: on record as far as the station can tell
+                receipt()
+            return
 
     station = Station(detector, sources, batch_size, max_wait_ms, sinks, on_event=deliver).start()
     try:

@@ -41,8 +41,9 @@ class StationStats:
     def record(self, event: dict) -> None:
         """Count one event (frames, and the sources' down / up status)."""
         with self._lock:
-            if event["event"] != "frame":
+            if event["event"] in ("source_down", "source_up"):
                 self.up[event["source"]] = event["event"] == "source_up"
+            if event["event"] != "frame":
                 return
             source = event["source"]
             self.processed[source] += 1
