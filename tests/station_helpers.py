@@ -4,6 +4,7 @@ a detector that takes its time, a free local port, a mosquitto broker."""
 from __future__ import annotations
 
 import getpass
+import json
 import socket
 import subprocess
 import time
@@ -70,13 +71,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_mosquitto(tmp_path, password_file=None):
-    """A mosquitto broker on a free localhost port; skips (fails under CI) where there is none."""
+def start_mosquitto(tmp_path, password_file=None, port=None, persistent=False):
+    """A mosquitto broker on a free (or the given) localhost port; skips (fails under CI) where there
+    is none. persistent: sessions and queued messages survive a restart (kept in tmp_path)."""
     binary = require_program("mosquitto")
-    port = free_port()
+    port = port or free_port()
     config = tmp_path / "mosquitto.conf"
     lines = [f"listener {port} 127.0.0.1", f"user {getpass.getuser()}"]  # as root it would switch to `mosquitto`
     lines += [f"password_file {password_file}", "allow_anonymous false"] if password_file else ["allow_anonymous true"]
+    if persistent:
+        lines += ["persistence true", f"persistence_location {tmp_path}/"]
     config.write_text("\n".join(lines) + "\n")
     broker = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
@@ -93,11 +97,12 @@ def start_mosquitto(tmp_path, password_file=None):
 class Subscriber:
     """A paho client collecting every message on a topic filter."""
 
-    def __init__(self, port, topic="#", username=None, password=None):
+    def __init__(self, port, topic="#", username=None, password=None, session=None):
         import paho.mqtt.client as mqtt
 
         self.messages = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        # session: a client id whose subscription and queued messages the broker keeps while it is away
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=session or "", clean_session=not session)
         if username:
             self.client.username_pw_set(username, password)
         self.client.on_message = lambda client, userdata, message: self.messages.append(message)
@@ -120,3 +125,83 @@ class Subscriber:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class AuthVideoServer:
+    """An HTTP server that streams a video file to clients presenting Basic credentials (401 with a
+    challenge otherwise), the way an IP camera's HTTP stream asks for them."""
+
+    def __init__(self, video, user, password):
+        import base64
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        data = video.read_bytes()
+        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.refused = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802  (http.server's naming)
+                if self.headers.get("Authorization") != expected:
+                    server.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "video/x-msvideo")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.port = self.http.server_address[1]
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.http.shutdown()
+        self.http.server_close()
+
+
+class WebCollector:
+    """An HTTP server that records each POSTed JSON body and its headers, answering `status`
+    (or never answering, with `hang`)."""
+
+    def __init__(self, status=200, hang=False):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received, self.headers, self.status = [], [], status
+        self.release = threading.Event()
+        if not hang:
+            self.release.set()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                collector.release.wait()
+                collector.received.append(json.loads(body))
+                collector.headers.append(dict(self.headers))
+                self.send_response(collector.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/hook"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.http.shutdown()
+        self.http.server_close()

@@ -92,7 +92,7 @@ class ForwardingSink(QueuedSink):
     idle_s = RETRY_S
 
     def __init__(self, spool: Spool | None = None, ack_timeout_s: float = ACK_TIMEOUT_S, **options) -> None:
-        self.spool = spool or Spool(None)
+        self.spool = spool if spool is not None else Spool(None)  # (an empty spool is falsy)
         self.ack_timeout_s = ack_timeout_s
         self.delivered = 0
         self.connected = True

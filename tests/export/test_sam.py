@@ -351,14 +351,14 @@ def test_segment_anything_vit_b_from_a_checkpoint_exports_and_matches(tmp_path):
 @pytest.mark.slow
 def test_a_station_runs_clip_sam_and_reports_the_refined_regions(clipsam_bundle, tmp_path):
     from zsad_edge.runtime.detector import Detector
-    from zsad_edge.runtime.station.sources import FolderSource
+    from zsad_edge.runtime.station.drop_folder import DropFolder
     from zsad_edge.runtime.station.station import watch
 
     detector = Detector.from_bundle(clipsam_bundle.path)
     detector.image_threshold, detector.map_threshold = -np.inf, 0.0  # flag every frame: SAM runs on each
     for index, kind in enumerate(("disk", "square")):
         cv2.imwrite(str(tmp_path / f"{index}.png"), (_textured(_shape(kind))[..., 0] * 255).astype(np.uint8))
-    events = list(watch(detector, [FolderSource("drop", tmp_path)]))
+    events = list(watch(detector, [DropFolder("drop", tmp_path)]))
     direct = detector.detect_batch([str(tmp_path / f"{index}.png") for index in range(2)])
     assert [e["origin"] for e in events] == ["0.png", "1.png"] and all("refine" in e["stages_ms"] for e in events)
     for event, result in zip(events, direct):

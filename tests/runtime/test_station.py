@@ -13,7 +13,9 @@ from station_helpers import Burst, Slow, write_video
 
 from zsad_edge.runtime.errors import ZsadEdgeError
 from zsad_edge.runtime.station.events import EventLog, anomalous_regions
-from zsad_edge.runtime.station.sources import FolderSource, FrameSource, VideoFileSource, open_source
+from zsad_edge.runtime.station.drop_folder import DropFolder
+from zsad_edge.runtime.station.opening import open_source
+from zsad_edge.runtime.station.sources import FrameSource, VideoFileSource
 from zsad_edge.runtime.station.station import Station, watch
 from zsad_edge.runtime.stopping import StopRequest
 
@@ -112,11 +114,11 @@ def test_preprocessing_of_the_next_batch_overlaps_the_model_call(tiny_detector, 
 
 
 def test_a_drop_folder_takes_each_complete_file_once_also_after_a_restart(tiny_detector, tmp_path):
-    folder, state = tmp_path / "drop", tmp_path / "state.json"
+    folder, state = tmp_path / "drop", tmp_path / "state"
     folder.mkdir()
     for i in range(2):
         cv2.imwrite(str(folder / f"a{i}.png"), np.full((20, 30), 60 * i, np.uint8))
-    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / "broken.png").write_bytes(b"not a png" + b"IEND\xaeB`\x82")  # ends like a PNG, does not decode
     stop = StopRequest()
 
     def arrive():
@@ -124,13 +126,13 @@ def test_a_drop_folder_takes_each_complete_file_once_also_after_a_restart(tiny_d
         cv2.imwrite(str(folder / "b0.png"), np.zeros((20, 30), np.uint8))
 
     threading.Thread(target=arrive, daemon=True).start()
-    source = FolderSource("drop", folder, follow=True, state_file=state, settle_s=0.2, poll_s=0.05)
+    source = DropFolder("drop", folder, follow=True, state_folder=state, settle_s=0.2, poll_s=0.05, retries=1)
     arrived = lambda seen: seen[-1]["origin"] == "b0.png"  # noqa: E731
     events = _until(watch(tiny_detector, [source], stop=stop), arrived, stop)
-    assert [e["origin"] for e in events] == ["a0.png", "a1.png", "b0.png"]
+    assert [e["origin"] for e in events if e["event"] == "frame"] == ["a0.png", "a1.png", "b0.png"]
     assert source.counts.skipped == 1 and "broken.png" in source.counts.skipped_items[0]
     cv2.imwrite(str(folder / "c0.png"), np.zeros((20, 30), np.uint8))
-    again = FolderSource("drop", folder, follow=False, state_file=state)
+    again = DropFolder("drop", folder, follow=False, state_folder=state)
     assert [e["origin"] for e in watch(tiny_detector, [again])] == ["c0.png"]
 
 

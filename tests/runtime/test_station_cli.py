@@ -62,7 +62,12 @@ def test_sigint_leaves_a_playable_video_complete_events_and_summary(flagging_bun
     status, metrics = _get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200 and 'zsad_frames_processed_total{source="line1"}' in metrics
     status, health = _get(f"http://127.0.0.1:{port}/healthz")
-    assert status == 200 and json.loads(health) == {"status": "ok", "sources_up": {"line1": True}}
+    assert status == 200 and json.loads(health) == {
+        "status": "ok",
+        "sources_up": {"line1": True},
+        "sinks": {},
+        "events": {"disk_full": False, "held": 0, "lost": 0},
+    }
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "Traceback" not in stderr
@@ -73,8 +78,10 @@ def test_sigint_leaves_a_playable_video_complete_events_and_summary(flagging_bun
     assert summary["sources"]["line1"]["dropped"] == 0 and "stopped by SIGINT" in stdout
     sinks = summary["sinks"]
     assert sinks["video"]["written"] + sinks["video"]["dropped"] == len(lines)
-    assert video_frame_count(out / "video" / "line1.mp4") == sinks["video"]["written"] > 0  # it plays
-    assert len(list((out / "frames" / "line1").glob("*_overlay.png"))) == sinks["images"]["written"] > 0
+    run = summary["run_id"]
+    assert video_frame_count(out / "video" / "line1" / f"{run}-0001.mp4") == sinks["video"]["written"] > 0  # it plays
+    assert len(list((out / "frames" / "line1" / run).glob("*_overlay.png"))) == sinks["images"]["written"] > 0
+    assert json.loads((out / "runs" / f"{run}.json").read_text()) == summary  # a summary per run
     assert "line1 " in stderr and "f/s" in stderr  # the status line
     assert set(summary["latency_ms"]) >= {"total", "infer"} and summary["load_s"] > 0
 

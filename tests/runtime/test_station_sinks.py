@@ -15,7 +15,7 @@ from station_helpers import Burst, Subscriber, free_port, start_mosquitto, video
 
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import ZsadEdgeError
-from zsad_edge.runtime.station.messaging import MQTT_PASSWORD_ENV, MqttSink, MqttTarget, WebhookSink
+from zsad_edge.runtime.station.messaging import MQTT_PASSWORD_ENV, MqttSink, MqttTarget, WebhookSink, parse_header
 from zsad_edge.runtime.station.sinks import FrameImageSink, RateLimit, VideoSink
 from zsad_edge.runtime.station.sources import VideoFileSource
 from zsad_edge.runtime.station.station import watch
@@ -55,14 +55,14 @@ def test_a_stuck_sink_drops_its_oldest_items_and_never_slows_the_line(flagging_d
     assert len(events) == 30
     counts = sink.counts()
     assert counts["written"] + counts["dropped"] == 30 and counts["dropped"] >= 30 - 3  # 1 in hand + 2 queued
-    written = sorted(p.name for p in (tmp_path / "frames" / "line").glob("*_overlay.png"))
+    written = sorted(p.name for p in (tmp_path / "frames" / "line" / "run").glob("*_overlay.png"))
     assert len(written) == counts["written"] and written[-1] == "00000029_overlay.png"  # the newest kept
 
 
 def test_saved_frames_come_as_frame_overlay_and_mask_and_respect_the_rate(flagging_detector, tmp_path):
     sink = FrameImageSink(tmp_path / "frames", flagging_detector.scoring, THRESHOLDS, "all", rate_per_s=1e6)
     _run(flagging_detector, tmp_path, [sink], frames=5)
-    names = sorted(p.name for p in (tmp_path / "frames" / "line").iterdir())
+    names = sorted(p.name for p in (tmp_path / "frames" / "line" / "run").iterdir())
     assert names[:3] == ["00000000_frame.png", "00000000_mask.png", "00000000_overlay.png"] and len(names) == 15
     limited = FrameImageSink(tmp_path / "limited", flagging_detector.scoring, THRESHOLDS, "all", rate_per_s=0.001)
     _run(flagging_detector, tmp_path, [limited], frames=5)
@@ -84,7 +84,7 @@ def test_the_rate_limit_is_a_bucket_of_one_seconds_worth_per_source():
 def test_the_annotated_video_holds_every_frame_and_plays(flagging_detector, tmp_path):
     sink = VideoSink(tmp_path / "video", flagging_detector.scoring, THRESHOLDS, {"line": 10.0}, queue_size=1000)
     _run(flagging_detector, tmp_path, [sink], frames=24)
-    assert sink.counts()["written"] == 24 and video_frame_count(tmp_path / "video" / "line.mp4") == 24
+    assert sink.counts()["written"] == 24 and video_frame_count(tmp_path / "video" / "line" / "run-0001.mp4") == 24
 
 
 def test_mqtt_gets_one_message_per_anomalous_frame(tiny_built, tmp_path):
@@ -180,15 +180,16 @@ def web_server():
     server.server_close()
 
 
-def test_the_webhook_gets_each_anomaly_and_failures_are_counted(flagging_detector, tmp_path, web_server):
+def test_the_webhook_gets_each_anomaly_and_refusals_are_counted(flagging_detector, tmp_path, web_server):
     url, handler = web_server
     sink = WebhookSink(url, rate_per_s=1e6)
     _run(flagging_detector, tmp_path, [sink], frames=6)
-    assert [event["frame"] for event in handler.received] == list(range(6)) and sink.counts()["written"] == 6
-    handler.status = 500
-    failing = WebhookSink(url, rate_per_s=1e6)
-    _run(flagging_detector, tmp_path, [failing], frames=3)
-    assert failing.counts()["failed"] == 3 and "500" in failing.counts()["last_error"]
+    assert [event["frame"] for event in handler.received] == list(range(6)) and sink.counts()["delivered"] == 6
+    handler.status = 400  # the server will never take these: counted, not retried
+    refusing = WebhookSink(url, rate_per_s=1e6)
+    _run(flagging_detector, tmp_path, [refusing], frames=3)
+    counts = refusing.counts()
+    assert (counts["failed"], counts["delivered"], counts["spooled"]) == (3, 0, 0) and "400" in counts["last_error"]
     with pytest.raises(ZsadEdgeError, match="--webhook wants an http"):
         WebhookSink("ftp://example/hook")
 
@@ -197,10 +198,101 @@ def test_a_live_source_is_filmed_at_the_rate_its_frames_arrive(flagging_detector
     sink = VideoSink(tmp_path / "video", flagging_detector.scoring, THRESHOLDS, {"cam": None}, queue_size=1000)
     events = list(watch(flagging_detector, [Burst("cam", 30, every_s=0.04, queue_size=100)], sinks=[sink]))
     sink.close()
-    capture = cv2.VideoCapture(str(tmp_path / "video" / "cam.mp4"))
+    capture = cv2.VideoCapture(str(tmp_path / "video" / "cam" / "run-0001.mp4"))
     fps = capture.get(cv2.CAP_PROP_FPS)
     capture.release()
-    assert len(events) == 30 and video_frame_count(tmp_path / "video" / "cam.mp4") == 30
+    assert len(events) == 30 and video_frame_count(tmp_path / "video" / "cam" / "run-0001.mp4") == 30
     captured = [event["captured_monotonic"] for event in events[:10]]
     arrived = 9 / (captured[-1] - captured[0])  # the rate the first 10 frames came at, however busy the machine
     assert fps == pytest.approx(arrived, rel=0.02) and fps != 10.0  # not the default
+
+
+def _frame(index, source="line"):
+    from zsad_edge.runtime.station.sources import Frame
+
+    return Frame(source, index, time.time(), time.monotonic(), np.zeros((4, 4, 3), np.uint8))
+
+
+def _send(sink, frames):
+    for index in frames:
+        sink(_frame(index), None, {"event": "frame", "frame": index, "is_anomalous": True})
+
+
+def _until(condition, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_mqtt_outages_are_reported_and_nothing_is_lost_in_them_or_at_a_stop(tmp_path):
+    from zsad_edge.runtime.station.spool import Spool
+
+    broker, port = start_mosquitto(tmp_path, persistent=True)
+    subscriber = Subscriber(port, "line/#", session="line-mes")  # the broker keeps its messages while it is away
+    reports = []
+    target = MqttTarget.parse(f"mqtt://127.0.0.1:{port}/line/{{source}}")
+    try:
+        sink = MqttSink(target, spool=Spool(tmp_path / "spool.sqlite"), rate_per_s=1e6, ack_timeout_s=1.0)
+        sink.report = reports.append
+        _send(sink, range(3))
+        assert _until(lambda: sink.counts()["delivered"] == 3)
+        broker.terminate()
+        broker.wait()
+        _send(sink, range(3, 6))  # the broker is down: into the spool, in order
+        assert _until(lambda: not sink.state()["connected"] and sink.state()["spooled"] == 3)
+        assert [r["event"] for r in reports] == ["sink_down"] and reports[0]["sink"] == "mqtt"
+        broker, _ = start_mosquitto(tmp_path, port=port, persistent=True)
+        assert _until(lambda: sink.counts()["delivered"] == 6)  # back: the spool is sent by itself
+        assert [r["event"] for r in reports] == ["sink_down", "sink_up"]
+        broker.terminate()
+        broker.wait()
+        _send(sink, range(6, 8))
+        sink.close(deadline=time.monotonic() + 1.0)  # a stop while it is down: the spool keeps them on disk
+        assert len(Spool(tmp_path / "spool.sqlite")) == 2
+        broker, _ = start_mosquitto(tmp_path, port=port, persistent=True)
+        again = MqttSink(target, spool=Spool(tmp_path / "spool.sqlite"), rate_per_s=1e6)  # the next run
+        assert _until(lambda: again.counts()["delivered"] == 2)
+        again.close()
+        messages = subscriber.wait_for(8, timeout=30)
+        assert [json.loads(m.payload)["frame"] for m in messages] == list(range(8))  # each once, in order
+    finally:
+        subscriber.close()
+        broker.kill()
+
+
+def test_a_webhook_that_is_down_keeps_its_messages_for_when_it_is_back(tmp_path):
+    from station_helpers import WebCollector
+
+    from zsad_edge.runtime.station.spool import Spool
+
+    server = WebCollector(status=503)  # answers, but is not taking anything now
+    try:
+        sink = WebhookSink(server.url, spool=Spool(tmp_path / "spool.sqlite"), rate_per_s=1e6)
+        _send(sink, range(4))
+        assert _until(lambda: not sink.state()["connected"] and sink.state()["spooled"] == 4)
+        server.status = 200
+        assert _until(lambda: sink.counts()["delivered"] == 4)
+        sink.close()
+        assert [event["frame"] for event in server.received[-4:]] == [0, 1, 2, 3] and sink.counts()["failed"] == 0
+    finally:
+        server.close()
+
+
+def test_webhook_credentials_go_in_a_header_never_in_the_url_or_the_output(tmp_path, monkeypatch, caplog):
+    from station_helpers import WebCollector
+
+    from zsad_edge.runtime.station.credentials import masked
+
+    monkeypatch.setenv("HOOK_TOKEN", "tok-123456")
+    server = WebCollector()
+    try:
+        url = server.url.replace("http://", "http://mes:H00kPW@")
+        sink = WebhookSink(url, headers=dict([parse_header("X-Api-Key: ${HOOK_TOKEN}")]), rate_per_s=1e6)
+        _send(sink, range(1))
+        sink.close()
+        headers = server.headers[0]
+        assert headers["Authorization"] == "Basic bWVzOkgwMGtQVw==" and headers["X-Api-Key"] == "tok-123456"
+        assert "H00kPW" not in sink.target and masked(f"{url} tok-123456") == f"{server.url.replace('http://', 'http://***@')} ***"
+    finally:
+        server.close()
