@@ -24,7 +24,8 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ZsadEdgeError
 
 MASK = "***"
-_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+# scheme:/ too: a URL that went through a path normalisation (http:/user:pw@host) still carries them
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*:/{1,2})(?P<userinfo>[^/@\s'\"]+)@")
 _PLACEHOLDER = re.compile(r"\$\{(?P<name>[^}]+)\}")
 _MIN_SECRET_LENGTH = 3  # shorter values (an empty or one-letter password) would mask ordinary text
 _secrets: set[str] = set()

@@ -116,6 +116,8 @@ class DropFolder(FrameSource):
         part_id: str | None = None,
         **options: Any,
     ) -> None:
+        if options.get("stride", 1) != 1 or options.get("max_fps"):
+            raise ZsadEdgeError(f"source {name}: --stride and --max-fps thin streams; a drop folder scores every file")
         super().__init__(name, **options)
         self.folder = Path(folder)
         if not self.folder.is_dir():

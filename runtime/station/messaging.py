@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ZsadEdgeError
 from ..pipeline import DetectionResult
 from .credentials import expand, masked, remember, split_userinfo
-from .sinks import QueuedSink
+from .sinks import QueuedSink, lower_priority
 from .sources import Frame
 from .spool import Spool
 
@@ -84,12 +84,13 @@ class Refused(Exception):
 class ForwardingSink(QueuedSink):
     """A sink that stores, then forwards, in order: subclasses implement `send`.
 
-    `written` counts messages taken into the spool, `delivered` those the receiver acknowledged,
-    `failed` those it refused for good; `spooled` is what waits. `report`, where set (the station
-    sets it), gets `sink_down` / `sink_up` events.
+    Two threads: the sink's own thread puts each message into the spool (a disk write: never held
+    up by the network), a sender thread sends the spool's oldest message whenever there is one and
+    the receiver answers, retrying every RETRY_S while it does not. `written` counts messages taken
+    into the spool, `delivered` those the receiver acknowledged, `failed` those it refused for
+    good; `spooled` is what waits. `report`, where set (the station sets it), gets `sink_down` /
+    `sink_up` events.
     """
-
-    idle_s = RETRY_S
 
     def __init__(self, spool: Spool | None = None, ack_timeout_s: float = ACK_TIMEOUT_S, **options) -> None:
         self.spool = spool if spool is not None else Spool(None)  # (an empty spool is falsy)
@@ -97,11 +98,19 @@ class ForwardingSink(QueuedSink):
         self.delivered = 0
         self.connected = True
         self.report: Callable[[dict], None] | None = None
-        self._forward_lock = threading.Lock()
+        self._more = threading.Event()
+        self._sender_done = threading.Event()
+        self._left_in_spool: int | None = None  # once the spool is closed at the end of the run
         super().__init__(**options)
+        self._sender = threading.Thread(target=self._send_loop, name=f"sender-{self.kind}", daemon=True)
+        self._sender.start()
         if len(self.spool):
             log.warning("%s sink: %d message(s) left by an earlier run will be sent first", self.kind, len(self.spool))
             self.wake()
+
+    def wake(self) -> None:
+        """Have the sender look at the spool now (a message came, or the receiver is back)."""
+        self._more.set()
 
     @property
     def target(self) -> str:
@@ -118,50 +127,66 @@ class ForwardingSink(QueuedSink):
 
     def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
         self.spool.put(self.topic_of(frame), json.dumps(event).encode("utf-8"))
-        self.forward()
+        self.wake()
 
-    def idle(self) -> None:
-        if len(self.spool):
+    def left_behind(self, items: list[tuple[Frame, DetectionResult, dict]]) -> None:
+        for frame, _, event in items:  # not sent, but not lost: into the spool for the next run
+            self.spool.put(self.topic_of(frame), json.dumps(event).encode("utf-8"))
+            self.written += 1
+
+    def _send_loop(self) -> None:
+        lower_priority()
+        while not self._sender_done.is_set():
+            self._more.wait(RETRY_S)
+            self._more.clear()
             self.forward()
 
     def forward(self) -> None:
-        """Send the spool's messages, oldest first, until it is empty or the receiver is down."""
-        with self._forward_lock:
-            while not self._abandon and (item := self.spool.oldest()) is not None:
-                item_id, topic, payload = item
-                try:
-                    self.send(topic, payload, item_id, self.remaining_s(self.ack_timeout_s))
-                except Refused as exc:
-                    self.failed += 1
-                    self.last_error = masked(str(exc))
-                    log.warning("%s sink: %s refused a message (counted, not retried): %s", self.kind, self.target, exc)
-                except (ConnectionError, OSError) as exc:
-                    self._set_connected(False, masked(str(exc)))
-                    return
-                else:
-                    self.delivered += 1
-                    self._set_connected(True, None)
-                self.spool.remove(item_id)
-                if self.deadline is not None and time.monotonic() >= self.deadline:
-                    return
+        """Send the spool's messages, oldest first, until it is empty, the receiver is down, or the
+        drain deadline has come."""
+        while not self._sender_done.is_set() and (item := self.spool.oldest()) is not None:
+            item_id, topic, payload = item
+            try:
+                self.send(topic, payload, item_id, self.remaining_s(self.ack_timeout_s))
+            except Refused as exc:
+                self.failed += 1
+                self.last_error = masked(str(exc))
+                log.warning("%s sink: %s refused a message (counted, not retried): %s", self.kind, self.target, exc)
+            except (ConnectionError, OSError) as exc:
+                self._set_connected(False, masked(str(exc)))
+                return
+            else:
+                self.delivered += 1
+                self._set_connected(True, None)
+            self.spool.remove(item_id)
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return
 
     def finish(self) -> None:
-        if self.connected:
-            self.forward()  # what is left in the spool goes, while the drain time lasts
+        """Let the sender send what it can until the drain deadline, then stop it."""
+        while self.connected and len(self.spool) and self._sender.is_alive():
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                break
+            self.wake()
+            time.sleep(0.02)
+        self._sender_done.set()
+        self.wake()
+        self._sender.join(None if self.deadline is None else max(0.05, self.deadline - time.monotonic()))
+        if self._sender.is_alive():
+            log.warning("%s sink: a send was still in progress at the end of the drain time", self.kind)
         if len(self.spool):
             log.warning("%s sink: %d message(s) kept in the spool %s for the next run", self.kind,
                         len(self.spool), self.spool.path or "(memory: lost)")  # fmt: skip
-        self.spool.close()
+        self._left_in_spool = len(self.spool)
+        if not self._sender.is_alive():  # else the sender still holds it; the process end closes it
+            self.spool.close()
 
     def counts(self) -> dict:
         return {**super().counts(), "delivered": self.delivered, "spooled": self.state()["spooled"],
                 "spool_dropped": self.spool.dropped}  # fmt: skip
 
     def state(self) -> dict:
-        try:
-            spooled = len(self.spool)
-        except Exception:  # noqa: BLE001  (closed at the end of a run: what it held was logged)
-            spooled = 0
+        spooled = self._left_in_spool if self._left_in_spool is not None else len(self.spool)
         return {"connected": self.connected, "spooled": spooled}
 
     def _set_connected(self, connected: bool, reason: str | None) -> None:
@@ -227,7 +252,7 @@ class MqttSink(ForwardingSink):
         if reason_code.is_failure:
             self._refusal = str(reason_code)
         self._connected.set()
-        if not reason_code.is_failure and hasattr(self, "spool"):
+        if not reason_code.is_failure and hasattr(self, "_more"):
             self.wake()  # back: the sink's thread sends the spool now
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:

@@ -37,13 +37,13 @@ def open_source(
     """A source from `[name=]URI`. folder_options go to a drop folder (state_folder, processed, ...);
     options (queue size, stride, max fps, stall time) to every kind. Unknown forms are refused by name."""
     name, uri = split_spec(spec, index)
+    if uri.isdigit() or uri.startswith(("/dev/video", "gst:", *NETWORK_SCHEMES)):  # before file names:
+        return CaptureSource(name, uri, **options)  # http://cam/stream.avi is a stream, not a file
     path = Path(uri)
     if path.is_dir():
         return DropFolder(name, path, follow=follow, **(folder_options or {}), **options)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoFileSource(name, path, loop=loop, realtime=realtime, **options)
-    if uri.isdigit() or uri.startswith(("/dev/video", "gst:", *NETWORK_SCHEMES)):
-        return CaptureSource(name, uri, **options)
     raise ZsadEdgeError(
         f"unknown source {masked(spec)!r}: expected a video file ({', '.join(sorted(VIDEO_SUFFIXES))}), an "
         "image folder, a camera number or /dev/videoN, an rtsp:// or http(s):// URL, or gst:PIPELINE"

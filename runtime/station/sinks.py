@@ -115,7 +115,6 @@ class QueuedSink(ABC):
     """
 
     kind = "sink"
-    idle_s: float | None = None  # with nothing queued, call `idle` this often (None: never)
 
     def __init__(self, queue_size: int = 32, rate_per_s: float | None = None, only_anomalies: bool = True) -> None:
         self.only_anomalies = only_anomalies
@@ -196,26 +195,15 @@ class QueuedSink(ABC):
         """What health and metrics show; sinks with a connection add `connected`."""
         return {}
 
-    def idle(self) -> None:
-        """Called on the sink's thread every `idle_s` while nothing is queued (retries of a spool)."""
-
-    def wake(self) -> None:
-        """Have the sink's thread look at its work now (a connection came back)."""
-        with self._wake:
-            self._wake.notify()
-
     def _run(self) -> None:
         lower_priority()
         while True:
             with self._wake:
-                if not self._queue and not self._closing:
-                    self._wake.wait(self.idle_s)
-                if self._abandon or (self._closing and not self._queue):
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                if self._abandon or not self._queue:
                     return
-                item = self._queue.popleft() if self._queue else None
-            if item is None:
-                self.idle()
-                continue
+                item = self._queue.popleft()
             try:
                 self.handle(*item)
                 self.written += 1

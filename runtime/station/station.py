@@ -229,7 +229,7 @@ class Station:
                 waited = 1e3 * (batch.started - frame.captured_monotonic)
                 stages = {"wait": waited, **batch.stages_ms}
                 event = frame_event(frame, result, stages, self._by_name[frame.source].counts.dropped, done)
-                self._emit(event, frame.receipt)
+                event = self._emit(event, frame.receipt)
                 for sink in self.sinks:
                     sink(frame, result, event)
         for status in self._statuses():
@@ -240,13 +240,15 @@ class Station:
         """Put an event from outside the frame path on record (a sink's connection state); any thread."""
         self._emit(event)
 
-    def _emit(self, event: dict, receipt: Callable[[], None] | None = None) -> None:
+    def _emit(self, event: dict, receipt: Callable[[], None] | None = None) -> dict:
+        """Put an event on record with the run id (the same dict goes to the sinks); returns it."""
         event = {"run": self.run_id, **event}
         self.stats.record(event)
         if self.on_event is not None:
             self.on_event(event, receipt)
         elif receipt is not None:
             receipt()
+        return event
 
 
 def watch(
