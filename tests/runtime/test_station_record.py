@@ -209,7 +209,8 @@ def test_the_event_log_survives_a_full_disk_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "write", full_disk)
     written = []
     for frame in range(1, 6):
-        log.write({"event": "frame", "frame": frame, "is_anomalous": False}, on_written=lambda f=frame: written.append(f))
+        event = {"event": "frame", "frame": frame, "is_anomalous": False}
+        log.write(event, on_written=lambda f=frame: written.append(f))
     assert log.disk_full and written == [] and log.pending == 5
     assert [e["frame"] for e in read_events(path)] == [0]  # no torn line was left behind
     room["bytes"] = 10**6

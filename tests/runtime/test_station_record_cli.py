@@ -89,7 +89,8 @@ def test_credentials_never_appear_in_anything_the_station_writes_or_says(flaggin
     frames = _frames(out)
     assert frames[0]["origin"].startswith(f"http://***@127.0.0.1:{camera.port}/stream.avi#")
     assert hook.received and hook.headers[0]["Authorization"].startswith("Basic ")  # the hook got its credentials
-    written = [path.read_bytes().decode(errors="replace") for path in out.rglob("*") if path.suffix in (".json", ".jsonl")]
+    records = [path for path in out.rglob("*") if path.suffix in (".json", ".jsonl")]
+    written = [path.read_bytes().decode(errors="replace") for path in records]
     everything = "\n".join([*written, stdout, stderr, scraped, json.dumps(hook.received)])
     assert len(everything) > 10_000 and "S3cretPW" not in everything and "H00kPW" not in everything
     refused = subprocess.run(

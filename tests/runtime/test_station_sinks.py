@@ -293,6 +293,7 @@ def test_webhook_credentials_go_in_a_header_never_in_the_url_or_the_output(tmp_p
         sink.close()
         headers = server.headers[0]
         assert headers["Authorization"] == "Basic bWVzOkgwMGtQVw==" and headers["X-Api-Key"] == "tok-123456"
-        assert "H00kPW" not in sink.target and masked(f"{url} tok-123456") == f"{server.url.replace('http://', 'http://***@')} ***"
+        shown = server.url.replace("http://", "http://***@")
+        assert "H00kPW" not in sink.target and masked(f"{url} tok-123456") == f"{shown} ***"
     finally:
         server.close()
