@@ -20,14 +20,17 @@ import sys
 import time
 from pathlib import Path
 
+from ..bundle import load_manifest
 from ..errors import ZsadEdgeError
 from ..image_io import write_bytes_atomic
-from ..station.credentials import masked
+from ..station.config import apply_config, load_config
+from ..station.credentials import expand, masked
 from ..station.drop_folder import ProcessedAction, reconcile
 from ..station.events import EventLog, tail_events
 from ..station.messaging import MqttSink, MqttTarget, WebhookSink, parse_header
 from ..station.metrics import MetricsServer
-from ..station.opening import open_source
+from ..station.opening import open_source, split_spec
+from ..station.retention import Retention
 from ..station.sinks import (
     DEFAULT_DRAIN_S,
     DEFAULT_SEGMENT_S,
@@ -38,10 +41,12 @@ from ..station.sinks import (
     VideoSink,
     close_sinks,
 )
+from ..station.source_rules import SourceRules
 from ..station.sources import FrameSource
 from ..station.spool import DEFAULT_MAX_ITEMS, Spool
 from ..station.station import Station, new_run_id
 from ..station.status import StatusLine
+from ..station.systemd import Notifier, Watchdog
 from ..stopping import StopRequest
 from .common import backend_arguments, open_detector
 from .detect import run_record
@@ -52,10 +57,14 @@ POLL_S = 0.2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path)
+    parser.add_argument("bundle", type=Path, nargs="?", help="the bundle (or `bundle` in --config)")
     parser.add_argument(
-        "sources", nargs="+", help="[name=]URI: video file, image folder, camera, rtsp/http URL, gst:..."
+        "sources", nargs="*", help="[name=]URI: video file, image folder, camera, rtsp/http URL, gst:..."
     )
+    parser.add_argument(
+        "--config", type=Path, help="a station file (TOML): sources with regions and thresholds, options, retention"
+    )
+    parser.add_argument("--check-config", action="store_true", help="check --config (and the bundle) and exit")
     parser.add_argument("--memory-bank", type=Path, help="few-shot: a bank written by `zsad-edge fit-normal`")
     capture = parser.add_argument_group("sources")
     capture.add_argument("--queue-size", type=int, default=4, help="frames each source may hold")
@@ -84,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batching.add_argument("--batch-size", type=int, default=1, help="frames per model call, across sources")
     batching.add_argument("--max-wait-ms", type=float, default=20.0, help="longest wait to fill a batch")
     outputs = parser.add_argument_group("outputs (each sink on its own thread; when behind, it drops, counted)")
-    outputs.add_argument("--out", type=Path, required=True, help="folder for events.jsonl, summary.json and images")
+    outputs.add_argument("--out", type=Path, help="folder for events.jsonl, summaries, images, video, state, spools")
     outputs.add_argument("--events", choices=("all", "anomalies"), default="all", help="frames written to events.jsonl")
     outputs.add_argument(
         "--save", choices=SAVE_CHOICES, default="none", help="frame, overlay and mask PNGs in OUT/frames/SOURCE/"
@@ -97,6 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     outputs.add_argument(
         "--min-free-mb", type=float, default=500.0, help="stop saving images and video below this free disk room"
     )
+    outputs.add_argument("--events-rotate-mb", type=float, default=64.0, help="start a new events.jsonl past this size")
+    retention = parser.add_argument_group("retention (frames, video segments, rotated event logs in --out)")
+    retention.add_argument("--keep-days", type=float, help="remove evidence older than this")
+    retention.add_argument("--max-disk-gb", type=float, help="then remove the oldest until the rest fits this")
     outputs.add_argument("--mqtt", metavar="URL", help="publish anomalies: mqtt[s]://[user@]host[:port]/topic")
     outputs.add_argument("--mqtt-username", help="MQTT user (the password comes from $ZSAD_EDGE_MQTT_PASSWORD)")
     outputs.add_argument("--mqtt-ca", help="TLS: CA certificate file (implies TLS)")
@@ -120,12 +133,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     watching.add_argument("--metrics-host", default="127.0.0.1", help="address to serve metrics on")
 
 
+def _settle_arguments(args: argparse.Namespace) -> dict[str, SourceRules]:
+    """Merge --config into the arguments (the command line wins) and check what is needed; the
+    sources' rules (regions, thresholds) come back."""
+    rules: dict[str, SourceRules] = {}
+    if args.config is not None:
+        parser = argparse.ArgumentParser(parents=list(PARENTS), add_help=False)
+        add_arguments(parser)
+        config = load_config(args.config, parser)
+        apply_config(args, parser, config)
+        rules = config.rules
+    if args.bundle is None or not args.sources or args.out is None:
+        raise ZsadEdgeError("watch needs a bundle, at least one source and --out, on the command line or in --config")
+    _check_numbers(args)
+    return rules
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.max_wait_ms < 0:
         raise ZsadEdgeError("--batch-size must be at least 1 and --max-wait-ms at least 0")
     ProcessedAction(args.processed)
     if args.settle_s < 0 or args.min_free_mb < 0 or args.drain_s < 0 or args.spool_max < 1:
         raise ZsadEdgeError("--settle-s, --min-free-mb and --drain-s must be >= 0 and --spool-max >= 1")
+    for flag in ("keep_days", "max_disk_gb", "events_rotate_mb"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise ZsadEdgeError(f"--{flag.replace('_', '-')} must be > 0, got {value}")
     for flag in ("stall_s", "save_rate", "mqtt_rate", "webhook_rate", "video_segment_s"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
@@ -186,13 +219,34 @@ def open_sinks(
     return sinks
 
 
+def check_config(args: argparse.Namespace, rules: dict[str, SourceRules]) -> int:
+    """--check-config: everything that can be checked without opening a source or the model."""
+    load_manifest(args.bundle, verify_hashes=False)
+    names = [split_spec(spec, index)[0] for index, spec in enumerate(args.sources)]
+    for spec in args.sources:
+        expand(spec, "source")  # credentials from the environment and files are there
+    unknown = sorted(set(rules) - set(names))
+    if unknown:
+        raise ZsadEdgeError(f"rules for source(s) that are not run: {', '.join(unknown)}")
+    sinks = [name for name in ("mqtt", "webhook", "opcua", "modbus") if getattr(args, name, None)]
+    print(
+        f"{args.config or 'arguments'}: OK: {len(names)} source(s) ({', '.join(names)}), "
+        f"{sum(r.roi is not None for r in rules.values())} with a region of interest, "
+        f"sinks: {', '.join(sinks) or 'none'}; bundle {args.bundle}"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
-    _check_numbers(args)
+    rules = _settle_arguments(args)
+    if args.check_config:
+        return check_config(args, rules)
     started = time.monotonic()
     run_id = new_run_id()
-    with EventLog(args.out / "events.jsonl", only_anomalies=args.events == "anomalies") as log:
+    rotate = int(args.events_rotate_mb * 1e6)
+    with EventLog(args.out / "events.jsonl", args.events == "anomalies", rotate_bytes=rotate) as log:
         sources = open_sources(args)
-        reconcile(sources, tail_events(log.path))
+        reconcile(sources, [event for path in [*log.rotated()[-1:], log.path] for event in tail_events(path)])
         detector = open_detector(
             args.bundle, args.backend, args.memory_bank, precision=args.precision, device=args.device
         )
@@ -200,16 +254,20 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         record = run_record(detector, args.bundle, args.precision, args.memory_bank)
         sinks = open_sinks(args, detector, record, sources, run_id)
         station = Station(
-            detector, sources, args.batch_size, args.max_wait_ms, sinks, on_event=log.write, run_id=run_id
+            detector, sources, args.batch_size, args.max_wait_ms, sinks, on_event=log.write, run_id=run_id, rules=rules
         )
         station.monitored["events"] = log
-        watchers: list[MetricsServer | StatusLine] = []
+        watchers: list[MetricsServer | StatusLine | Retention | Watchdog] = []
         interrupted = False
         try:
             if args.metrics_port is not None:
                 watchers.append(MetricsServer(station, args.metrics_port, args.metrics_host))
             if args.status_s:
                 watchers.append(StatusLine(station.stats, args.status_s).start())
+            max_disk = int(args.max_disk_gb * 1e9) if args.max_disk_gb else None
+            watchers.append(Retention(args.out, args.keep_days, max_disk, report=station.report).start())
+            station.start()
+            watchers.append(Watchdog(Notifier(), lambda: station.heartbeat, lambda: _brief(station)).start())
             _run_until_done(station, stop, log.retry)
         except KeyboardInterrupt:  # a second signal: leave now, abandoning what the sinks still hold
             interrupted = True
@@ -253,12 +311,17 @@ def _write_summary(out: Path, summary: dict) -> None:
         raise ZsadEdgeError(f"the run ended but its summary could not be written to {out}: {exc.strerror}") from None
 
 
+def _brief(station: Station) -> str:
+    """One line for systemd's STATUS=."""
+    counts = station.stats.per_source().values()
+    return f"{sum(c['processed'] for c in counts)} frame(s), {sum(c['anomalies'] for c in counts)} anomalous"
+
+
 def _run_until_done(station: Station, stop: StopRequest, tick) -> None:
-    """Run until every source has ended, or a stop request and the frames in flight are done; `tick`
+    """Wait until every source has ended, or a stop request and the frames in flight are done; `tick`
     every POLL_S (the event log retries what a full disk held back).
 
     A second signal raises KeyboardInterrupt here: the station is abandoned at once."""
-    station.start()
     try:
         while not station.join(POLL_S):
             tick()

@@ -133,11 +133,15 @@ class EventLog:
     once they fit, a `disk_full` event saying since when, how many were held and lost goes first.
     Receipts (drop-folder files) are called only once their event's line is written.
 
-    only_anomalies: write frame events of anomalous frames only (status events always)."""
+    only_anomalies: write frame events of anomalous frames only (status events always).
+    rotate_bytes: past this size the log is renamed events-UTCTIME.jsonl and a new one begins, so
+    retention can remove old events as it removes old images."""
 
-    def __init__(self, path: Path, only_anomalies: bool = False, max_held: int = MAX_HELD) -> None:
+    def __init__(
+        self, path: Path, only_anomalies: bool = False, max_held: int = MAX_HELD, rotate_bytes: int | None = None
+    ) -> None:
         self.path = Path(path)
-        self.only_anomalies, self.max_held = only_anomalies, max_held
+        self.only_anomalies, self.max_held, self.rotate_bytes = only_anomalies, max_held, rotate_bytes
         self.disk_full = False
         self.lost = 0
         self._full_since: float | None = None
@@ -206,7 +210,24 @@ class EventLog:
             self._held.popleft()
             if receipt is not None:
                 receipts.append(receipt)
+        if self.rotate_bytes and os.fstat(self.fd).st_size >= self.rotate_bytes:
+            self._rotate()
         return receipts
+
+    def rotated(self) -> list[Path]:
+        """The rotated logs beside this one, oldest first."""
+        return sorted(self.path.parent.glob(f"{self.path.stem}-*{self.path.suffix}"))
+
+    def _rotate(self) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000:06d}"
+        try:
+            os.replace(self.path, self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"))
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:  # keep appending to the open file; the next write tries again
+            log.warning("events: cannot rotate %s: %s", self.path, exc.strerror)
+            return
+        os.close(self.fd)
+        self.fd = fd
 
     def _outage_line(self) -> bytes:
         outage = {

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from ..pipeline import DetectionPipeline, DetectionResult
 from ..stopping import NEVER, StopRequest
 from .batching import gather
 from .events import frame_event
+from .source_rules import SourceRules
 from .sources import Frame, FrameSource
 from .stats import StationStats
 
@@ -76,6 +77,7 @@ class Station:
     on_event: called (on the finish thread) with every event: frame events and the sources'
     status events (source_down / source_up, file_skipped), with the frame's receipt (EventTaker).
     sinks: called with every (frame, result, event). run_id: names this run's events and files.
+    rules: per source name, a region of interest and thresholds (source_rules.py).
     """
 
     def __init__(
@@ -87,16 +89,19 @@ class Station:
         sinks: Sequence[Sink] = (),
         on_event: EventTaker | None = None,
         run_id: str | None = None,
+        rules: Mapping[str, SourceRules] | None = None,
     ) -> None:
         if batch_size < 1 or max_wait_ms < 0:
             raise ValueError("batch_size must be at least 1 and max_wait_ms at least 0")
         self.detector, self.sources = detector, list(sources)
         self.batch_size, self.max_wait_s = batch_size, max_wait_ms / 1000.0
         self.sinks, self.on_event = list(sinks), on_event
+        self.rules = dict(rules or {})
         self.stats = StationStats(self.sources)
         # events of every start append to the same log with frame indices from 0: the run id tells them apart
         self.run_id = run_id or new_run_id()
         self.error: BaseException | None = None
+        self.heartbeat = time.monotonic()  # each turn of the prepare loop: the watchdog's sign of life
         # outputs besides the sinks whose state() health and metrics show (the event log)
         self.monitored: dict[str, object] = {}
         self._by_name = {source.name: source for source in self.sources}
@@ -185,6 +190,7 @@ class Station:
 
     def _prepare(self) -> None:
         while not self._abandon.is_set():
+            self.heartbeat = time.monotonic()
             frames = gather(self.sources, self.batch_size, self.max_wait_s, self._arrived, IDLE_S)
             statuses = self._statuses()
             if not frames:
@@ -194,6 +200,8 @@ class Station:
                     break
                 continue
             batch = Batch(frames, statuses, started=time.monotonic())
+            for frame in frames:
+                self._crop(frame)
             batch.loaded = self.detector.load([frame.image for frame in frames])
             batch.tensor, batch.sizes = self.detector.preprocess_loaded(batch.loaded)
             batch.stages_ms["preprocess"] = 1e3 * (time.monotonic() - batch.started)
@@ -219,6 +227,7 @@ class Station:
                 continue
             began = time.monotonic()
             results = self.detector.postprocess(batch.maps, batch.scores, batch.sizes)
+            results = [self._judge(frame, result) for frame, result in zip(batch.frames, results)]
             batch.stages_ms["postprocess"] = 1e3 * (time.monotonic() - began)
             if self.detector.result_stages:
                 began = time.monotonic()
@@ -235,6 +244,23 @@ class Station:
         for status in self._statuses():
             self._emit(status)
         self._finished.set()
+
+    def _crop(self, frame: Frame) -> None:
+        """The source's region of interest: the model sees its bounding box (source_rules.py)."""
+        rules = self.rules.get(frame.source)
+        if rules is not None and rules.roi is not None:
+            frame.image, box = rules.crop(frame.image)
+            frame.details["roi"] = list(box)
+
+    def _judge(self, frame: Frame, result: DetectionResult) -> DetectionResult:
+        rules = self.rules.get(frame.source)
+        if rules is None:
+            return result
+        box = frame.details.get("roi")
+        for name in ("image_threshold", "map_threshold"):  # on record: which thresholds judged this frame
+            if getattr(rules, name) is not None:
+                frame.details[name] = getattr(rules, name)
+        return rules.judge(result, tuple(box) if box else None)
 
     def report(self, event: dict) -> None:
         """Put an event from outside the frame path on record (a sink's connection state); any thread."""
