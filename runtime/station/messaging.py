@@ -20,13 +20,12 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ZsadEdgeError
 from ..pipeline import DetectionResult
 from .credentials import expand, masked, remember, split_userinfo
-from .sinks import QueuedSink, lower_priority
+from .sinks import Connection, QueuedSink, lower_priority
 from .sources import Frame
 from .spool import Spool
 
@@ -88,16 +87,14 @@ class ForwardingSink(QueuedSink):
     up by the network), a sender thread sends the spool's oldest message whenever there is one and
     the receiver answers, retrying every RETRY_S while it does not. `written` counts messages taken
     into the spool, `delivered` those the receiver acknowledged, `failed` those it refused for
-    good; `spooled` is what waits. `report`, where set (the station sets it), gets `sink_down` /
-    `sink_up` events.
+    good; `spooled` is what waits. `connection` reports the receiver's state (sinks.Connection).
     """
 
     def __init__(self, spool: Spool | None = None, ack_timeout_s: float = ACK_TIMEOUT_S, **options) -> None:
         self.spool = spool if spool is not None else Spool(None)  # (an empty spool is falsy)
         self.ack_timeout_s = ack_timeout_s
         self.delivered = 0
-        self.connected = True
-        self.report: Callable[[dict], None] | None = None
+        self.connection = Connection(self.kind, self.target)
         self._more = threading.Event()
         self._sender_done = threading.Event()
         self._left_in_spool: int | None = None  # once the spool is closed at the end of the run
@@ -139,7 +136,11 @@ class ForwardingSink(QueuedSink):
         while not self._sender_done.is_set():
             self._more.wait(RETRY_S)
             self._more.clear()
-            self.forward()
+            try:
+                self.forward()
+            except Exception as exc:  # noqa: BLE001  (the sender must outlive any one message; all is spooled)
+                log.exception("%s sink: sending failed unexpectedly; retrying", self.kind)
+                self.connection.down(masked(f"{type(exc).__name__}: {exc}"))
 
     def forward(self) -> None:
         """Send the spool's messages, oldest first, until it is empty, the receiver is down, or the
@@ -153,18 +154,19 @@ class ForwardingSink(QueuedSink):
                 self.last_error = masked(str(exc))
                 log.warning("%s sink: %s refused a message (counted, not retried): %s", self.kind, self.target, exc)
             except (ConnectionError, OSError) as exc:
-                self._set_connected(False, masked(str(exc)))
+                self.last_error = masked(str(exc))
+                self.connection.down(self.last_error)
                 return
             else:
                 self.delivered += 1
-                self._set_connected(True, None)
+                self.connection.up()
             self.spool.remove(item_id)
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return
 
     def finish(self) -> None:
         """Let the sender send what it can until the drain deadline, then stop it."""
-        while self.connected and len(self.spool) and self._sender.is_alive():
+        while self.connection.connected and len(self.spool) and self._sender.is_alive():
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 break
             self.wake()
@@ -187,23 +189,7 @@ class ForwardingSink(QueuedSink):
 
     def state(self) -> dict:
         spooled = self._left_in_spool if self._left_in_spool is not None else len(self.spool)
-        return {"connected": self.connected, "spooled": spooled}
-
-    def _set_connected(self, connected: bool, reason: str | None) -> None:
-        if connected == self.connected:
-            return
-        self.connected = connected
-        if connected:
-            log.warning("%s sink: %s is reachable again; sending what was spooled", self.kind, self.target)
-        else:
-            self.last_error = reason
-            log.warning("%s sink: %s is unreachable (%s); spooling messages until it is back",
-                        self.kind, self.target, reason)  # fmt: skip
-        if self.report is not None:
-            kind = "sink_up" if connected else "sink_down"
-            spooled = self.state()["spooled"]
-            self.report({"event": kind, "sink": self.kind, "time": round(time.time(), 6), "reason": reason,
-                         "spooled": spooled})  # fmt: skip
+        return {"connected": self.connection.connected, "spooled": spooled}
 
 
 class MqttSink(ForwardingSink):

@@ -108,6 +108,37 @@ def close_sinks(sinks: Sequence["QueuedSink"], drain_s: float | None = DEFAULT_D
         sink.close(deadline)
 
 
+class Connection:
+    """The connection state of a sink that talks to another system (a broker, a web server, a PLC):
+    a change is logged once and reported as a `sink_down` / `sink_up` event through `report`
+    (the station sets it), and /healthz and the metrics read `connected`."""
+
+    def __init__(self, kind: str, target: str) -> None:
+        self.kind, self.target = kind, target
+        self.connected = True
+        self.last_error: str | None = None
+        self.report: Callable[[dict], None] | None = None
+
+    def up(self) -> None:
+        self._set(True, None)
+
+    def down(self, reason: str) -> None:
+        self._set(False, reason)
+
+    def _set(self, connected: bool, reason: str | None) -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        if connected:
+            log.warning("%s sink: %s is reachable again", self.kind, self.target)
+        else:
+            self.last_error = reason
+            log.warning("%s sink: %s is unreachable (%s)", self.kind, self.target, reason)
+        if self.report is not None:
+            kind = "sink_up" if connected else "sink_down"
+            self.report({"event": kind, "sink": self.kind, "time": round(time.time(), 6), "reason": reason})
+
+
 class QueuedSink(ABC):
     """A sink with its own thread: `__call__` picks and queues (never blocks), `handle` does the work.
 

@@ -106,8 +106,8 @@ class Station:
         self.monitored: dict[str, object] = {}
         self._by_name = {source.name: source for source in self.sources}
         for sink in self.sinks:
-            if hasattr(sink, "report"):  # forwarding sinks: sink_down / sink_up on record with the rest
-                sink.report = self.report
+            if hasattr(sink, "connection"):  # sinks that talk to others: sink_down / sink_up on record
+                sink.connection.report = self.report
         self._arrived = threading.Event()
         for source in self.sources:
             source.arrivals = self._arrived

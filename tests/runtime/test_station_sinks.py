@@ -234,7 +234,7 @@ def test_mqtt_outages_are_reported_and_nothing_is_lost_in_them_or_at_a_stop(tmp_
     target = MqttTarget.parse(f"mqtt://127.0.0.1:{port}/line/{{source}}")
     try:
         sink = MqttSink(target, spool=Spool(tmp_path / "spool.sqlite"), rate_per_s=1e6, ack_timeout_s=1.0)
-        sink.report = reports.append
+        sink.connection.report = reports.append
         _send(sink, range(3))
         assert _until(lambda: sink.counts()["delivered"] == 3)
         broker.terminate()
