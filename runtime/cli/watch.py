@@ -30,6 +30,7 @@ from ..station.events import EventLog, tail_events
 from ..station.messaging import MqttSink, MqttTarget, WebhookSink, parse_header
 from ..station.metrics import MetricsServer
 from ..station.opening import open_source, split_spec
+from ..station.plc import OPCUA_FIELDS, ModbusLayout, ModbusSink, OpcUaSink, parse_mapping
 from ..station.retention import Retention
 from ..station.sinks import (
     DEFAULT_DRAIN_S,
@@ -121,6 +122,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     outputs.add_argument(
         "--webhook-header", action="append", default=[], metavar="'NAME: VALUE'", help="add to each request"
     )
+    plc = parser.add_argument_group("the line's controller (every frame's verdict; zsad-edge[plc])")
+    plc.add_argument("--opcua", metavar="URL", help="an OPC UA server: opc.tcp://[user:password@]host:port[/path]")
+    plc.add_argument(
+        "--opcua-node", action="append", default=[], metavar="FIELD=NODEID",
+        help="verdict, score, part_id, time or count to a node, e.g. verdict=ns=2;s=Line1.Verdict",
+    )  # fmt: skip
+    plc.add_argument("--modbus", metavar="HOST[:PORT]", help="a Modbus TCP device (a PLC)")
+    plc.add_argument("--modbus-unit", type=int, default=1, help="the device's unit (slave) id")
+    plc.add_argument(
+        "--modbus-map", action="append", default=[], metavar="FIELD=ADDRESS",
+        help="score_register (default 0), reject_coil (default 0), count_register (none by default)",
+    )  # fmt: skip
+    plc.add_argument("--modbus-pulse-ms", type=float, default=200.0, help="how long the reject coil is on")
     outputs.add_argument(
         "--spool-max", type=int, default=DEFAULT_MAX_ITEMS, help="messages each of MQTT and webhook keep while down"
     )
@@ -213,6 +227,11 @@ def open_sinks(
             headers = dict(parse_header(header) for header in args.webhook_header)
             spool = Spool(args.out / "spool" / "webhook.sqlite", args.spool_max)
             sinks.append(WebhookSink(args.webhook, headers=headers, spool=spool, rate_per_s=args.webhook_rate))
+        if args.opcua:
+            sinks.append(OpcUaSink(args.opcua, parse_mapping(args.opcua_node, OPCUA_FIELDS, "--opcua-node")))
+        if args.modbus:
+            layout = ModbusLayout.parse(args.modbus_map, args.modbus_unit, args.modbus_pulse_ms)
+            sinks.append(ModbusSink(args.modbus, layout))
     except BaseException:
         close_sinks(sinks, 0.0)
         raise

@@ -1,0 +1,105 @@
+"""The line's controller in the loop: every verdict written to a real OPC UA server (asyncua) and a
+real Modbus TCP device (pymodbus), part ids taken from drop-folder file names."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from helpers import REPO_ROOT
+from station_helpers import ModbusDevice, OpcUaServer, free_port, write_video
+
+from zsad_edge.runtime.errors import ZsadEdgeError
+from zsad_edge.runtime.station.drop_folder import DropFolder
+from zsad_edge.runtime.station.plc import ModbusLayout, ModbusSink, OpcUaSink
+from zsad_edge.runtime.station.station import watch
+
+pytestmark = pytest.mark.needs_module("asyncua", "pymodbus")
+
+
+@pytest.fixture
+def parts(tmp_path):
+    """A drop folder of 8 parts named by serial number, of two kinds (so verdicts differ)."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for index in range(8):
+        image = np.full((48, 64, 3), 120, np.uint8) if index % 2 else (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"cam1_SN{1000 + index}.png"), image)
+    return folder
+
+
+@pytest.fixture
+def mixed_detector(tiny_detector, parts):
+    """The tiny detector with its threshold between the two kinds of part: some flagged, some not."""
+    scores = [e["score"] for e in watch(tiny_detector, [DropFolder("probe", parts)])]
+    tiny_detector.image_threshold = float(np.median(scores))
+    yield tiny_detector
+    tiny_detector.image_threshold = tiny_detector.scoring["image_threshold"]
+
+
+def _run(detector, parts, sink):
+    source = DropFolder("cam1", parts, part_id=r"SN(?P<part>\d+)")
+    events = [e for e in watch(detector, [source], sinks=[sink]) if e["event"] == "frame"]
+    sink.close()
+    return events
+
+
+def test_every_verdict_reaches_the_opcua_server_with_its_part_id(mixed_detector, parts):
+    server = OpcUaServer()
+    try:
+        fields = {"verdict": "Verdict", "score": "Score", "part_id": "PartId", "time": "Time", "count": "Count"}
+        sink = OpcUaSink(server.url, {field: server.nodes[name] for field, name in fields.items()})
+        events = _run(mixed_detector, parts, sink)
+        assert [e["part_id"] for e in events] == [str(1000 + i) for i in range(8)]
+        assert 0 < sum(e["is_anomalous"] for e in events) < 8
+        assert server.value("Count") == 8 and sink.counts()["written"] == 8 and sink.counts()["failed"] == 0
+        last = events[-1]
+        assert server.value("PartId") == "1007" and server.value("Verdict") == last["is_anomalous"]
+        assert server.value("Score") == pytest.approx(last["score"]) and server.value("Time").year >= 2024
+        with pytest.raises(ZsadEdgeError, match="--opcua"):
+            OpcUaSink(server.url, {"verdict": "ns=2;s=Line1.NoSuchNode"})
+    finally:
+        server.close()
+    with pytest.raises(ZsadEdgeError, match=r"--opcua opc.tcp://\*\*\*@127.0.0.1"):
+        OpcUaSink(f"opc.tcp://op:Plc-Pw-1@127.0.0.1:{free_port()}/x", {"verdict": "ns=2;s=V"}, timeout_s=1)
+
+
+def test_modbus_gets_the_score_the_part_count_and_a_reject_pulse_per_anomalous_part(mixed_detector, parts):
+    device = ModbusDevice()
+    try:
+        layout = ModbusLayout(score_register=2, reject_coil=3, count_register=4, pulse_ms=5)
+        sink = ModbusSink(f"127.0.0.1:{device.port}", layout)
+        events = _run(mixed_detector, parts, sink)
+        anomalous = sum(e["is_anomalous"] for e in events)
+        assert 0 < anomalous < 8 and sink.counts()["written"] == 8
+        assert device.coil_writes(3) == [True, False] * anomalous  # one pulse per rejected part
+        assert device.register_writes(2) == [min(max(round(e["score"] * 1000), 0), 65535) for e in events]
+        assert device.register_writes(4) == list(range(1, 9))
+    finally:
+        device.close()
+    with pytest.raises(ZsadEdgeError, match="--modbus: cannot reach"):
+        ModbusSink(f"127.0.0.1:{free_port()}", ModbusLayout(), timeout_s=1)
+
+
+def test_watch_drives_both_controllers_from_the_command_line(tiny_built, tmp_path):
+    server, device = OpcUaServer(), ModbusDevice()
+    try:
+        video = write_video(tmp_path / "line.avi", frames=3)
+        proc = subprocess.run(
+            [sys.executable, "-m", "zsad_edge.runtime.cli", "watch", str(tiny_built.path), f"line={video}",
+             "--out", str(tmp_path / "out"), "--status-s", "0",
+             "--opcua", server.url, "--opcua-node", f"count={server.nodes['Count']}",
+             "--opcua-node", f"verdict={server.nodes['Verdict']}",
+             "--modbus", f"127.0.0.1:{device.port}", "--modbus-map", "count_register=7", "--modbus-pulse-ms", "1"],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+        assert summary["sinks"]["opcua"]["written"] == summary["sinks"]["modbus"]["written"] == 3
+        assert server.value("Count") == 3 and device.register_writes(7) == [1, 2, 3]
+    finally:
+        server.close()
+        device.close()
