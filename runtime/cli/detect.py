@@ -101,7 +101,7 @@ class DetectRun:
         """Overlay (and SAM mask) first, JSON last: a JSON on disk means the image is done."""
         base = self.out_dir / job.stem
         sam_mask = result.refinement.mask if result.refinement is not None else None
-        overlay = render_overlay(image, result, self.detector.scoring, self.record["thresholds"])
+        overlay = render_overlay(image, result, self.detector.scoring, self.record["thresholds"], stamp=job.image.name)
         write_image_atomic(base.with_name(f"{base.name}_overlay.png"), overlay)
         if sam_mask is not None:
             write_image_atomic(base.with_name(f"{base.name}_sam_mask.png"), sam_mask.astype(np.uint8) * 255)

@@ -16,29 +16,14 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import cv2
-import numpy as np
+from typing import Callable, Iterator
 
 from ..errors import ZsadEdgeError
 from ..pipeline import DetectionResult
+from ..regions import anomalous_regions
 from .sources import Frame
 
 log = logging.getLogger(__name__)
-MAX_REGIONS = 16  # the largest regions are listed; `regions_total` counts them all
-
-
-def anomalous_regions(mask: np.ndarray) -> tuple[list[dict[str, Any]], int]:
-    """Connected regions of a mask (8-connected), largest first: [{box: [x, y, w, h], area: pixels}]."""
-    if not mask.any():  # most frames of a healthy line: skip the labelling pass
-        return [], 0
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    order = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:MAX_REGIONS] + 1
-    regions = [
-        {"box": [int(v) for v in stats[i, : cv2.CC_STAT_AREA]], "area": int(stats[i, cv2.CC_STAT_AREA])} for i in order
-    ]
-    return regions, count - 1
 
 
 def frame_event(frame: Frame, result: DetectionResult, stages_ms: dict[str, float], dropped: int, done: float) -> dict:

@@ -288,7 +288,14 @@ class FrameImageSink(QueuedSink):
         write_image_atomic(base.with_name(f"{base.name}_mask.png"), mask.astype(np.uint8) * 255)
 
     def _overlay(self, frame: Frame, result: DetectionResult) -> np.ndarray:
-        return render_overlay(frame.image, result, self.scoring, self.thresholds)
+        return render_overlay(frame.image, result, self.scoring, self.thresholds, stamp=stamp(frame))
+
+
+def stamp(frame: Frame) -> str:
+    """What a picture shows: source, part id (or frame number) and capture time (UTC)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(frame.captured_at))
+    part = f"part {frame.details['part_id']}" if "part_id" in frame.details else f"frame {frame.index}"
+    return f"{frame.source} | {part} | {when} UTC"
 
 
 class VideoSink(FrameImageSink):

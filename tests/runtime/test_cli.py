@@ -38,7 +38,8 @@ def test_demo_builds_and_detects_offline(tmp_path):
     result = json.loads((tmp_path / "demo_output" / "synthetic_part.json").read_text())
     assert 0.0 <= result["score"] <= 1.0 and (result["height"], result["width"]) == (256, 400)
     overlay = cv2.imread(str(tmp_path / "demo_output" / "synthetic_part_overlay.png"))
-    assert overlay.shape[1:] == (400, 3) and 256 < overlay.shape[0] < 256 + 60  # the image below a header line
+    # drawn enlarged to 640 px wide (the text must be readable), below a three-row header
+    assert overlay.shape[1:] == (640, 3) and 410 + 60 < overlay.shape[0] < 410 + 160
     manifest = (tmp_path / "demo" / "manifest.json").read_bytes()
     again = _run(
         [sys.executable, str(REPO_ROOT / "export" / "build_engines.py"), "demo", "--out", str(tmp_path / "demo")],

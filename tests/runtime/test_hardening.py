@@ -201,11 +201,14 @@ def test_overlay_colours_follow_the_thresholds_in_use(tiny_built):
     overlay = render_overlay(
         np.zeros((40, 100), np.uint8), result, scoring, {"calibrated": True, "source": "bundle"}, alpha=1.0
     )
-    body = overlay[-40:]
-    hues = cv2.cvtColor(body, cv2.COLOR_RGB2HSV)[20, [2, 42, 97], 0]
+    assert overlay.shape[1] == 640  # a 100-pixel frame is drawn enlarged (6.4x) so that its text can be read
+    body = overlay[-256:]
+    hues = cv2.cvtColor(body, cv2.COLOR_RGB2HSV)[128, [13, 269, 621], 0]
     assert hues[0] > 100 and 20 < hues[1] < 100 and hues[2] < 10  # blue -> green near the threshold -> red
-    assert (body[:, 48:52] == 255).all(axis=2).any()  # the threshold's contour, white
-    assert overlay.shape[0] > 40 and overlay[: overlay.shape[0] - 40].any()  # the header line
+    assert (body[:, 310:330] == 255).all(axis=2).any()  # the threshold's contour, white
+    header = overlay[: overlay.shape[0] - 256]
+    assert header.shape[0] >= 3 * 20  # three rows of text at least 20 px each
+    assert (body == (255, 220, 0)).all(axis=2).any()  # a yellow box around the anomalous region
 
 
 # 7. traceable outputs

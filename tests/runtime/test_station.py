@@ -12,8 +12,9 @@ import pytest
 from station_helpers import Burst, Slow, write_video
 
 from zsad_edge.runtime.errors import ZsadEdgeError
+from zsad_edge.runtime.regions import anomalous_regions
 from zsad_edge.runtime.station.drop_folder import DropFolder
-from zsad_edge.runtime.station.events import EventLog, anomalous_regions
+from zsad_edge.runtime.station.events import EventLog
 from zsad_edge.runtime.station.opening import open_source
 from zsad_edge.runtime.station.sources import FrameSource, VideoFileSource
 from zsad_edge.runtime.station.station import Station, watch
