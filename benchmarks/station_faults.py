@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from zsad_edge.benchmarks.reports import machine_info, write_report
+from zsad_edge.runtime.contract import MANIFEST_FILE
 from zsad_edge.runtime.station.events import read_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,13 +71,11 @@ class Broker:
     def start(self) -> None:
         if self.process is None:
             self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                    return
-                except OSError:
-                    time.sleep(0.05)
+            for _ in range(200):  # up to ~10 s
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                        return
+                time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -154,13 +153,12 @@ def demo_bundle(folder: Path) -> Path:
         if index:
             image[10:30, 20:44] = 255
         cv2.imwrite(str(probe / f"p{index}.png"), image)
-    scored = subprocess.run([*CLI, "detect", str(bundle), str(probe), "--out", str(folder / "probed")],
-                            cwd=REPO, capture_output=True, text=True, check=True)  # fmt: skip
-    del scored
+    subprocess.run([*CLI, "detect", str(bundle), str(probe), "--out", str(folder / "probed")],
+                   cwd=REPO, capture_output=True, text=True, check=True)  # fmt: skip
     scores = [json.loads((folder / "probed" / f"p{i}.json").read_text())["score"] for i in range(2)]
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
     manifest["scoring"]["image_threshold"] = sum(scores) / 2
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
     return bundle
 
 

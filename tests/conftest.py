@@ -85,6 +85,22 @@ def tiny_built(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def flagging_bundle(tiny_built, tmp_path_factory):
+    """A copy of the tiny bundle whose image threshold flags every frame (every frame reaches the
+    anomaly sinks)."""
+    import json
+
+    from zsad_edge.runtime.contract import MANIFEST_FILE
+
+    bundle = tmp_path_factory.mktemp("flagging") / "bundle"
+    shutil.copytree(tiny_built.path, bundle)
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    manifest["scoring"]["image_threshold"] = -1e9
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return bundle
+
+
+@pytest.fixture(scope="session")
 def tiny_detector(tiny_built):
     from zsad_edge.runtime.detector import Detector
 

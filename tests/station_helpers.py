@@ -7,6 +7,7 @@ import getpass
 import json
 import socket
 import subprocess
+import sys
 import time
 
 import cv2
@@ -63,6 +64,20 @@ class Slow:
 
     def __getattr__(self, name):
         return getattr(self.detector, name)
+
+
+def start_watch(bundle, *arguments, env=None):
+    """`zsad-edge watch BUNDLE ARGUMENTS...` as a subprocess (text pipes), from the repository root."""
+    from helpers import REPO_ROOT
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "zsad_edge.runtime.cli", "watch", str(bundle), *map(str, arguments)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+    )
 
 
 def free_port() -> int:

@@ -116,7 +116,8 @@ class EventLog:
     crash: a line that does not fit is cut back off, events are held in memory (up to MAX_HELD,
     older ones then lost and counted), `disk_full` is true, and each `write` or `retry` tries again;
     once they fit, a `disk_full` event saying since when, how many were held and lost goes first.
-    Receipts (drop-folder files) are called only once their event's line is written.
+    Receipts (drop-folder files) are called only once their event's line is written and synced
+    to the disk (fdatasync), so a file marked done has its event even after a power cut.
 
     only_anomalies: write frame events of anomalous frames only (status events always).
     rotate_bytes: past this size the log is renamed events-UTCTIME.jsonl and a new one begins, so
@@ -195,6 +196,9 @@ class EventLog:
             self._held.popleft()
             if receipt is not None:
                 receipts.append(receipt)
+        if receipts:  # a file is about to be marked done: its event must survive a power cut first
+            with contextlib.suppress(OSError):
+                os.fdatasync(self.fd)
         if self.rotate_bytes and os.fstat(self.fd).st_size >= self.rotate_bytes:
             self._rotate()
         return receipts

@@ -3,21 +3,24 @@
 A file is known by name, size and modification time, so a camera that overwrites `latest.jpg`
 gets each new picture scored. Recording one file is one small transaction whatever the history
 holds (a list rewritten per file would cost more with every part), and the set of recorded keys
-is kept in memory for the folder scans. Writes are committed at once (WAL journal): a file marked
+is kept in memory for the folder scans. Writes are committed at once (store.py): a file marked
 here stays marked after a crash.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from ..errors import ZsadEdgeError
+from .store import open_store
 
 OUTCOMES = ("done", "skipped")
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS files (source TEXT, name TEXT, size INTEGER, mtime_ns INTEGER, "
+    "outcome TEXT, recorded_at REAL, PRIMARY KEY (source, name, size, mtime_ns))"
+)
 
 
 class FileKey(NamedTuple):
@@ -32,21 +35,9 @@ class FileLedger:
     def __init__(self, path: Path | None, source: str) -> None:
         self.path, self.source = path, source
         self._lock = threading.Lock()
-        try:
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS files (source TEXT, name TEXT, size INTEGER, mtime_ns INTEGER, "
-                "outcome TEXT, recorded_at REAL, PRIMARY KEY (source, name, size, mtime_ns))"
-            )
-            rows = self._db.execute("SELECT name, size, mtime_ns FROM files WHERE source = ?", (source,))
-            self._known = {FileKey(*row) for row in rows}
-        except sqlite3.DatabaseError as exc:
-            raise ZsadEdgeError(
-                f"source {source}: the drop-folder state {path} is unreadable ({exc}); move it away to start over"
-            ) from None
+        self._db = open_store(path, SCHEMA, f"source {source}: the drop-folder state")
+        rows = self._db.execute("SELECT name, size, mtime_ns FROM files WHERE source = ?", (source,))
+        self._known = {FileKey(*row) for row in rows}
 
     def __contains__(self, key: FileKey) -> bool:
         return key in self._known

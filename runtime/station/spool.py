@@ -5,18 +5,18 @@ receiver acknowledged it, so a broker that is down, a stop, or a crash loses not
 is replayed oldest first when the receiver is back, also by the next run. The spool is bounded
 (`max_items`): beyond it the oldest message is dropped and counted, so an outage of weeks cannot
 fill the disk. SQLite (standard library) keeps it: one small transaction per message, safe
-against kill -9.
+against kill -9 (store.py).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
-from ..errors import ZsadEdgeError
+from .store import open_store
 
 DEFAULT_MAX_ITEMS = 100_000
+SCHEMA = "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT, payload BLOB)"
 
 
 class Spool:
@@ -28,16 +28,7 @@ class Spool:
         self.path, self.max_items = path, max_items
         self.dropped = 0
         self._lock = threading.Lock()
-        try:
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT, payload BLOB)"
-            )
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise ZsadEdgeError(f"cannot open the message spool {path}: {exc}; move it away to start over") from None
+        self._db = open_store(path, SCHEMA, "the message spool")
 
     def __len__(self) -> int:
         with self._lock:

@@ -2,7 +2,6 @@
 metrics endpoint scraped while it runs, and one clear error line for each kind of bad start."""
 
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -10,34 +9,10 @@ import sys
 import time
 import urllib.request
 
-import pytest
 from helpers import REPO_ROOT
-from station_helpers import Subscriber, free_port, start_mosquitto, video_frame_count, write_video
-
-from zsad_edge.runtime.contract import MANIFEST_FILE
+from station_helpers import Subscriber, free_port, start_mosquitto, start_watch, video_frame_count, write_video
 
 CLI = [sys.executable, "-m", "zsad_edge.runtime.cli"]
-
-
-@pytest.fixture(scope="module")
-def flagging_bundle(tiny_built, tmp_path_factory):
-    """A copy of the tiny bundle whose image threshold flags every frame."""
-    bundle = tmp_path_factory.mktemp("flagging") / "bundle"
-    shutil.copytree(tiny_built.path, bundle)
-    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
-    manifest["scoring"]["image_threshold"] = -1e9
-    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return bundle
-
-
-def _start(bundle, *arguments, cwd=REPO_ROOT):
-    return subprocess.Popen(
-        [*CLI, "watch", str(bundle), *map(str, arguments)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=cwd,
-    )
 
 
 def _wait_for_events(events, count, timeout=120):
@@ -56,7 +31,7 @@ def _get(url):
 
 def test_sigint_leaves_a_playable_video_complete_events_and_summary(flagging_bundle, tmp_path):
     video, out, port = write_video(tmp_path / "line.avi", frames=10), tmp_path / "out", free_port()
-    proc = _start(flagging_bundle, f"line1={video}", "--loop", "--out", out, "--video", "--save", "anomalies",
+    proc = start_watch(flagging_bundle, f"line1={video}", "--loop", "--out", out, "--video", "--save", "anomalies",
                   "--metrics-port", port, "--status-s", 0.5)  # fmt: skip
     _wait_for_events(out / "events.jsonl", 15)
     status, metrics = _get(f"http://127.0.0.1:{port}/metrics")
@@ -91,7 +66,7 @@ def test_a_video_run_publishes_every_anomalous_frame_to_mqtt(flagging_bundle, tm
     subscriber = Subscriber(port, "station/#")
     try:
         video, out = write_video(tmp_path / "line.avi", frames=12), tmp_path / "out"
-        proc = _start(flagging_bundle, f"line1={video}", "--out", out, "--mqtt", f"mqtt://127.0.0.1:{port}/station/x",
+        proc = start_watch(flagging_bundle, f"line1={video}", "--out", out, "--mqtt", f"mqtt://127.0.0.1:{port}/station/x",
                       "--mqtt-rate", 1000)  # fmt: skip
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
@@ -111,7 +86,7 @@ def test_a_second_signal_exits_at_once(flagging_bundle, tmp_path):
     try:
         video, out = write_video(tmp_path / "line.avi", frames=10), tmp_path / "out"
         hook = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
-        proc = _start(flagging_bundle, f"line1={video}", "--loop", "--out", out, "--webhook", hook)
+        proc = start_watch(flagging_bundle, f"line1={video}", "--loop", "--out", out, "--webhook", hook)
         _wait_for_events(out / "events.jsonl", 20)
         proc.send_signal(signal.SIGINT)  # the station drains, then waits for the hanging webhook
         time.sleep(1.0)

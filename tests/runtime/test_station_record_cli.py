@@ -16,36 +16,11 @@ import cv2
 import numpy as np
 import pytest
 from helpers import REPO_ROOT, wait_for_stop_handler
-from station_helpers import AuthVideoServer, WebCollector, free_port, write_video
+from station_helpers import AuthVideoServer, WebCollector, free_port, start_watch, write_video
 
-from zsad_edge.runtime.contract import MANIFEST_FILE
 from zsad_edge.runtime.station.events import read_events
 
 CLI = [sys.executable, "-m", "zsad_edge.runtime.cli"]
-
-
-@pytest.fixture(scope="module")
-def flagging_bundle(tiny_built, tmp_path_factory):
-    """A copy of the tiny bundle whose image threshold flags every frame."""
-    import shutil
-
-    bundle = tmp_path_factory.mktemp("flagging") / "bundle"
-    shutil.copytree(tiny_built.path, bundle)
-    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
-    manifest["scoring"]["image_threshold"] = -1e9
-    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return bundle
-
-
-def _start(bundle, *arguments, env=None):
-    return subprocess.Popen(
-        [*CLI, "watch", str(bundle), *map(str, arguments)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO_ROOT,
-        env=env,
-    )
 
 
 def _frames(out):
@@ -73,7 +48,7 @@ def test_credentials_never_appear_in_anything_the_station_writes_or_says(flaggin
     hook = WebCollector()
     out, port = tmp_path / "out", free_port()
     try:
-        proc = _start(
+        proc = start_watch(
             flagging_bundle, f"cam=http://op:S3cretPW@127.0.0.1:{camera.port}/stream.avi", "--out", out,
             "--webhook", hook.url.replace("http://", "http://mes:H00kPW@"), "--webhook-rate", 1000,
             "--metrics-port", port, "--status-s", 0.2, "--save", "anomalies",
@@ -137,14 +112,14 @@ def test_no_stop_loses_or_repeats_a_drop_folder_file(tiny_built, tmp_path):
     rng = random.Random(7)
     for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         before = len(_frames(out))
-        proc = _start(tiny_built.path, f"drop={folder}", "--out", out, "--follow", "--settle-s", 0,
+        proc = start_watch(tiny_built.path, f"drop={folder}", "--out", out, "--follow", "--settle-s", 0,
                       "--queue-size", 4, "--status-s", 0)  # fmt: skip
         wait_for_stop_handler(proc.pid)
         _wait_for_frames(out, before + rng.randint(1, 20), proc)  # a random point, with a backlog queued
         proc.send_signal(stop)
         proc.communicate(timeout=120)
         assert proc.returncode == (-9 if stop == signal.SIGKILL else 0)
-    last = _start(tiny_built.path, f"drop={folder}", "--out", out, "--status-s", 0)  # takes what is left, ends
+    last = start_watch(tiny_built.path, f"drop={folder}", "--out", out, "--status-s", 0)  # takes what is left, ends
     _, stderr = last.communicate(timeout=120)
     assert last.returncode == 0, stderr
     scored = sorted(e["origin"] for e in _frames(out))
@@ -158,7 +133,7 @@ def test_a_hung_webhook_cannot_hold_a_stop_and_its_messages_wait_for_the_next_ru
     out = tmp_path / "out"
     video = write_video(tmp_path / "line.avi", frames=10)
     try:
-        proc = _start(flagging_bundle, f"line={video}", "--loop", "--out", out, "--webhook", hung.url,
+        proc = start_watch(flagging_bundle, f"line={video}", "--loop", "--out", out, "--webhook", hung.url,
                       "--webhook-rate", 1000, "--drain-s", 2, "--status-s", 0)  # fmt: skip
         _wait_for_frames(out, 20, proc)
         proc.send_signal(signal.SIGINT)
@@ -173,7 +148,7 @@ def test_a_hung_webhook_cannot_hold_a_stop_and_its_messages_wait_for_the_next_ru
     waiting = webhook["spooled"]
     collector = WebCollector()
     try:
-        again = _start(flagging_bundle, f"line={write_video(tmp_path / 'one.avi', frames=1)}", "--out", out,
+        again = start_watch(flagging_bundle, f"line={write_video(tmp_path / 'one.avi', frames=1)}", "--out", out,
                        "--webhook", collector.url, "--status-s", 0)  # fmt: skip
         _, stderr = again.communicate(timeout=120)
         assert again.returncode == 0, stderr
