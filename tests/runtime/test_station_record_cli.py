@@ -36,11 +36,14 @@ def _wait_for_frames(out, count, proc, timeout=120):
 
 
 def _get(url):
+    """The body at url (also of a 503); "" while nothing listens there yet."""
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             return response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.read().decode()
+    except urllib.error.URLError:
+        return ""
 
 
 def test_credentials_never_appear_in_anything_the_station_writes_or_says(flagging_bundle, tmp_path):
@@ -176,3 +179,47 @@ def test_an_unreadable_bundle_is_one_error_line(tiny_built, tmp_path, monkeypatc
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: cannot read the bundle")
     assert "permission denied" in lines[0] and "chmod -R a+rX" in lines[0]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MB tmpfs: a disk that really fills up (needs root and mount permission, else skipped)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("a real full disk needs root with mount permission (the in-process disk-full test still runs)")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_is_a_state_the_station_reports_and_leaves(tiny_built, tmp_path, tiny_disk):
+    import os
+
+    filler = tiny_disk / "filler"
+    free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+    filler.write_bytes(b"\0" * (free - 40_000))  # about 50 events of room left
+    out, port = tiny_disk / "out", free_port()
+    video = write_video(tmp_path / "line.avi", frames=10)
+    proc = start_watch(tiny_built.path, f"line={video}", "--loop", "--out", out, "--save", "all",
+                       "--metrics-port", port, "--status-s", 0)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while '"disk_full": true' not in _get(f"http://127.0.0.1:{port}/healthz") and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()  # it must not crash
+        time.sleep(0.1)
+    assert "zsad_disk_full 1.0" in _get(f"http://127.0.0.1:{port}/metrics")
+    filler.unlink()  # room again
+    while not any(e["event"] == "disk_full" for e in read_events(out / "events.jsonl")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sinks"]["images"]["disk_skipped"] > 0  # images stopped first (below --min-free-mb)
+    assert summary["events_log"]["held"] == 0 and summary["events_log"]["lost"] == 0
+    lines = (out / "events.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # no torn line, nothing glued
+    outage = next(json.loads(line) for line in lines if '"disk_full"' in line)
+    assert outage["held"] > 0 and outage["until"] >= outage["since"]
+    assert summary["processed"] == sum(1 for line in lines if '"event": "frame"' in line)
