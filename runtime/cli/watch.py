@@ -206,9 +206,10 @@ def open_sources(args: argparse.Namespace) -> list[FrameSource]:
 
 
 def open_sinks(
-    args: argparse.Namespace, detector, record: dict, sources: list[FrameSource], run_id: str
+    args: argparse.Namespace, detector, record: dict, sources: list[FrameSource], run_id: str, recorded: list[dict]
 ) -> list[QueuedSink]:
-    """The sinks asked for, each checked now (a broker is connected to) rather than at the first anomaly."""
+    """The sinks asked for, each checked now (a broker is connected to) rather than at the first anomaly.
+    recorded: the end of the event log (what a killed run spooled without its event is forgotten)."""
     sinks: list[QueuedSink] = []
     files = {"run_id": run_id, "guard": DiskGuard(args.out, int(args.min_free_mb * 1e6))}
     scoring = (detector.scoring, record["thresholds"])
@@ -222,11 +223,12 @@ def open_sinks(
             tls_files = {"ca_file": args.mqtt_ca, "cert_file": args.mqtt_cert, "key_file": args.mqtt_key}
             target = MqttTarget.parse(args.mqtt, args.mqtt_username, **tls_files)
             spool = Spool(args.out / "spool" / "mqtt.sqlite", args.spool_max)
-            sinks.append(MqttSink(target, spool=spool, rate_per_s=args.mqtt_rate))
+            sinks.append(MqttSink(target, spool=spool, recorded=recorded, rate_per_s=args.mqtt_rate))
         if args.webhook:
             headers = dict(parse_header(header) for header in args.webhook_header)
             spool = Spool(args.out / "spool" / "webhook.sqlite", args.spool_max)
-            sinks.append(WebhookSink(args.webhook, headers=headers, spool=spool, rate_per_s=args.webhook_rate))
+            rate = args.webhook_rate
+            sinks.append(WebhookSink(args.webhook, headers=headers, spool=spool, recorded=recorded, rate_per_s=rate))
         if args.opcua:
             sinks.append(OpcUaSink(args.opcua, parse_mapping(args.opcua_node, OPCUA_FIELDS, "--opcua-node")))
         if args.modbus:
@@ -265,13 +267,14 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     rotate = int(args.events_rotate_mb * 1e6)
     with EventLog(args.out / "events.jsonl", args.events == "anomalies", rotate_bytes=rotate) as log:
         sources = open_sources(args)
-        reconcile(sources, [event for path in [*log.rotated()[-1:], log.path] for event in tail_events(path)])
+        recorded = [event for path in [*log.rotated()[-1:], log.path] for event in tail_events(path)]
+        reconcile(sources, recorded)
         detector = open_detector(
             args.bundle, args.backend, args.memory_bank, precision=args.precision, device=args.device
         )
         load_s = time.monotonic() - started
         record = run_record(detector, args.bundle, args.precision, args.memory_bank)
-        sinks = open_sinks(args, detector, record, sources, run_id)
+        sinks = open_sinks(args, detector, record, sources, run_id, recorded)
         station = Station(
             detector, sources, args.batch_size, args.max_wait_ms, sinks, on_event=log.write, run_id=run_id, rules=rules
         )

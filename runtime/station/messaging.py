@@ -15,11 +15,13 @@ import base64
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Sequence
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ZsadEdgeError
@@ -37,6 +39,7 @@ DEFAULT_TOPIC = "zsad-edge/anomalies"
 CONNECT_TIMEOUT_S = 10.0
 ACK_TIMEOUT_S = 5.0  # one message's wait for its acknowledgement before the receiver counts as down
 RETRY_S = 1.0  # while down, try the spool's oldest message again this often
+UNRECORDED_WINDOW = 1000  # newest spooled messages looked at for a kill between spooling and the event
 
 
 @dataclass(frozen=True)
@@ -83,15 +86,25 @@ class Refused(Exception):
 class ForwardingSink(QueuedSink):
     """A sink that stores, then forwards, in order: subclasses implement `send`.
 
-    Two threads: the sink's own thread puts each message into the spool (a disk write: never held
-    up by the network), a sender thread sends the spool's oldest message whenever there is one and
-    the receiver answers, retrying every RETRY_S while it does not. `written` counts messages taken
+    Each message is put into the spool at once, on the station's thread, before the frame's event
+    is written (one small SQLite commit, never held up by the network): so no stop, kill -9
+    included, can leave an anomalous event on record without its message. A sender thread sends
+    the spool's oldest message whenever there is one and the receiver answers, retrying every
+    RETRY_S while it does not. `written` counts messages taken
     into the spool, `delivered` those the receiver acknowledged, `failed` those it refused for
     good; `spooled` is what waits. `connection` reports the receiver's state (sinks.Connection).
     """
 
-    def __init__(self, spool: Spool | None = None, ack_timeout_s: float = ACK_TIMEOUT_S, **options) -> None:
+    def __init__(
+        self,
+        spool: Spool | None = None,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
+        recorded: Sequence[dict] = (),
+        **options,
+    ) -> None:
+        """recorded: the end of the event log, to forget what a killed run spooled but never recorded."""
         self.spool = spool if spool is not None else Spool(None)  # (an empty spool is falsy)
+        self.forget_unrecorded(recorded)
         self.ack_timeout_s = ack_timeout_s
         self.delivered = 0
         self.connection = Connection(self.kind, self.target)
@@ -122,9 +135,36 @@ class ForwardingSink(QueuedSink):
     def topic_of(self, frame: Frame) -> str:
         return ""
 
+    def take(self, frame: Frame, result: DetectionResult, event: dict) -> None:
+        try:
+            self.handle(frame, result, event)
+            self.written += 1
+        except (OSError, sqlite3.Error) as exc:  # a full or failing disk: counted, the line goes on
+            self.failed += 1
+            self.last_error = f"cannot spool: {exc}"
+            log.warning("%s sink: cannot spool a message: %s (counted)", self.kind, exc)
+
     def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
         self.spool.put(self.topic_of(frame), json.dumps(event).encode("utf-8"))
         self.wake()
+
+    def forget_unrecorded(self, events: Sequence[dict]) -> int:
+        """Before sending: remove the messages of the last run whose frame event never reached the log (a
+        kill between spooling and writing the event; a file of it is scored again). `events`: the
+        end of the log. Returns how many were removed."""
+        runs = [event["run"] for event in events if "run" in event]
+        if not runs:
+            return 0
+        recorded = {(e["run"], e["source"], e["frame"]) for e in events if e.get("event") == "frame"}
+        removed = 0
+        for item_id, payload in self.spool.newest(UNRECORDED_WINDOW):
+            message = json.loads(payload)
+            if message.get("run") != runs[-1]:
+                break
+            if (message["run"], message["source"], message["frame"]) not in recorded:
+                self.spool.remove(item_id)
+                removed += 1
+        return removed
 
     def left_behind(self, items: list[tuple[Frame, DetectionResult, dict]]) -> None:
         for frame, _, event in items:  # not sent, but not lost: into the spool for the next run

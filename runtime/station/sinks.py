@@ -166,6 +166,10 @@ class QueuedSink(ABC):
         if not self._rate.allow(frame.source):
             self.rate_limited += 1
             return
+        self.take(frame, result, event)
+
+    def take(self, frame: Frame, result: DetectionResult, event: dict) -> None:
+        """Queue an item for the sink's thread (the oldest is dropped, counted, when the queue is full)."""
         with self._wake:
             if len(self._queue) >= self._size:
                 self._queue.popleft()

@@ -48,6 +48,11 @@ class Spool:
         with self._lock:
             return self._db.execute("SELECT id, topic, payload FROM messages ORDER BY id LIMIT 1").fetchone()
 
+    def newest(self, limit: int) -> list[tuple[int, bytes]]:
+        """(id, payload) of the newest `limit` messages, newest first."""
+        with self._lock:
+            return self._db.execute("SELECT id, payload FROM messages ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+
     def remove(self, item_id: int) -> None:
         with self._lock, self._db:
             self._db.execute("DELETE FROM messages WHERE id = ?", (item_id,))

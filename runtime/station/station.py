@@ -237,10 +237,10 @@ class Station:
             for frame, result in zip(batch.frames, results):
                 waited = 1e3 * (batch.started - frame.captured_monotonic)
                 stages = {"wait": waited, **batch.stages_ms}
-                event = frame_event(frame, result, stages, self._by_name[frame.source].counts.dropped, done)
-                event = self._emit(event, frame.receipt)
-                for sink in self.sinks:
+                event = {"run": self.run_id, **frame_event(frame, result, stages, self._dropped(frame), done)}
+                for sink in self.sinks:  # first: a forwarding sink spools the message before the event is on record
                     sink(frame, result, event)
+                self._record(event, frame.receipt)
         for status in self._statuses():
             self._emit(status)
         self._finished.set()
@@ -266,15 +266,19 @@ class Station:
         """Put an event from outside the frame path on record (a sink's connection state); any thread."""
         self._emit(event)
 
-    def _emit(self, event: dict, receipt: Callable[[], None] | None = None) -> dict:
-        """Put an event on record with the run id (the same dict goes to the sinks); returns it."""
-        event = {"run": self.run_id, **event}
+    def _emit(self, event: dict) -> None:
+        self._record({"run": self.run_id, **event})
+
+    def _dropped(self, frame: Frame) -> int:
+        return self._by_name[frame.source].counts.dropped
+
+    def _record(self, event: dict, receipt: Callable[[], None] | None = None) -> None:
+        """Count the event and hand it on (with the receipt of a file, called once it is on record)."""
         self.stats.record(event)
         if self.on_event is not None:
             self.on_event(event, receipt)
         elif receipt is not None:
             receipt()
-        return event
 
 
 def watch(

@@ -2,6 +2,7 @@
 HTTP server. Each is bounded, drops and counts when behind, and never slows the line."""
 
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -297,3 +298,23 @@ def test_webhook_credentials_go_in_a_header_never_in_the_url_or_the_output(tmp_p
         assert "H00kPW" not in sink.target and masked(f"{url} tok-123456") == f"{shown} ***"
     finally:
         server.close()
+
+
+def test_a_message_spooled_by_a_killed_run_without_its_event_is_forgotten(tmp_path):
+    from zsad_edge.runtime.station.spool import Spool
+
+    spool = Spool(tmp_path / "spool.sqlite")
+    for run, frame in (("A", 7), ("B", 1), ("B", 2), ("B", 3)):  # B was killed after spooling frame 3
+        spool.put("t", json.dumps({"run": run, "source": "line", "frame": frame}).encode())
+    log_tail = [{"event": "frame", "run": "B", "source": "line", "frame": f} for f in (1, 2)]
+    server = socket.socket()  # a webhook that accepts and never answers: nothing leaves the spool
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    try:
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+        sink = WebhookSink(url, spool=spool, recorded=log_tail, rate_per_s=1e6, timeout_s=0.2)
+        kept = [json.loads(payload)["frame"] for _, payload in spool.newest(10)]
+        sink.close(deadline=time.monotonic() + 0.5)
+    finally:
+        server.close()
+    assert sorted(kept) == [1, 2, 7]  # B's frame 3 has no event: forgotten; an older run's message kept
