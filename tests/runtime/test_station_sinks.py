@@ -318,3 +318,29 @@ def test_a_message_spooled_by_a_killed_run_without_its_event_is_forgotten(tmp_pa
     finally:
         server.close()
     assert sorted(kept) == [1, 2, 7]  # B's frame 3 has no event: forgotten; an older run's message kept
+
+
+def test_health_turns_degraded_while_a_sink_cannot_reach_its_receiver(tiny_detector, tmp_path):
+    from station_helpers import WebCollector
+
+    from zsad_edge.runtime.station.metrics import StationCollector, health
+    from zsad_edge.runtime.station.station import Station
+
+    server = WebCollector(status=503)
+    sink = WebhookSink(server.url, rate_per_s=1e6)
+    station = Station(tiny_detector, [Burst("cam", 100_000, every_s=0.01)], sinks=[sink]).start()
+    try:
+        station.detector.image_threshold = -1e9  # every frame anomalous: messages go out
+        assert _until(lambda: not sink.state()["connected"])
+        healthy, body = health(station)
+        assert not healthy and body["status"] == "degraded" and body["sinks"]["webhook"]["connected"] is False
+        families = {family.name: family for family in StationCollector(station).collect()}
+        assert [sample.value for sample in families["zsad_sink_up"].samples] == [0.0]
+        server.status = 200
+        assert _until(lambda: sink.state()["connected"] and sink.state()["spooled"] == 0)
+        assert health(station)[0]
+    finally:
+        station.close()
+        sink.close()
+        server.close()
+        station.detector.image_threshold = station.detector.scoring["image_threshold"]
