@@ -27,16 +27,15 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ZsadEdgeError
 from ..pipeline import DetectionResult
 from .credentials import expand, masked, remember, split_userinfo
+from .mqtt_client import connect_mqtt
 from .sinks import Connection, QueuedSink, lower_priority
 from .sources import Frame
 from .spool import Spool
 
 log = logging.getLogger(__name__)
 
-MQTT_EXTRA = "pip install 'zsad-edge[station]'"
 MQTT_PASSWORD_ENV = "ZSAD_EDGE_MQTT_PASSWORD"  # read from the environment, not the command line `ps` shows
 DEFAULT_TOPIC = "zsad-edge/anomalies"
-CONNECT_TIMEOUT_S = 10.0
 ACK_TIMEOUT_S = 5.0  # one message's wait for its acknowledgement before the receiver counts as down
 RETRY_S = 1.0  # while down, try the spool's oldest message again this often
 UNRECORDED_WINDOW = 1000  # newest spooled messages looked at for a kill between spooling and the event
@@ -239,32 +238,9 @@ class MqttSink(ForwardingSink):
     kind = "mqtt"
 
     def __init__(self, target: MqttTarget, client_id: str = "", **options) -> None:
-        try:
-            import paho.mqtt.client as mqtt
-        except ImportError:
-            raise ZsadEdgeError(f"--mqtt needs paho-mqtt: {MQTT_EXTRA}") from None
         self.broker = target
-        self._connected = threading.Event()
-        self._refusal: str | None = None
         self._in_flight: tuple[int, object] | None = None  # (spool id, paho's MQTTMessageInfo)
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        if target.username:
-            client.username_pw_set(target.username, target.password)
-        if target.tls:
-            client.tls_set(ca_certs=target.ca_file, certfile=target.cert_file, keyfile=target.key_file)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        where = f"MQTT broker {target.host}:{target.port}"
-        try:
-            client.connect(target.host, target.port, keepalive=30)
-        except (OSError, ValueError) as exc:
-            raise ZsadEdgeError(f"cannot reach the {where}: {masked(str(exc))}") from None
-        client.loop_start()
-        if not self._connected.wait(CONNECT_TIMEOUT_S) or self._refusal:
-            client.loop_stop()
-            raise ZsadEdgeError(f"the {where} did not accept the connection: {self._refusal or 'no answer'}")
-        self.client = client
+        self.client = connect_mqtt(target, "--mqtt", on_connect=self._back, client_id=client_id)
         super().__init__(**options)
 
     @property
@@ -274,16 +250,9 @@ class MqttSink(ForwardingSink):
     def topic_of(self, frame: Frame) -> str:
         return self.broker.topic.replace("{source}", frame.source)
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            self._refusal = str(reason_code)
-        self._connected.set()
-        if not reason_code.is_failure and hasattr(self, "_more"):
-            self.wake()  # back: the sink's thread sends the spool now
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        # paho's network thread: only flags here, the sink's thread reports it on its next send
-        self._connected.clear()
+    def _back(self, client) -> None:
+        if hasattr(self, "_more"):  # (re)connected once the sink is running: send the spool now
+            self.wake()
 
     def send(self, topic: str, payload: bytes, item_id: int, timeout_s: float) -> None:
         if self._in_flight is not None and self._in_flight[0] == item_id:

@@ -78,6 +78,7 @@ class Station:
     status events (source_down / source_up, file_skipped), with the frame's receipt (EventTaker).
     sinks: called with every (frame, result, event). run_id: names this run's events and files.
     rules: per source name, a region of interest and thresholds (source_rules.py).
+    part_ids: (source, capture time) -> the part id then (part_trigger.py), for frames without one.
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class Station:
         on_event: EventTaker | None = None,
         run_id: str | None = None,
         rules: Mapping[str, SourceRules] | None = None,
+        part_ids: Callable[[str, float], str | None] | None = None,
     ) -> None:
         if batch_size < 1 or max_wait_ms < 0:
             raise ValueError("batch_size must be at least 1 and max_wait_ms at least 0")
@@ -97,6 +99,7 @@ class Station:
         self.batch_size, self.max_wait_s = batch_size, max_wait_ms / 1000.0
         self.sinks, self.on_event = list(sinks), on_event
         self.rules = dict(rules or {})
+        self.part_ids = part_ids
         self.stats = StationStats(self.sources)
         # events of every start append to the same log with frame indices from 0: the run id tells them apart
         self.run_id = run_id or new_run_id()
@@ -246,7 +249,12 @@ class Station:
         self._finished.set()
 
     def _crop(self, frame: Frame) -> None:
-        """The source's region of interest: the model sees its bounding box (source_rules.py)."""
+        """The source's region of interest: the model sees its bounding box (source_rules.py); and
+        the part id of a trigger, where the frame has none of its own."""
+        if self.part_ids is not None and "part_id" not in frame.details:
+            part = self.part_ids(frame.source, frame.captured_at)
+            if part is not None:
+                frame.details["part_id"] = part
         rules = self.rules.get(frame.source)
         if rules is not None and rules.roi is not None:
             frame.image, box = rules.crop(frame.image)

@@ -103,3 +103,43 @@ def test_watch_drives_both_controllers_from_the_command_line(tiny_built, tmp_pat
     finally:
         server.close()
         device.close()
+
+
+@pytest.mark.needs_program("mosquitto")
+def test_part_ids_come_from_the_controllers_trigger_messages(tiny_detector, tmp_path):
+    import time
+
+    import paho.mqtt.client as mqtt
+    from station_helpers import start_mosquitto
+
+    from zsad_edge.runtime.station.part_trigger import MqttPartTrigger
+    from zsad_edge.runtime.station.sources import VideoFileSource
+    from zsad_edge.runtime.station.station import Station
+
+    broker, port = start_mosquitto(tmp_path)
+    trigger = MqttPartTrigger(f"mqtt://127.0.0.1:{port}/line1/part")
+    plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    plc.connect("127.0.0.1", port)
+    plc.loop_start()
+    try:
+        before = time.time()
+        for payload in ("A-100", '{"part_id": "B-200", "source": "cam2"}', "{broken"):
+            plc.publish("line1/part", payload, qos=1).wait_for_publish(10)
+        deadline = time.monotonic() + 10
+        while trigger.received + trigger.unreadable < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        now = time.time()
+        assert (trigger.received, trigger.unreadable) == (2, 1)
+        assert trigger.part_for("cam1", now) == "A-100" and trigger.part_for("cam2", now) == "B-200"
+        assert trigger.part_for("cam1", before - 1) is None  # captured before any trigger: no part id
+        events = []
+        sources = [VideoFileSource(name, write_video(tmp_path / f"{name}.avi", frames=2)) for name in ("cam1", "cam2")]
+        station = Station(tiny_detector, sources, part_ids=trigger.part_for,
+                          on_event=lambda event, receipt=None: events.append(event)).start()  # fmt: skip
+        assert station.join(60)
+        parts = {(e["source"], e["part_id"]) for e in events if e["event"] == "frame"}
+        assert parts == {("cam1", "A-100"), ("cam2", "B-200")}  # every frame carries its part
+    finally:
+        plc.loop_stop()
+        trigger.close()
+        broker.kill()
