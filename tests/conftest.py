@@ -72,6 +72,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="no NVIDIA GPU on this machine"))
 
 
+@pytest.fixture(autouse=True)
+def _no_station_left_running():
+    """A test that fails before it stops its `watch` subprocess must not leave it running (a looping
+    station would burn a core for the rest of the suite)."""
+    yield
+    from station_helpers import STARTED
+
+    for process in STARTED:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    STARTED.clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_built(tmp_path_factory):
     """A zsad-tiny-vit APRIL-GAN bundle (random CLIP and heads) plus its torch modules."""

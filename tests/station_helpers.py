@@ -66,11 +66,14 @@ class Slow:
         return getattr(self.detector, name)
 
 
+STARTED: list[subprocess.Popen] = []  # killed after each test (conftest) if a failed test left them running
+
+
 def start_watch(bundle, *arguments, env=None):
     """`zsad-edge watch BUNDLE ARGUMENTS...` as a subprocess (text pipes), from the repository root."""
     from helpers import REPO_ROOT
 
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "zsad_edge.runtime.cli", "watch", str(bundle), *map(str, arguments)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -78,6 +81,8 @@ def start_watch(bundle, *arguments, env=None):
         cwd=REPO_ROOT,
         env=env,
     )
+    STARTED.append(process)
+    return process
 
 
 def free_port() -> int:
