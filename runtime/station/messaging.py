@@ -1,10 +1,10 @@
 """Sinks that tell other systems: MQTT (the factory's usual message bus) and an HTTP webhook.
 
-Both send the frame event (JSON) of anomalous frames, each from its own thread behind a bounded
-queue and a per-source rate limit (sinks.py), and both store and forward: a message goes into the
-sink's on-disk spool (spool.py) first and leaves it only once the broker or web server
-acknowledged it, oldest first, so an outage, a stop or a crash loses nothing and a restart replays
-what was left. Each reports its connection state: `sink_down` / `sink_up` events, /healthz, and
+Both send the frame event (JSON) of anomalous frames, behind a per-source rate limit (sinks.py),
+and both store and forward: a message goes into the sink's on-disk spool (spool.py) before its
+frame's event is written and leaves it only once the broker or web server acknowledged it,
+oldest first, from a sender thread; so an outage, a stop or a crash loses nothing and a restart
+replays what was left. Each reports its connection state: `sink_down` / `sink_up` events, /healthz, and
 the metrics. Both are checked before the first frame: an unreachable broker, refused credentials
 or a malformed URL stop the station at start with one line. Credentials never show (credentials.py).
 """
@@ -164,11 +164,6 @@ class ForwardingSink(QueuedSink):
                 self.spool.remove(item_id)
                 removed += 1
         return removed
-
-    def left_behind(self, items: list[tuple[Frame, DetectionResult, dict]]) -> None:
-        for frame, _, event in items:  # not sent, but not lost: into the spool for the next run
-            self.spool.put(self.topic_of(frame), json.dumps(event).encode("utf-8"))
-            self.written += 1
 
     def _send_loop(self) -> None:
         lower_priority()
