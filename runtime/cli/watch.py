@@ -30,7 +30,7 @@ from ..station.events import EventLog, tail_events
 from ..station.messaging import MqttSink, MqttTarget, WebhookSink, parse_header
 from ..station.metrics import MetricsServer
 from ..station.opening import open_source, split_spec
-from ..station.part_trigger import MqttPartTrigger
+from ..station.part_trigger import PartTrigger, open_part_trigger
 from ..station.plc import OPCUA_FIELDS, ModbusLayout, ModbusSink, OpcUaSink, parse_mapping
 from ..station.retention import Retention
 from ..station.sinks import (
@@ -89,8 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     capture.add_argument("--part-id", metavar="REGEX", help="image folders: the part id in a file name (group `part`)")
     capture.add_argument(
-        "--part-trigger", metavar="URL", help="part ids from MQTT messages: mqtt://broker/topic (part_trigger.py)"
+        "--part-trigger", metavar="URL", help="part ids from the controller: mqtt://broker/topic or opc.tcp://server"
     )
+    capture.add_argument("--part-trigger-node", metavar="NODEID", help="with opc.tcp://: the part id variable")
     capture.add_argument(
         "--stall-s", type=float, default=10.0, help="cameras and streams: reopen one that gives no frame this long"
     )
@@ -278,16 +279,15 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         )
         load_s = time.monotonic() - started
         record = run_record(detector, args.bundle, args.precision, args.memory_bank)
-        trigger = MqttPartTrigger(args.part_trigger) if args.part_trigger else None
+        trigger = open_part_trigger(args.part_trigger, args.part_trigger_node) if args.part_trigger else None
         sinks = open_sinks(args, detector, record, sources, run_id, recorded)
         station = Station(
             detector, sources, args.batch_size, args.max_wait_ms, sinks, on_event=log.write, run_id=run_id,
             rules=rules, part_ids=trigger.part_for if trigger else None,
         )  # fmt: skip
         station.monitored["events"] = log
-        watchers: list[MetricsServer | StatusLine | Retention | Watchdog | MqttPartTrigger] = (
-            [trigger] if trigger else []
-        )
+        watchers: list[MetricsServer | StatusLine | Retention | Watchdog | PartTrigger] = []
+        watchers += [trigger] if trigger else []
         interrupted = False
         try:
             if args.metrics_port is not None:

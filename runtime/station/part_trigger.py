@@ -1,11 +1,15 @@
-"""Part ids from the line's controller: a message on an MQTT topic says which part is in front of
-the cameras now (`watch --part-trigger mqtt://broker/line1/part`).
+"""Part ids from the line's controller: which part is in front of the cameras now.
 
-The payload is the part id as text, or a JSON object {"part_id": "...", "source": "cam1"} where
-`source` limits it to one camera. Each frame gets the id of the latest trigger received at or
-before its capture time (its own source's, else one for every source), so a frame captured just
-before a new part arrives keeps the old part's id. A trigger older than `max_age_s` no longer
-names frames: a stopped line does not stamp an old part id on everything that follows.
+- MQTT (`watch --part-trigger mqtt://broker/line1/part`): a message's payload is the part id as
+  text, or a JSON object {"part_id": "...", "source": "cam1"} where `source` limits it to one camera.
+- OPC UA (`watch --part-trigger opc.tcp://plc:4840 --part-trigger-node ns=2;s=Line1.PartId`): each
+  change of the node's value is a new part (for every source); the value when the station starts
+  counts as the part in front of it then.
+
+Each frame gets the id of the latest trigger received at or before its capture time (its own
+source's, else one for every source), so a frame captured just before a new part arrives keeps
+the old part's id. A trigger older than `max_age_s` no longer names frames: a stopped line does
+not stamp an old part id on everything that follows.
 """
 
 from __future__ import annotations
@@ -16,28 +20,25 @@ import threading
 import time
 from collections import deque
 
+from ..errors import ZsadEdgeError
+from .credentials import masked
 from .messaging import MqttTarget
 from .mqtt_client import connect_mqtt
+from .plc import OpcUaServer
 
 log = logging.getLogger(__name__)
 HISTORY = 256  # triggers kept: enough for frames still queued when the next part arrives
 ALL_SOURCES = "*"
 
 
-class MqttPartTrigger:
-    """Subscribes to a topic (QoS 1, again after every reconnect) and answers `part_for(source, at)`."""
+class PartTrigger:
+    """The triggers received so far, and `part_for(source, at)`; subclasses listen and `note` them."""
 
-    def __init__(self, url: str, max_age_s: float = 60.0) -> None:
-        self.target = MqttTarget.parse(url)
+    def __init__(self, max_age_s: float = 60.0) -> None:
         self.max_age_s = max_age_s
         self.received = self.unreadable = 0
         self._history: deque[tuple[float, str, str]] = deque(maxlen=HISTORY)  # (time, source, part id)
         self._lock = threading.Lock()
-        topic = self.target.topic
-        self.client = connect_mqtt(
-            self.target, "--part-trigger", on_connect=lambda client: client.subscribe(topic, qos=1),
-            on_message=self._on_message,
-        )  # fmt: skip
 
     def part_for(self, source: str, at: float) -> str | None:
         """The part id in front of `source` at wall-clock time `at`, or None."""
@@ -47,12 +48,32 @@ class MqttPartTrigger:
                     return part if at - when <= self.max_age_s else None
         return None
 
+    def note(self, part: str, source: str = ALL_SOURCES) -> None:
+        with self._lock:
+            self._history.append((time.time(), source, part))
+        self.received += 1
+
+    def close(self) -> None:
+        """Stop listening."""
+
+
+class MqttPartTrigger(PartTrigger):
+    """Subscribes to a topic (QoS 1, again after every reconnect)."""
+
+    def __init__(self, url: str, max_age_s: float = 60.0) -> None:
+        super().__init__(max_age_s)
+        self.target = MqttTarget.parse(url)
+        topic = self.target.topic
+        self.client = connect_mqtt(
+            self.target, "--part-trigger", on_connect=lambda client: client.subscribe(topic, qos=1),
+            on_message=self._on_message,
+        )  # fmt: skip
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
 
     def _on_message(self, client, userdata, message) -> None:
-        received = time.time()
         text = message.payload.decode("utf-8", errors="replace").strip()
         source, part = ALL_SOURCES, text
         if text.startswith("{"):
@@ -65,6 +86,43 @@ class MqttPartTrigger:
             self.unreadable += 1
             log.warning("part trigger: unreadable message on %s: %.80r", message.topic, text)
             return
-        with self._lock:
-            self._history.append((received, source, part))
-        self.received += 1
+        self.note(part, source)
+
+
+class OpcUaPartTrigger(PartTrigger):
+    """Subscribes to data changes of one node (a PLC's part id variable)."""
+
+    def __init__(self, url: str, node_id: str | None, max_age_s: float = 60.0, timeout_s: float = 5.0) -> None:
+        super().__init__(max_age_s)
+        server = OpcUaServer.parse(url, "--part-trigger")
+        if not node_id:
+            raise ZsadEdgeError("--part-trigger opc.tcp://... needs --part-trigger-node NODEID (the part id variable)")
+        try:
+            self.client = server.connect(timeout_s)
+            self.subscription = self.client.create_subscription(100, self)
+            self.subscription.subscribe_data_change(self.client.get_node(node_id))
+        except Exception as exc:  # noqa: BLE001  (asyncua raises many kinds; all mean "cannot start")
+            raise ZsadEdgeError(f"--part-trigger {server.shown} {node_id}: {type(exc).__name__}: {exc}") from None
+
+    def datachange_notification(self, node, value, data) -> None:  # asyncua's subscription handler
+        if value is None or str(value) == "":
+            self.unreadable += 1
+            return
+        self.note(str(value))
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        except Exception:  # noqa: BLE001  (already gone)
+            log.debug("part trigger: disconnect failed", exc_info=True)
+
+
+def open_part_trigger(url: str, node_id: str | None = None) -> PartTrigger:
+    """The trigger a URL names: mqtt[s]:// or opc.tcp://."""
+    if url.startswith("opc.tcp://"):
+        return OpcUaPartTrigger(url, node_id)
+    if url.startswith(("mqtt://", "mqtts://")):
+        return MqttPartTrigger(url)
+    raise ZsadEdgeError(
+        f"--part-trigger wants mqtt://broker/topic or opc.tcp://server (with --part-trigger-node), got {masked(url)!r}"
+    )

@@ -50,6 +50,40 @@ def parse_mapping(items: list[str], known: tuple[str, ...], flag: str) -> dict[s
     return mapping
 
 
+@dataclass(frozen=True)
+class OpcUaServer:
+    """An OPC UA server from opc.tcp://[user:password@]host:port[/path]: the credentials apart from
+    the URL, which is shown masked."""
+
+    url: str
+    user: str | None
+    password: str | None
+    shown: str
+
+    @classmethod
+    def parse(cls, url: str, flag: str) -> "OpcUaServer":
+        try:
+            import asyncua  # noqa: F401  (checked here: one line naming the extra, not a traceback later)
+        except ImportError:
+            raise ZsadEdgeError(f"{flag} needs asyncua: {PLC_EXTRA}") from None
+        url = expand(url, flag)
+        bare, user, password = split_userinfo(url)
+        if urlsplit(bare).scheme != "opc.tcp":
+            raise ZsadEdgeError(f"{flag} wants opc.tcp://host:port[/path], got {masked(url)!r}")
+        return cls(bare, user, password, masked(url))
+
+    def connect(self, timeout_s: float):
+        """A connected asyncua (sync) client; raises what asyncua raises when it cannot connect."""
+        from asyncua.sync import Client
+
+        client = Client(self.url, timeout=timeout_s)
+        if self.user:
+            client.set_user(self.user)
+            client.set_password(self.password or "")
+        client.connect()
+        return client
+
+
 class PlcSink(QueuedSink):
     """A controller sink: every frame, in order, a write per frame; failures counted and reported."""
 
@@ -84,33 +118,22 @@ class OpcUaSink(PlcSink):
     kind = "opcua"
 
     def __init__(self, url: str, nodes: dict[str, str], timeout_s: float = CONNECT_TIMEOUT_S, **options) -> None:
-        try:
-            from asyncua import ua
-            from asyncua.sync import Client
-        except ImportError:
-            raise ZsadEdgeError(f"--opcua needs asyncua: {PLC_EXTRA}") from None
+        self.server = OpcUaServer.parse(url, "--opcua")
         if not nodes:
             raise ZsadEdgeError(f"--opcua needs at least one --opcua-node FIELD=NODEID ({', '.join(OPCUA_FIELDS)})")
-        url = expand(url, "--opcua")
-        bare, user, password = split_userinfo(url)
-        if urlsplit(bare).scheme != "opc.tcp":
-            raise ZsadEdgeError(f"--opcua wants opc.tcp://host:port[/path], got {masked(url)!r}")
-        self._ua, self._make_client = ua, lambda: Client(bare, timeout=timeout_s)
-        self.url, self.user, self.password, self.node_ids = bare, user, password, nodes
+        from asyncua import ua
+
+        self._ua, self.timeout_s, self.node_ids = ua, timeout_s, nodes
         self.client = None
         self.nodes: dict[str, tuple[object, object]] = {}  # field -> (node, its variant type)
         try:
             self._connect()
         except Exception as exc:  # noqa: BLE001  (asyncua raises many kinds; all mean "cannot start")
-            raise ZsadEdgeError(f"--opcua {masked(url)}: {type(exc).__name__}: {masked(str(exc))}") from None
-        super().__init__(f"the OPC UA server {masked(url)}", **options)
+            raise ZsadEdgeError(f"--opcua {self.server.shown}: {type(exc).__name__}: {masked(str(exc))}") from None
+        super().__init__(f"the OPC UA server {self.server.shown}", **options)
 
     def _connect(self) -> None:
-        client = self._make_client()
-        if self.user:
-            client.set_user(self.user)
-            client.set_password(self.password or "")
-        client.connect()
+        client = self.server.connect(self.timeout_s)
         try:
             self.nodes = {}
             for name, node_id in self.node_ids.items():

@@ -143,3 +143,35 @@ def test_part_ids_come_from_the_controllers_trigger_messages(tiny_detector, tmp_
         plc.loop_stop()
         trigger.close()
         broker.kill()
+
+
+def test_part_ids_come_from_an_opcua_node_the_plc_writes(tiny_detector, tmp_path):
+    import time
+
+    from zsad_edge.runtime.station.part_trigger import open_part_trigger
+    from zsad_edge.runtime.station.sources import VideoFileSource
+    from zsad_edge.runtime.station.station import Station
+
+    server = OpcUaServer()
+    try:
+        node = server.server.get_node(server.nodes["PartId"])
+        node.write_value("P-1")
+        trigger = open_part_trigger(server.url, server.nodes["PartId"])
+        deadline = time.monotonic() + 10
+        while trigger.received < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        node.write_value("P-2")  # the next part arrives
+        while trigger.received < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert trigger.part_for("cam1", time.time()) == "P-2"
+        events = []
+        source = VideoFileSource("cam1", write_video(tmp_path / "v.avi", frames=2))
+        station = Station(tiny_detector, [source], part_ids=trigger.part_for,
+                          on_event=lambda event, receipt=None: events.append(event))  # fmt: skip
+        assert station.start().join(60)
+        assert [e["part_id"] for e in events if e["event"] == "frame"] == ["P-2", "P-2"]
+        trigger.close()
+        with pytest.raises(ZsadEdgeError, match="needs --part-trigger-node"):
+            open_part_trigger(server.url)
+    finally:
+        server.close()
