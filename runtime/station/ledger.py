@@ -61,7 +61,3 @@ class FileLedger:
                 [(self.source, *key, outcome, now) for key in keys],
             )
             self._known.update(keys)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()

@@ -116,7 +116,6 @@ class Connection:
     def __init__(self, kind: str, target: str) -> None:
         self.kind, self.target = kind, target
         self.connected = True
-        self.last_error: str | None = None
         self.report: Callable[[dict], None] | None = None
 
     def up(self) -> None:
@@ -132,7 +131,6 @@ class Connection:
         if connected:
             log.warning("%s sink: %s is reachable again", self.kind, self.target)
         else:
-            self.last_error = reason
             log.warning("%s sink: %s is unreachable (%s)", self.kind, self.target, reason)
         if self.report is not None:
             kind = "sink_up" if connected else "sink_down"
