@@ -276,11 +276,11 @@ class OpcUaServer:
     """A real asyncua server on a free port with a Line1 object: Verdict (Boolean), Score (Double),
     PartId (String), Time (DateTime) and Count (UInt32), each recording every value written."""
 
-    def __init__(self):
+    def __init__(self, port=None):
         from asyncua import ua
         from asyncua.sync import Server
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.server = Server()
         self.server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/station")
         namespace = self.server.register_namespace("urn:zsad-edge:test")

@@ -90,19 +90,26 @@ class MqttPartTrigger(PartTrigger):
 
 
 class OpcUaPartTrigger(PartTrigger):
-    """Subscribes to data changes of one node (a PLC's part id variable)."""
+    """Subscribes to data changes of one node (a PLC's part id variable). A session that is lost (a
+    PLC restart, a cable) is noticed by a read every `check_s` and opened again, with backoff."""
+
+    check_s = 2.0
+    max_backoff_s = 30.0
 
     def __init__(self, url: str, node_id: str | None, max_age_s: float = 60.0, timeout_s: float = 5.0) -> None:
         super().__init__(max_age_s)
-        server = OpcUaServer.parse(url, "--part-trigger")
+        self.server, self.node_id, self.timeout_s = OpcUaServer.parse(url, "--part-trigger"), node_id, timeout_s
         if not node_id:
             raise ZsadEdgeError("--part-trigger opc.tcp://... needs --part-trigger-node NODEID (the part id variable)")
+        self.client = None
+        self.reconnects = 0
         try:
-            self.client = server.connect(timeout_s)
-            self.subscription = self.client.create_subscription(100, self)
-            self.subscription.subscribe_data_change(self.client.get_node(node_id))
+            self._subscribe()
         except Exception as exc:  # noqa: BLE001  (asyncua raises many kinds; all mean "cannot start")
-            raise ZsadEdgeError(f"--part-trigger {server.shown} {node_id}: {type(exc).__name__}: {exc}") from None
+            raise ZsadEdgeError(f"--part-trigger {self.server.shown} {node_id}: {type(exc).__name__}: {exc}") from None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="part-trigger", daemon=True)
+        self._thread.start()
 
     def datachange_notification(self, node, value, data) -> None:  # asyncua's subscription handler
         if value is None or str(value) == "":
@@ -111,10 +118,38 @@ class OpcUaPartTrigger(PartTrigger):
         self.note(str(value))
 
     def close(self) -> None:
-        try:
-            self.client.disconnect()
-        except Exception:  # noqa: BLE001  (already gone)
-            log.debug("part trigger: disconnect failed", exc_info=True)
+        self._stop.set()
+        self._disconnect()
+
+    def _subscribe(self) -> None:
+        client = self.server.connect(self.timeout_s)
+        self.node = client.get_node(self.node_id)
+        client.create_subscription(100, self).subscribe_data_change(self.node)
+        self.client = client
+
+    def _watch(self) -> None:
+        delay = self.check_s
+        while not self._stop.wait(delay):
+            try:
+                if self.client is None:
+                    self._subscribe()
+                    self.reconnects += 1
+                    log.warning("part trigger: %s is back", self.server.shown)
+                self.node.read_value()
+                delay = self.check_s
+            except Exception as exc:  # noqa: BLE001  (a lost session: any asyncua error)
+                if self.client is not None:
+                    log.warning("part trigger: lost %s (%s); reconnecting", self.server.shown, type(exc).__name__)
+                    self._disconnect()
+                delay = min(2 * delay, self.max_backoff_s)
+
+    def _disconnect(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                client.disconnect()
+            except Exception:  # noqa: BLE001  (already gone)
+                log.debug("part trigger: disconnect failed", exc_info=True)
 
 
 def open_part_trigger(url: str, node_id: str | None = None) -> PartTrigger:

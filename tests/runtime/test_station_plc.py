@@ -170,8 +170,16 @@ def test_part_ids_come_from_an_opcua_node_the_plc_writes(tiny_detector, tmp_path
                           on_event=lambda event, receipt=None: events.append(event))  # fmt: skip
         assert station.start().join(60)
         assert [e["part_id"] for e in events if e["event"] == "frame"] == ["P-2", "P-2"]
-        trigger.close()
         with pytest.raises(ZsadEdgeError, match="needs --part-trigger-node"):
             open_part_trigger(server.url)
+        trigger.check_s = 0.2
+        server.close()  # the PLC restarts
+        server = OpcUaServer(port=server.port)
+        server.server.get_node(server.nodes["PartId"]).write_value("P-3")
+        deadline = time.monotonic() + 60
+        while trigger.part_for("cam1", time.time()) != "P-3" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert trigger.part_for("cam1", time.time()) == "P-3" and trigger.reconnects >= 1  # subscribed again
+        trigger.close()
     finally:
         server.close()
