@@ -204,7 +204,7 @@ class Station:
                 continue
             batch = Batch(frames, statuses, started=time.monotonic())
             for frame in frames:
-                self._crop(frame)
+                self._prepare_frame(frame)
             batch.loaded = self.detector.load([frame.image for frame in frames])
             batch.tensor, batch.sizes = self.detector.preprocess_loaded(batch.loaded)
             batch.stages_ms["preprocess"] = 1e3 * (time.monotonic() - batch.started)
@@ -248,9 +248,9 @@ class Station:
             self._emit(status)
         self._finished.set()
 
-    def _crop(self, frame: Frame) -> None:
-        """The source's region of interest: the model sees its bounding box (source_rules.py); and
-        the part id of a trigger, where the frame has none of its own."""
+    def _prepare_frame(self, frame: Frame) -> None:
+        """The part id of a trigger, where the frame has none of its own; and the source's region of
+        interest: the model sees its bounding box (source_rules.py)."""
         if self.part_ids is not None and "part_id" not in frame.details:
             part = self.part_ids(frame.source, frame.captured_at)
             if part is not None:

@@ -117,7 +117,7 @@ def test_part_ids_come_from_the_controllers_trigger_messages(tiny_detector, tmp_
     from zsad_edge.runtime.station.station import Station
 
     broker, port = start_mosquitto(tmp_path)
-    trigger = MqttPartTrigger(f"mqtt://127.0.0.1:{port}/line1/part")
+    trigger = MqttPartTrigger(f"mqtt://127.0.0.1:{port}/line1/part", max_age_s=3600)  # however slow the machine
     plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     plc.connect("127.0.0.1", port)
     plc.loop_start()
@@ -157,6 +157,7 @@ def test_part_ids_come_from_an_opcua_node_the_plc_writes(tiny_detector, tmp_path
         node = server.server.get_node(server.nodes["PartId"])
         node.write_value("P-1")
         trigger = open_part_trigger(server.url, server.nodes["PartId"])
+        trigger.max_age_s = 3600  # a trigger never goes stale during this test, however slow the machine
         deadline = time.monotonic() + 10
         while trigger.received < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
