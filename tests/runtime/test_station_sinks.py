@@ -256,7 +256,10 @@ def test_mqtt_outages_are_reported_and_nothing_is_lost_in_them_or_at_a_stop(tmp_
         assert _until(lambda: again.counts()["delivered"] == 2)
         again.close()
         messages = subscriber.wait_for(8, timeout=30)
-        assert [json.loads(m.payload)["frame"] for m in messages] == list(range(8))  # each once, in order
+        frames = [json.loads(m.payload)["frame"] for m in messages]
+        # all 8, in order of first arrival; the broker may redeliver one it held when it was stopped
+        # (QoS 1 between broker and subscriber is at least once)
+        assert list(dict.fromkeys(frames)) == list(range(8)) and len(frames) - 8 <= 2
     finally:
         subscriber.close()
         broker.kill()
