@@ -28,3 +28,7 @@ class ModelLoadError(ZsadEdgeError):
 
 class ParityError(ZsadEdgeError):
     """An exported graph disagrees with its PyTorch reference beyond tolerance."""
+
+
+class ServerUnavailableError(ZsadEdgeError):
+    """The inference server a remote detector uses cannot be reached (down, restarting, unreachable)."""

@@ -45,14 +45,19 @@ def read_image(path: str | os.PathLike, keep_side: int | None = None) -> np.ndar
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
+    return decode_image(np.fromfile(path, dtype=np.uint8), str(path), keep_side)
+
+
+def decode_image(data: np.ndarray | bytes, name: str, keep_side: int | None = None) -> np.ndarray:
+    """Decode an encoded image (a file's bytes) the way `read_image` does; `name` is what errors call it."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
     if data.size == 0:
-        raise ImageReadError(f"image file is empty: {path}")
+        raise ImageReadError(f"image file is empty: {name}")
     with _codec_messages() as messages:
         image = cv2.imdecode(data, _decode_flag(data, keep_side))
     if image is None:
         detail = f": {messages[0]}" if messages and messages[0] else ""
-        raise ImageReadError(f"cannot decode image (corrupt or not an image{detail}): {path}")
+        raise ImageReadError(f"cannot decode image (corrupt or not an image{detail}): {name}")
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     elif image.ndim == 3 and image.shape[2] == 4:

@@ -100,7 +100,12 @@ class DetectionPipeline(ABC):
 
     def read(self, path: str | os.PathLike) -> np.ndarray:
         """Decode an image file; one far larger than the model input is decoded reduced (image_io)."""
-        return read_image(path, keep_side=REDUCED_DECODE_MARGIN * max(self.manifest.preprocess.input_size))
+        return read_image(path, keep_side=self.decode_keep_side)
+
+    @property
+    def decode_keep_side(self) -> int:
+        """Encoded images are decoded reduced while their shorter side stays at least this (image_io)."""
+        return REDUCED_DECODE_MARGIN * max(self.manifest.preprocess.input_size)
 
     def load(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
         """Images (arrays of any layout, or paths) -> checked arrays in their own dtype and layout.
@@ -171,6 +176,22 @@ class DetectionPipeline(ABC):
         """
         features = self.encode(batch)
         return self.post_heads(features, *self.heads(features))
+
+    # The three steps a station runs on its three threads (station.py); a RemoteDetector
+    # (serving/remote.py) implements them too, with the server call as `run`.
+    def prepare(self, loaded: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Loaded images -> what `run` takes: the preprocessed batch and the original sizes."""
+        return self.preprocess_loaded(loaded)
+
+    def run(self, prepared: tuple[np.ndarray, list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray, list]:
+        """The model call: (maps, prompt scores, sizes)."""
+        batch, sizes = prepared
+        maps, scores = self.infer(batch)
+        return maps, scores, sizes
+
+    def results(self, inferred: tuple[np.ndarray, np.ndarray, list]) -> list[DetectionResult]:
+        """The model's output -> results (without result stages: `refine` runs those)."""
+        return self.postprocess(*inferred)
 
     def refine(self, results: list[DetectionResult], loaded: Sequence[np.ndarray]) -> list[DetectionResult]:
         """The result stages, in order (CLIP-SAM), on results made from the `loaded` images."""

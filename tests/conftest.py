@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
@@ -84,6 +85,45 @@ def _no_station_left_running():
             process.kill()
             process.wait()
     STARTED.clear()
+
+
+def _running_non_daemon_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+
+
+def _still_running(threads: list[threading.Thread], grace_s: float = 10.0) -> list[str]:
+    """The names of those threads that do not end within a bounded wait (an executor's worker
+    ends on its own shortly after its loop closes; an event loop nobody stopped never does)."""
+    for thread in threads:
+        thread.join(timeout=grace_s)
+    return [thread.name for thread in threads if thread.is_alive()]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A thread left by a session fixture would make the interpreter wait forever after the report:
+    name it and fail instead (`pytest_unconfigure` then exits without waiting for it)."""
+    stuck = _still_running(_running_non_daemon_threads())
+    if stuck:
+        session.config._zsad_stuck_threads = stuck
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config):
+    stuck = getattr(config, "_zsad_stuck_threads", None)
+    if stuck:
+        print(f"\nerror: non-daemon threads still running after the suite (the process could not exit): {stuck}")
+        os._exit(int(pytest.ExitCode.TESTS_FAILED))
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_left_running():
+    """A non-daemon thread that outlives its test keeps the interpreter from ever exiting: the suite
+    would report its results and then hang until CI's time runs out. Fail the test that left it
+    (after giving it a bounded chance to finish) instead."""
+    before = set(threading.enumerate())
+    yield
+    stuck = _still_running([t for t in _running_non_daemon_threads() if t not in before])
+    assert not stuck, f"non-daemon threads left running (the process could not exit): {stuck}"
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from typing import Sequence
 from ..errors import ZsadEdgeError
 from ..station.credentials import MaskingFilter, masked
 from ..stopping import Stopped, StopRequest
-from . import bench, bench_compare, calibrate, detect, evaluate, fit_normal, info, watch
+from . import bench, bench_compare, calibrate, detect, evaluate, fit_normal, info, serve, watch
 from .common import EXIT_ERROR, HelpWithDefaults
 from .detect import run_detect
 
@@ -33,6 +33,7 @@ COMMANDS = {
     "info": info,
     "bench": bench,
     "bench-compare": bench_compare,
+    "serve": serve,
 }
 
 __all__ = ["COMMANDS", "main", "run_detect"]

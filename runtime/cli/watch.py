@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 from ..bundle import load_manifest
+from ..detector import Detector
 from ..errors import ZsadEdgeError
 from ..image_io import write_bytes_atomic
+from ..serving.remote import RemoteDetector
 from ..station.config import apply_config, load_config
 from ..station.credentials import expand, masked
 from ..station.drop_folder import ProcessedAction, reconcile
@@ -59,7 +61,9 @@ POLL_S = 0.2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path, nargs="?", help="the bundle (or `bundle` in --config)")
+    parser.add_argument(
+        "bundle", type=Path, nargs="?", help="the bundle (or `bundle` in --config); with --server, the model's name"
+    )
     parser.add_argument(
         "sources", nargs="*", help="[name=]URI: video file, image folder, camera, rtsp/http URL, gst:..."
     )
@@ -68,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--check-config", action="store_true", help="check --config (and the bundle) and exit")
     parser.add_argument("--memory-bank", type=Path, help="few-shot: a bank written by `zsad-edge fit-normal`")
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="score on a model server (`zsad-edge serve`, Triton): grpc://HOST:PORT or http://HOST:PORT; "
+        "no model runs here (zsad-edge[remote])",
+    )
     capture = parser.add_argument_group("sources")
     capture.add_argument("--queue-size", type=int, default=4, help="frames each source may hold")
     capture.add_argument("--stride", type=int, default=1, help="keep every Nth frame of each source")
@@ -164,6 +174,8 @@ def _settle_arguments(args: argparse.Namespace) -> dict[str, SourceRules]:
         rules = config.rules
     if args.bundle is None or not args.sources or args.out is None:
         raise ZsadEdgeError("watch needs a bundle, at least one source and --out, on the command line or in --config")
+    if args.server and args.memory_bank:
+        raise ZsadEdgeError("with --server the served bundle carries its memory bank: give it to `zsad-edge serve`")
     _check_numbers(args)
     return rules
 
@@ -247,7 +259,8 @@ def open_sinks(
 
 def check_config(args: argparse.Namespace, rules: dict[str, SourceRules]) -> int:
     """--check-config: everything that can be checked without opening a source or the model."""
-    load_manifest(args.bundle, verify_hashes=False)
+    if not args.server:
+        load_manifest(args.bundle, verify_hashes=False)
     names = [split_spec(spec, index)[0] for index, spec in enumerate(args.sources)]
     for spec in args.sources:
         expand(spec, "source")  # credentials from the environment and files are there
@@ -274,11 +287,8 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         sources = open_sources(args)
         recorded = [event for path in [*log.rotated()[-1:], log.path] for event in tail_events(path)]
         reconcile(sources, recorded)
-        detector = open_detector(
-            args.bundle, args.backend, args.memory_bank, precision=args.precision, device=args.device
-        )
+        detector, record = _open_model(args)
         load_s = time.monotonic() - started
-        record = run_record(detector, args.bundle, args.precision, args.memory_bank)
         trigger = open_part_trigger(args.part_trigger, args.part_trigger_node) if args.part_trigger else None
         sinks = open_sinks(args, detector, record, sources, run_id, recorded)
         station = Station(
@@ -307,6 +317,8 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
                 watcher.close()
             if not interrupted:
                 close_sinks(sinks, args.drain_s)
+            if isinstance(detector, RemoteDetector):
+                detector.close()
         summary = _summary(station, stop, load_s, sinks, record, log)
     _write_summary(args.out, summary)
     print(
@@ -316,6 +328,15 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         file=sys.stdout,
     )
     return 0
+
+
+def _open_model(args: argparse.Namespace) -> tuple[Detector | RemoteDetector, dict]:
+    """The local detector, or with --server the served model (checked now: the server answers)."""
+    if args.server:
+        detector = RemoteDetector(args.server, str(args.bundle))
+        return detector, {**detector.record, "server": masked(args.server)}
+    detector = open_detector(args.bundle, args.backend, args.memory_bank, precision=args.precision, device=args.device)
+    return detector, run_record(detector, args.bundle, args.precision, args.memory_bank)
 
 
 def _summary(station: Station, stop: StopRequest, load_s: float, sinks: list[QueuedSink], record: dict, log) -> dict:

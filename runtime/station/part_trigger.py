@@ -123,8 +123,12 @@ class OpcUaPartTrigger(PartTrigger):
 
     def _subscribe(self) -> None:
         client = self.server.connect(self.timeout_s)
-        self.node = client.get_node(self.node_id)
-        client.create_subscription(100, self).subscribe_data_change(self.node)
+        try:
+            self.node = client.get_node(self.node_id)
+            client.create_subscription(100, self).subscribe_data_change(self.node)
+        except BaseException:
+            client.disconnect()  # also stops the client's event-loop thread
+            raise
         self.client = client
 
     def _watch(self) -> None:

@@ -77,10 +77,17 @@ class OpcUaServer:
         from asyncua.sync import Client
 
         client = Client(self.url, timeout=timeout_s)
-        if self.user:
-            client.set_user(self.user)
-            client.set_password(self.password or "")
-        client.connect()
+        try:
+            if self.user:
+                client.set_user(self.user)
+                client.set_password(self.password or "")
+            client.connect()
+        except BaseException:
+            # The sync client runs its own non-daemon event-loop thread; after a failed connect
+            # only we can stop it. Left running, every failed reconnect would leak a thread and
+            # the process could never exit.
+            client.tloop.stop()
+            raise
         return client
 
 

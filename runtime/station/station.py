@@ -17,10 +17,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from ..errors import ServerUnavailableError
 from ..pipeline import DetectionPipeline, DetectionResult
 from ..stopping import NEVER, StopRequest
 from .batching import gather
@@ -33,6 +34,7 @@ QUEUE_DEPTH = 1  # one batch waiting between threads is enough to overlap them; 
 IDLE_S = 0.05  # with no frame, the prepare thread looks at stops and stalls this often
 EVENT_QUEUE = 64  # events waiting for a slow `watch()` consumer before the station waits for it
 JOIN_S = 5.0
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # backoff while a model server is unavailable
 
 
 def new_run_id() -> str:
@@ -60,10 +62,8 @@ class Batch:
     frames: list[Frame]
     statuses: list[dict]
     loaded: list[np.ndarray] = field(default_factory=list)
-    tensor: np.ndarray | None = None
-    sizes: list[tuple[int, int]] = field(default_factory=list)
-    maps: np.ndarray | None = None
-    scores: np.ndarray | None = None
+    prepared: Any = None  # the detector's `prepare` output, then its `run` output
+    inferred: Any = None
     started: float = 0.0
     stages_ms: dict[str, float] = field(default_factory=dict)
 
@@ -117,6 +117,8 @@ class Station:
         self._prepared: queue.Queue[Batch | None] = queue.Queue(QUEUE_DEPTH)
         self._inferred: queue.Queue[Batch | None] = queue.Queue(QUEUE_DEPTH)
         self._abandon = threading.Event()  # an error, or close() before the end: threads leave at once
+        self._stopping = threading.Event()  # stop(): capture ends; a batch the server cannot take is dropped
+        self._server_down_since: float | None = None
         self._finished = threading.Event()
         self._threads = [
             threading.Thread(target=self._guard, args=(body,), name=f"station-{body.__name__[1:]}", daemon=True)
@@ -131,7 +133,9 @@ class Station:
         return self
 
     def stop(self) -> None:
-        """Stop capture; frames already captured are still processed."""
+        """Stop capture; frames already captured are still processed (unless their model server is
+        down: then they are counted as dropped)."""
+        self._stopping.set()
         for source in self.sources:
             source.stop()
 
@@ -206,7 +210,7 @@ class Station:
             for frame in frames:
                 self._prepare_frame(frame)
             batch.loaded = self.detector.load([frame.image for frame in frames])
-            batch.tensor, batch.sizes = self.detector.preprocess_loaded(batch.loaded)
+            batch.prepared = self.detector.prepare(batch.loaded)
             batch.stages_ms["preprocess"] = 1e3 * (time.monotonic() - batch.started)
             self._put(self._prepared, batch)
         self._put(self._prepared, _END)
@@ -215,12 +219,42 @@ class Station:
         while (batch := self._take(self._prepared)) is not _END:
             if batch.frames:
                 began = time.monotonic()
-                batch.maps, batch.scores = self.detector.infer(batch.tensor)
-                self.detector.synchronize()
-                batch.tensor = None
-                batch.stages_ms["infer"] = 1e3 * (time.monotonic() - began)
+                batch.inferred = self._run_model(batch)
+                if batch.inferred is None:
+                    batch.frames = []  # dropped and counted: only its sources' status events go on
+                else:
+                    self.detector.synchronize()
+                    batch.stages_ms["infer"] = 1e3 * (time.monotonic() - began)
+                batch.prepared = None
             self._put(self._inferred, batch)
         self._put(self._inferred, _END)
+
+    def _run_model(self, batch: Batch) -> Any:
+        """The model call; while a model server is unavailable (a RemoteDetector), retried with
+        backoff between `server_down` and `server_up` events. Live sources meanwhile drop their
+        oldest frames (counted); files wait. After stop() a batch the server cannot take is
+        dropped and counted (a file's event is then missing, so a restart scores it again)."""
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                inferred = self.detector.run(batch.prepared)
+            except ServerUnavailableError as exc:
+                if self._server_down_since is None:
+                    self._server_down_since = time.time()
+                    self._emit({"event": "server_down", "time": self._server_down_since, "reason": str(exc)})
+                if self._stopping.is_set() or self._abandon.is_set():
+                    for frame in batch.frames:
+                        self.stats.drop(frame.source)
+                    return None
+                self.heartbeat = time.monotonic()  # waiting for the server is not a hang
+                self._stopping.wait(delay)
+                delay = min(2 * delay, RETRY_MAX_S)
+                continue
+            if self._server_down_since is not None:
+                now = time.time()
+                self._emit({"event": "server_up", "time": now, "down_s": round(now - self._server_down_since, 3)})
+                self._server_down_since = None
+            return inferred
 
     def _finish(self) -> None:
         while (batch := self._take(self._inferred)) is not _END:
@@ -229,7 +263,7 @@ class Station:
             if not batch.frames:
                 continue
             began = time.monotonic()
-            results = self.detector.postprocess(batch.maps, batch.scores, batch.sizes)
+            results = self.detector.results(batch.inferred)
             results = [self._judge(frame, result) for frame, result in zip(batch.frames, results)]
             batch.stages_ms["postprocess"] = 1e3 * (time.monotonic() - began)
             if self.detector.result_stages:

@@ -34,6 +34,7 @@ class StationStats:
         self.processed = dict.fromkeys(self.sources, 0)
         self.anomalies = dict.fromkeys(self.sources, 0)
         self.up = dict.fromkeys(self.sources, True)
+        self.server_dropped = dict.fromkeys(self.sources, 0)
         self.latency: dict[str, deque[float]] = {}
         self.started = time.monotonic()
         self._lock = threading.Lock()
@@ -51,14 +52,22 @@ class StationStats:
             for stage, ms in {**event["stages_ms"], "total": event["latency_ms"]}.items():
                 self.latency.setdefault(stage, deque(maxlen=LATENCY_WINDOW)).append(ms)
 
+    def drop(self, source: str) -> None:
+        """Count a captured frame that was never scored: its model server stayed down through a stop."""
+        with self._lock:
+            self.server_dropped[source] += 1
+
     def per_source(self) -> dict[str, dict]:
-        """Per source: captured, processed, dropped, skipped (with the first reasons), anomalies, up."""
+        """Per source: captured, processed, dropped (by the source when the station was behind, and
+        `server_dropped` of those, when a model server stayed down through a stop), skipped (with
+        the first reasons), anomalies, up."""
         with self._lock:
             return {
                 name: {
                     "captured": source.counts.captured,
                     "processed": self.processed[name],
-                    "dropped": source.counts.dropped,
+                    "dropped": source.counts.dropped + self.server_dropped[name],
+                    "server_dropped": self.server_dropped[name],
                     "skipped": source.counts.skipped,
                     "skipped_items": source.counts.skipped_items[:100],
                     "anomalies": self.anomalies[name],

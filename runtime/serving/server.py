@@ -1,0 +1,173 @@
+"""`zsad-edge serve`: bundles served by NVIDIA Triton Inference Server through PyTriton.
+
+Triton owns the network side (HTTP/REST and gRPC in the KServe v2 protocol, dynamic batching,
+health, readiness and Prometheus metrics); each bundle is a model whose requests PyTriton hands
+to a `Detector` in this process. One detector per `--instances`: Triton runs that many batches
+at once. The model name is the bundle folder's name, the version is taken from the manifest's
+sha256 (scoring.py), so a client can tell which bundle answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..detector import Detector
+from ..errors import ZsadEdgeError
+from ..stopping import StopRequest
+from .scoring import manifest_digest, model_name, model_version, request_images, score_images
+from .tensors import INPUTS, OUTPUTS, reply_batch
+
+LOG = logging.getLogger(__name__)
+SERVE_EXTRA = "pip install 'zsad-edge[serve]'"
+WATCH_S = 0.2
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Where Triton listens: one address for HTTP, gRPC and metrics."""
+
+    bind: str = "127.0.0.1"
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+    def check_free(self) -> None:
+        """Refuse a port already in use before Triton starts (it would fail later, in its own log)."""
+        for flag, port in (("--http-port", self.http), ("--grpc-port", self.grpc), ("--metrics-port", self.metrics)):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((self.bind, port))
+                except OSError as exc:
+                    raise ZsadEdgeError(
+                        f"{flag} {port}: cannot listen on {self.bind}:{port} ({exc.strerror}); "
+                        f"stop what uses it or choose another port with {flag}"
+                    ) from None
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch: int = 8
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+
+
+@dataclass
+class ServedModel:
+    """A bundle as Triton serves it: its name, version, run record and one detector per instance."""
+
+    name: str
+    version: int
+    record: dict[str, Any]
+    detectors: list[Detector]
+
+    def infer_functions(self) -> list[Callable]:
+        return [self._infer_function(detector) for detector in self.detectors]
+
+    def _infer_function(self, detector: Detector) -> Callable:
+        record = self.record
+
+        def infer(requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
+            images = [request_images(request.data, detector.decode_keep_side) for request in requests]
+            outcomes = score_images(detector, [image for per_request in images for image in per_request])
+            if all(outcome.result is None for outcome in outcomes):
+                # nothing in this batch could be scored: a real Triton error for each request
+                raise ZsadEdgeError("; ".join(sorted({outcome.error for outcome in outcomes})))
+            replies, start = [], 0
+            for per_request in images:
+                replies.append(reply_batch(outcomes[start : start + len(per_request)], record))
+                start += len(per_request)
+            return replies
+
+        return infer
+
+
+def served_model(bundle: Path, detectors: list[Detector], precision: str, record: dict) -> ServedModel:
+    digest = manifest_digest(bundle)
+    name, version = model_name(bundle, precision), model_version(digest)
+    scoring = detectors[0].scoring  # the overlay's colour scale on a remote station needs all of it
+    record = {**record, "model": name, "version": version, "digest": digest, "scoring": scoring}
+    return ServedModel(name, version, record, detectors)
+
+
+def use_this_interpreters_libpython() -> None:
+    """Make Triton's python-backend stub load this interpreter's libpython, not the system's.
+
+    The stub links `libpython3.X.so.1.0` by name; where the distribution ships one too (Debian
+    does), the dynamic loader picks that one, and a stub running another patch release's library
+    against this interpreter's standard library fails to load the model (an AttributeError deep
+    in multiprocessing). Putting this interpreter's library folder first fixes the lookup; the
+    variable is inherited by tritonserver and the stubs it starts.
+    """
+    folder, library = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if not folder or not library or not (Path(folder) / library).is_file():
+        LOG.warning("this Python has no shared libpython (%s): the python backend uses the system's", library)
+        return
+    paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != folder]
+    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([folder, *paths])
+
+
+def serve(
+    models: Sequence[ServedModel], ports: Ports, batching: Batching, stop: StopRequest, on_ready: Callable[[], None]
+) -> None:
+    """Run Triton with the models until a stop is requested or Triton dies; clean up its workspace."""
+    try:
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError:
+        raise ZsadEdgeError(f"serving needs NVIDIA PyTriton: {SERVE_EXTRA}") from None
+    ports.check_free()
+    use_this_interpreters_libpython()
+    inputs = [Tensor(name=n, dtype=d, shape=s, optional=True) for n, (d, s) in INPUTS.items()]
+    outputs = [Tensor(name=n, dtype=d, shape=s) for n, (d, s) in OUTPUTS.items()]
+    with tempfile.TemporaryDirectory(prefix="zsad-edge-triton-") as temporary:
+        config = TritonConfig(
+            http_address=ports.bind,
+            http_port=ports.http,
+            grpc_address=ports.bind,
+            grpc_port=ports.grpc,
+            metrics_address=ports.bind,
+            metrics_port=ports.metrics,
+            allow_cpu_metrics=True,
+            log_file=Path(temporary) / "tritonserver.log",
+            exit_timeout_secs=5,
+        )
+        triton = Triton(config=config, workspace=Path(temporary) / "workspace")
+        try:
+            for model in models:
+                triton.bind(
+                    model_name=model.name,
+                    model_version=model.version,
+                    infer_func=model.infer_functions(),
+                    inputs=inputs,
+                    outputs=outputs,
+                    config=ModelConfig(
+                        max_batch_size=batching.max_batch,
+                        batcher=DynamicBatcher(max_queue_delay_microseconds=batching.max_queue_delay_us),
+                    ),
+                    strict=True,
+                )
+            triton.run()
+            on_ready()
+            while not stop.requested and triton.is_alive():
+                time.sleep(WATCH_S)
+            if not stop.requested:
+                raise ZsadEdgeError(f"Triton stopped unexpectedly; its log: {_last_lines(config.log_file)}")
+        finally:
+            triton.stop()
+
+
+def _last_lines(log_file: Path, count: int = 3) -> str:
+    try:
+        return " | ".join(log_file.read_text(errors="replace").splitlines()[-count:])
+    except OSError:
+        return "(none written)"
