@@ -20,7 +20,7 @@ from typing import Sequence
 from ..errors import ZsadEdgeError
 from ..station.credentials import MaskingFilter, masked
 from ..stopping import Stopped, StopRequest
-from . import bench, bench_compare, calibrate, detect, evaluate, fit_normal, info, serve, watch
+from . import bench, bench_compare, calibrate, detect, evaluate, fit_normal, info, serve, triton_repo, watch
 from .common import EXIT_ERROR, HelpWithDefaults
 from .detect import run_detect
 
@@ -34,6 +34,7 @@ COMMANDS = {
     "bench": bench,
     "bench-compare": bench_compare,
     "serve": serve,
+    "triton-repo": triton_repo,
 }
 
 __all__ = ["COMMANDS", "main", "run_detect"]

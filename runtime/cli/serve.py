@@ -16,17 +16,19 @@ import argparse
 import json
 from pathlib import Path
 
-from ..serving.server import Batching, Ports, serve, served_model
+from ..serving.server import Batching, Ports, serve, serve_repository, served_model
 from ..stopping import StopRequest
 from .common import backend_arguments, open_detector
-from .detect import run_record
 
 HELP = "serve bundles through Triton Inference Server (HTTP and gRPC, dynamic batching)"
 PARENTS = (backend_arguments(),)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE")
+    parser.add_argument("bundles", type=Path, nargs="*", metavar="BUNDLE")
+    parser.add_argument(
+        "--repository", type=Path, help="instead of bundles: run tritonserver on a repository made by `triton-repo`"
+    )
     parser.add_argument(
         "--memory-bank", type=Path, help="few-shot: a bank written by `zsad-edge fit-normal` (one bundle)"
     )
@@ -44,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
     from ..errors import ZsadEdgeError
 
+    ports = Ports(args.bind, args.http_port, args.grpc_port, args.metrics_port)
+    if bool(args.bundles) == bool(args.repository):
+        raise ZsadEdgeError("serve wants BUNDLE... or --repository REPO (one of them)")
+    if args.repository:
+        serve_repository(args.repository, ports, stop)
+        return 0
     if args.memory_bank is not None and len(args.bundles) != 1:
         raise ZsadEdgeError("--memory-bank belongs to one bundle: serve that bundle alone")
     if min(args.max_batch, args.instances) < 1 or args.max_queue_delay_us < 0:
@@ -54,12 +62,10 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
             open_detector(bundle, args.backend, args.memory_bank, precision=args.precision, device=args.device)
             for _ in range(args.instances)
         ]
-        record = run_record(detectors[0], bundle, args.precision, args.memory_bank)
-        models.append(served_model(bundle, detectors, args.precision, record))
+        models.append(served_model(bundle, detectors, args.precision, args.memory_bank))
     names = {model.name for model in models}
     if len(names) != len(models):
         raise ZsadEdgeError("two bundles would get the same model name: give their folders different names")
-    ports = Ports(args.bind, args.http_port, args.grpc_port, args.metrics_port)
 
     def ready() -> None:
         served = [{"model": m.name, "version": m.version, "method": m.record["method"]} for m in models]

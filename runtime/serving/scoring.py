@@ -67,6 +67,18 @@ def model_version(digest: str) -> int:
     return int(digest[:7], 16) or 1
 
 
+def served_record(
+    detector: Detector, bundle: Path, name: str, precision: str, memory_bank: Path | None = None
+) -> dict[str, Any]:
+    """The run record every reply carries: the local one, plus the model's name, version and digest,
+    and the whole scoring block (a remote station's overlay colours by it)."""
+    from ..cli.detect import run_record
+
+    digest = manifest_digest(bundle)
+    extra = {"model": name, "version": model_version(digest), "digest": digest, "scoring": detector.scoring}
+    return {**run_record(detector, bundle, precision, memory_bank), **extra}
+
+
 def model_name(bundle: Path, precision: str) -> str:
     """The bundle folder's name (with a non-fp32 precision appended), in Triton's allowed characters."""
     name = Path(bundle).resolve().name + ("" if precision == "fp32" else f"-{precision}")

@@ -9,12 +9,13 @@ sha256 (scoring.py), so a client can tell which bundle answered.
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import socket
-import sysconfig
+import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,11 +25,11 @@ import numpy as np
 from ..detector import Detector
 from ..errors import ZsadEdgeError
 from ..stopping import StopRequest
-from .scoring import manifest_digest, model_name, model_version, request_images, score_images
+from .scoring import model_name, request_images, score_images, served_record
 from .tensors import INPUTS, OUTPUTS, reply_batch
+from .tritonserver import SERVE_EXTRA, start_tritonserver, use_this_interpreters_libpython
 
 LOG = logging.getLogger(__name__)
-SERVE_EXTRA = "pip install 'zsad-edge[serve]'"
 WATCH_S = 0.2
 
 
@@ -91,29 +92,10 @@ class ServedModel:
         return infer
 
 
-def served_model(bundle: Path, detectors: list[Detector], precision: str, record: dict) -> ServedModel:
-    digest = manifest_digest(bundle)
-    name, version = model_name(bundle, precision), model_version(digest)
-    scoring = detectors[0].scoring  # the overlay's colour scale on a remote station needs all of it
-    record = {**record, "model": name, "version": version, "digest": digest, "scoring": scoring}
-    return ServedModel(name, version, record, detectors)
-
-
-def use_this_interpreters_libpython() -> None:
-    """Make Triton's python-backend stub load this interpreter's libpython, not the system's.
-
-    The stub links `libpython3.X.so.1.0` by name; where the distribution ships one too (Debian
-    does), the dynamic loader picks that one, and a stub running another patch release's library
-    against this interpreter's standard library fails to load the model (an AttributeError deep
-    in multiprocessing). Putting this interpreter's library folder first fixes the lookup; the
-    variable is inherited by tritonserver and the stubs it starts.
-    """
-    folder, library = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
-    if not folder or not library or not (Path(folder) / library).is_file():
-        LOG.warning("this Python has no shared libpython (%s): the python backend uses the system's", library)
-        return
-    paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != folder]
-    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([folder, *paths])
+def served_model(bundle: Path, detectors: list[Detector], precision: str, memory_bank: Path | None) -> ServedModel:
+    name = model_name(bundle, precision)
+    record = served_record(detectors[0], bundle, name, precision, memory_bank)
+    return ServedModel(name, record["version"], record, detectors)
 
 
 def serve(
@@ -164,6 +146,46 @@ def serve(
                 raise ZsadEdgeError(f"Triton stopped unexpectedly; its log: {_last_lines(config.log_file)}")
         finally:
             triton.stop()
+
+
+def serve_repository(repository: Path, ports: Ports, stop: StopRequest) -> None:
+    """Run the bundled tritonserver on a model repository until a stop is requested or it exits."""
+    if not repository.is_dir():
+        raise ZsadEdgeError(f"no model repository at {repository}: write one with `zsad-edge triton-repo`")
+    ports.check_free()
+    with tempfile.TemporaryDirectory(prefix="zsad-edge-triton-") as temporary:
+        log_file = Path(temporary) / "tritonserver.log"
+        server = start_tritonserver(
+            repository.resolve(), Path(temporary), ports.bind, (ports.http, ports.grpc, ports.metrics)
+        )
+        try:
+            announced = False
+            while not stop.requested and server.poll() is None:
+                if not announced and _ready(ports):
+                    print(json.dumps({"serving": str(repository), "http": f"{ports.bind}:{ports.http}",
+                                      "grpc": f"{ports.bind}:{ports.grpc}"}), flush=True)  # fmt: skip
+                    announced = True
+                time.sleep(WATCH_S)
+            if not stop.requested:
+                raise ZsadEdgeError(f"tritonserver exited ({server.returncode}); its log: {_last_lines(log_file)}")
+        finally:
+            if server.poll() is None:
+                server.terminate()  # Triton stops on SIGTERM, within its --exit-timeout-secs
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+
+
+def _ready(ports: Ports) -> bool:
+    """Triton's readiness endpoint: every model in the repository loaded."""
+    host = "127.0.0.1" if ports.bind in ("0.0.0.0", "") else ports.bind
+    try:
+        with urllib.request.urlopen(f"http://{host}:{ports.http}/v2/health/ready", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
 
 
 def _last_lines(log_file: Path, count: int = 3) -> str:
