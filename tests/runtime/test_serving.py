@@ -1,0 +1,235 @@
+"""Serving through a real Triton Inference Server: `zsad-edge serve` (PyTriton's tritonserver),
+`RemoteDetector`, `triton-repo` repositories run by the bundled tritonserver, bad requests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from helpers import REPO_ROOT
+from serving_helpers import Served, metric
+from station_helpers import free_port
+
+from zsad_edge.runtime.contract import MANIFEST_FILE
+from zsad_edge.runtime.detector import Detector
+from zsad_edge.runtime.errors import ImageReadError, ServerUnavailableError
+from zsad_edge.runtime.serving.remote import RemoteDetector
+from zsad_edge.runtime.serving.repository import CONFIG_FILE, parse_config
+from zsad_edge.runtime.serving.tensors import INPUTS, OUTPUTS
+
+pytestmark = [pytest.mark.needs_module("pytriton", "tritonclient"), pytest.mark.slow]
+
+
+def _flagging(bundle: Path) -> Path:
+    """Every image flagged (so CLIP-SAM refines every one): the image threshold set below any score."""
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    manifest["scoring"]["image_threshold"] = -1e9
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_built, tmp_path_factory):
+    """One tiny random-weight bundle per method family, in folders named for the method."""
+    from zsad_edge.export.build import BuildConfig, build_bundle
+    from zsad_edge.export.models.clip import ClipSpec
+    from zsad_edge.export.models.fnn import FnnTrainConfig, RandomWordConfig
+    from zsad_edge.export.models.sam import SamSpec
+
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(tiny_built.path, root / "aprilgan")
+    clip = ClipSpec("zsad-tiny-vit", random_init=True, image_size=224)
+    build_bundle(BuildConfig(clip=clip, method="sdp", out_dir=root / "sdp"))
+    fnn = FnnTrainConfig(epochs=2, words=RandomWordConfig(pairs=100))
+    build_bundle(BuildConfig(clip=clip, method="fnn", out_dir=root / "fnn", gaussian_sigma=4.0, fnn=fnn))
+    build_bundle(BuildConfig(clip=clip, method="sdp", out_dir=root / "clipsam", sam=SamSpec("litemedsam")))
+    _flagging(root / "clipsam")
+    return {name: root / name for name in ("aprilgan", "sdp", "fnn", "clipsam")}
+
+
+@pytest.fixture(scope="module")
+def server(bundles):
+    served = Served(*bundles.values(), "--max-batch", 8, "--max-queue-delay-us", 20000)
+    yield served
+    assert served.stop() == 0
+
+
+def _images(tmp_path):
+    """Two files (sent encoded) and two arrays (sent as pixels), of different sizes."""
+    rng = np.random.default_rng(3)
+    arrays = [(rng.random((h, w, 3)) * 255).astype(np.uint8) for h, w in ((60, 80), (90, 70), (48, 64), (75, 100))]
+    for index in (0, 1):
+        cv2.imwrite(str(tmp_path / f"part{index}.png"), arrays[index][:, :, ::-1])
+    return [tmp_path / "part0.png", tmp_path / "part1.png", arrays[2], arrays[3]]
+
+
+def _assert_same(got, want):
+    span = float(want.anomaly_map.max() - want.anomaly_map.min()) or 1.0
+    assert np.abs(got.anomaly_map - want.anomaly_map).max() <= 1e-5 * span
+    assert abs(got.score - want.score) <= 1e-6 and got.is_anomalous == want.is_anomalous
+    assert np.array_equal(got.mask, want.mask)
+    assert (got.refinement is None) == (want.refinement is None)
+    if want.refinement is not None:
+        assert np.array_equal(got.refinement.mask, want.refinement.mask)
+        refined_span = float(np.ptp(want.refinement.anomaly_map)) or 1.0
+        assert np.abs(got.refinement.anomaly_map - want.refinement.anomaly_map).max() <= 1e-5 * refined_span
+        assert len(got.refinement.regions) == len(want.refinement.regions)
+
+
+@pytest.mark.parametrize("method", ["aprilgan", "sdp", "fnn", "clipsam"])
+def test_served_results_equal_the_local_detector(server, bundles, method, tmp_path):
+    remote = RemoteDetector(server.url, method)
+    try:
+        images = _images(tmp_path)
+        local = Detector.from_bundle(bundles[method])
+        got, want = remote.detect_batch(images), local.detect_batch(images)
+        assert [r.anomaly_map.shape for r in got] == [(60, 80), (90, 70), (48, 64), (75, 100)]
+        for one, other in zip(got, want):
+            _assert_same(one, other)
+        assert remote.record["method"] == local.manifest.method["name"] and remote.record["model"] == method
+        assert remote.scoring["image_threshold"] == local.scoring["image_threshold"]
+        if method == "clipsam":
+            assert all(r.refinement is not None for r in got)  # the server ran the cascade
+    finally:
+        remote.close()
+
+
+def test_concurrent_requests_are_batched_by_triton(server, tmp_path):
+    remote = RemoteDetector(server.url, "aprilgan", concurrency=16)
+    try:
+        before = server.metrics_text()
+        frames = [(np.random.default_rng(i).random((48, 64, 3)) * 255).astype(np.uint8) for i in range(48)]
+        results = remote.detect_batch(frames)
+        after = server.metrics_text()
+    finally:
+        remote.close()
+    assert len(results) == 48
+    requests = metric(after, "nv_inference_count", "aprilgan") - metric(before, "nv_inference_count", "aprilgan")
+    executions = metric(after, "nv_inference_exec_count", "aprilgan") - metric(
+        before, "nv_inference_exec_count", "aprilgan"
+    )
+    assert requests == 48 and executions < requests  # some model calls took more than one request
+
+
+def test_a_bad_image_fails_its_own_request_and_the_server_keeps_serving(server, tmp_path):
+    truncated = tmp_path / "truncated.png"
+    ok, png = cv2.imencode(".png", np.full((40, 40, 3), 90, np.uint8))
+    truncated.write_bytes(png.tobytes()[:60])
+    remote = RemoteDetector(server.url, "aprilgan")
+    try:
+        with pytest.raises(ImageReadError, match="^the server could not score an image: cannot decode image"):
+            remote(truncated)
+        assert np.isfinite(remote(np.full((40, 40, 3), 90, np.uint8)).score)  # the next request is served
+    finally:
+        remote.close()
+
+
+def test_a_request_of_the_wrong_dtype_or_shape_gets_a_triton_error(server):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+    wrong = [
+        ("pixels", np.zeros((1, 8, 8, 3), np.float32), "FP32"),  # float pixels
+        ("pixels", np.zeros((1, 8, 8), np.uint8), "UINT8"),  # no channel axis
+    ]
+    for name, data, dtype in wrong:
+        request = grpcclient.InferInput(name, list(data.shape), dtype)
+        request.set_data_from_numpy(data)
+        with pytest.raises(InferenceServerException, match="pixels|dims|shape|datatype|data type"):
+            client.infer("aprilgan", [request])
+    client.close()
+    remote = RemoteDetector(server.url, "aprilgan")  # and it still serves
+    remote.close()
+
+
+def _serve_cli(*arguments):
+    return subprocess.run(
+        [sys.executable, "-m", "zsad_edge.runtime.cli", "serve", *map(str, arguments)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+    )  # fmt: skip
+
+
+def test_bad_starts_are_one_error_line(tiny_built, tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _serve_cli(
+            tiny_built.path, "--grpc-port", port, "--http-port", free_port(), "--metrics-port", free_port()
+        )
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: --grpc-port {port}: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        f"stop what uses it or choose another port with --grpc-port"
+    ]
+    (tmp_path / "not_a_bundle").mkdir()
+    done = _serve_cli(tmp_path / "not_a_bundle")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "not a zsad-edge bundle" in done.stderr and "Traceback" not in done.stderr
+    with pytest.raises(ServerUnavailableError, match=r"grpc://127.0.0.1:\d+ is unavailable"):
+        RemoteDetector(f"grpc://127.0.0.1:{free_port()}", "aprilgan")
+
+
+def test_few_shot_bundles_serve_with_their_memory_bank(bundles, tmp_path):
+    local = Detector.from_bundle(bundles["aprilgan"])
+    rng = np.random.default_rng(8)
+    local.fit_normal([(rng.random((64, 64, 3)) * 255).astype(np.uint8) for _ in range(2)]).save(tmp_path / "bank.npz")
+    served = Served(bundles["aprilgan"], "--memory-bank", tmp_path / "bank.npz")
+    remote = RemoteDetector(served.url, "aprilgan")
+    try:
+        images = _images(tmp_path)
+        for got, want in zip(remote.detect_batch(images), local.detect_batch(images)):
+            _assert_same(got, want)
+        assert remote.record["memory_bank"] == str(tmp_path / "bank.npz")
+    finally:
+        remote.close()
+        assert served.stop() == 0
+
+
+def test_a_python_backend_repository_serves_what_the_local_detector_returns(bundles, tmp_path):
+    repository = tmp_path / "repo"
+    written = subprocess.run(
+        [sys.executable, "-m", "zsad_edge.runtime.cli", "triton-repo", bundles["aprilgan"], "--out", repository,
+         "--max-batch", "4", "--instances", "2"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    config = parse_config((repository / "aprilgan" / CONFIG_FILE).read_text())
+    assert config.backend == "python" and config.max_batch_size == 4 and config.instance_group[0].count == 2
+    assert {i.name: list(i.dims) for i in config.input} == {name: list(dims) for name, (_, dims) in INPUTS.items()}
+    assert {o.name: list(o.dims) for o in config.output} == {name: list(dims) for name, (_, dims) in OUTPUTS.items()}
+    again = subprocess.run(
+        [sys.executable, "-m", "zsad_edge.runtime.cli", "triton-repo", bundles["aprilgan"], "--out", repository],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 2 and "exists" in again.stderr and "--overwrite" in again.stderr
+    served = Served("--repository", repository)
+    remote = RemoteDetector(served.url, "aprilgan")
+    try:
+        images = _images(tmp_path)
+        local = Detector.from_bundle(bundles["aprilgan"])
+        for got, want in zip(remote.detect_batch(images), local.detect_batch(images)):
+            _assert_same(got, want)
+        truncated = tmp_path / "bad.png"
+        truncated.write_bytes(b"\x89PNG\r\n\x1a\n")
+        with pytest.raises(ImageReadError, match="cannot decode image"):
+            remote(truncated)
+    finally:
+        remote.close()
+        assert served.stop() == 0
+
+
+def test_an_invalid_config_is_refused_by_tritons_protobuf():
+    from zsad_edge.runtime.errors import ZsadEdgeError
+
+    for text in ('name: "m" max_batch_size: 4 no_such_field: 1', 'name: "m" input { data_type: TYPE_NOPE }'):
+        with pytest.raises(ZsadEdgeError, match="invalid config.pbtxt"):
+            parse_config(text)
