@@ -34,6 +34,7 @@ PROBE = np.zeros((8, 8, 3), np.uint8)  # scored once at start: the server, the m
 UNAVAILABLE = (
     "UNAVAILABLE", "connection refused", "failed to connect", "Socket closed", "not ready", "DEADLINE_EXCEEDED",
 )  # fmt: skip
+MODEL_LOADING = ("NOT_FOUND", "unknown model", "is not found")
 SERVER_ERROR_LINE = re.compile(r"(?:ZsadEdgeError|ImageReadError): (.+)")
 
 
@@ -131,7 +132,10 @@ class RemoteDetector:
 
     def _translated(self, exc: Exception) -> ZsadEdgeError:
         text = str(exc)
-        if isinstance(exc, (ConnectionError, TimeoutError, OSError)) or any(word in text for word in UNAVAILABLE):
+        # A model that answered before and is now unknown: a restarted server still loading it.
+        reloading = hasattr(self, "record") and any(word in text for word in MODEL_LOADING)
+        unreachable = isinstance(exc, (ConnectionError, TimeoutError, OSError)) or any(w in text for w in UNAVAILABLE)
+        if unreachable or reloading:
             return ServerUnavailableError(f"the server {masked(self.url)} is unavailable: {_first_line(text)}")
         found = SERVER_ERROR_LINE.search(text)
         if found:

@@ -46,6 +46,8 @@ class Ports:
         """Refuse a port already in use before Triton starts (it would fail later, in its own log)."""
         for flag, port in (("--http-port", self.http), ("--grpc-port", self.grpc), ("--metrics-port", self.metrics)):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # as Triton binds: connections of a previous server waiting out TIME_WAIT do not count
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((self.bind, port))
                 except OSError as exc:
