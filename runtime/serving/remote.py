@@ -60,7 +60,7 @@ class RemoteDetector:
     `run`, `results` (the run is the server call), `scoring` and the server's run `record`.
     """
 
-    result_stages: list = []  # the server runs them (CLIP-SAM): results arrive refined
+    result_stages: tuple = ()  # the server runs them (CLIP-SAM): results arrive refined
 
     def __init__(self, url: str, model: str, version: str = "", timeout_s: float = 30.0, concurrency: int = 8) -> None:
         self.url, self.model, self.version, self.timeout_s = url, model, str(version), timeout_s

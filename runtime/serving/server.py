@@ -106,7 +106,7 @@ def serve(
     """Run Triton with the models until a stop is requested or Triton dies; clean up its workspace."""
     try:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig
+        from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
     except ImportError:
         raise ZsadEdgeError(f"serving needs NVIDIA PyTriton: {SERVE_EXTRA}") from None
     ports.check_free()
@@ -125,7 +125,11 @@ def serve(
             log_file=Path(temporary) / "tritonserver.log",
             exit_timeout_secs=5,
         )
-        triton = Triton(config=config, workspace=Path(temporary) / "workspace")
+        # PyTriton guards Triton's control endpoints with a token of its own; statistics (per-model
+        # request, batch-size and latency counts) are read-only and what an operator sizes by.
+        guarded = [endpoint for endpoint in DEFAULT_PROTECTED_ENDPOINTS if endpoint != "statistics"]
+        security = TritonSecurityConfig(restricted_endpoints=guarded)
+        triton = Triton(config=config, workspace=Path(temporary) / "workspace", security_config=security)
         try:
             for model in models:
                 triton.bind(

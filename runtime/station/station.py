@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 
 from ..errors import ServerUnavailableError
-from ..pipeline import DetectionPipeline, DetectionResult
+from ..pipeline import DetectionResult
 from ..stopping import NEVER, StopRequest
 from .batching import gather
 from .events import frame_event
@@ -47,6 +47,20 @@ class EventTaker(Protocol):
     (a full disk) or never (a crash): a drop-folder file is marked done only then."""
 
     def __call__(self, event: dict, receipt: Callable[[], None] | None = None) -> None: ...
+
+
+class StationModel(Protocol):
+    """What the station runs on its threads: a local detector (pipeline.py), or a RemoteDetector
+    (serving/remote.py) whose `run` is the server call."""
+
+    result_stages: Sequence
+
+    def load(self, images: Sequence) -> list: ...
+    def prepare(self, loaded: Sequence) -> Any: ...
+    def run(self, prepared: Any) -> Any: ...
+    def synchronize(self) -> None: ...
+    def results(self, inferred: Any) -> list[DetectionResult]: ...
+    def refine(self, results: list[DetectionResult], loaded: Sequence) -> list[DetectionResult]: ...
 
 
 class Sink(Protocol):
@@ -83,7 +97,7 @@ class Station:
 
     def __init__(
         self,
-        detector: DetectionPipeline,
+        detector: StationModel,
         sources: Sequence[FrameSource],
         batch_size: int = 1,
         max_wait_ms: float = 20.0,
@@ -324,7 +338,7 @@ class Station:
 
 
 def watch(
-    detector: DetectionPipeline,
+    detector: StationModel,
     sources: Sequence[FrameSource],
     batch_size: int = 1,
     max_wait_ms: float = 20.0,
