@@ -58,9 +58,9 @@ class Slow:
     def __init__(self, detector, seconds):
         self.detector, self.seconds = detector, seconds
 
-    def infer(self, batch):
+    def run(self, batch):
         time.sleep(self.seconds)
-        return self.detector.infer(batch)
+        return self.detector.run(batch)
 
     def __getattr__(self, name):
         return getattr(self.detector, name)

@@ -1,7 +1,7 @@
 """`zsad-edge serve`: serve bundles to many cameras through NVIDIA Triton Inference Server (PyTriton).
 
 Each BUNDLE becomes a Triton model named after its folder (with `-PRECISION` for a variant), its
-version taken from the manifest's sha256. A request sends one image as file bytes (`image`,
+version taken from the manifest's sha256. A request sends one image as file bytes (`image_bytes`,
 PNG/JPEG/...) or uint8 pixels (`pixels`, H x W x C); the reply holds the score, the verdict, the
 anomaly map and mask at the image's size, the regions, CLIP-SAM's refinement where the bundle has
 one, and the run record (docs/serving.md). Clients: `RemoteDetector`, `zsad-edge watch --server`,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,8 +39,42 @@ MODEL_LOADING = ("NOT_FOUND", "unknown model", "is not found")
 SERVER_ERROR_LINE = re.compile(r"(?:ZsadEdgeError|ImageReadError): (.+)")
 
 
-def _client(url: str):
-    """A tritonclient for grpc://HOST:PORT (or HOST:PORT) or http://HOST:PORT."""
+class Transport:
+    """tritonclient's gRPC or HTTP module for grpc://HOST:PORT (or HOST:PORT) or http://HOST:PORT,
+    with one client per calling thread (tritonclient's HTTP client must not be shared by threads)."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        (self.module, self.address), self.timeout_s = _module(url), timeout_s
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.module.__name__.endswith("grpc"):
+                client = self.module.InferenceServerClient(self.address)
+            else:
+                client = self.module.InferenceServerClient(
+                    self.address, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                )
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def infer_options(self) -> dict[str, Any]:
+        return {"client_timeout": self.timeout_s} if self.module.__name__.endswith("grpc") else {}
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+
+
+def _module(url: str) -> tuple[Any, str]:
+    """The tritonclient module for the URL's scheme, and HOST:PORT."""
     parts = urlsplit(url if "://" in url else f"grpc://{url}")
     if parts.scheme not in ("grpc", "http") or not parts.hostname or not parts.port:
         raise ZsadEdgeError(f"--server wants grpc://HOST:PORT or http://HOST:PORT, got {masked(url)!r}")
@@ -50,7 +85,7 @@ def _client(url: str):
             import tritonclient.http as module
     except ImportError:
         raise ZsadEdgeError(f"a remote detector needs tritonclient: {CLIENT_EXTRA}") from None
-    return module, module.InferenceServerClient(f"{parts.hostname}:{parts.port}")
+    return module, f"{parts.hostname}:{parts.port}"
 
 
 class RemoteDetector:
@@ -64,7 +99,7 @@ class RemoteDetector:
 
     def __init__(self, url: str, model: str, version: str = "", timeout_s: float = 30.0, concurrency: int = 8) -> None:
         self.url, self.model, self.version, self.timeout_s = url, model, str(version), timeout_s
-        self._module, self._client_ = _client(url)
+        self._transport = Transport(url, timeout_s)
         self._pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="remote-detector")
         reply = self._infer(PIXELS, PROBE[None], outputs=(*RESULT_OUTPUTS, "record"))
         self.record: dict[str, Any] = reply_record(reply)
@@ -99,7 +134,7 @@ class RemoteDetector:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self._client_.close()
+        self._transport.close()
 
     def _payload(self, image: ImageInput) -> tuple[str, np.ndarray]:
         if isinstance(image, (str, os.PathLike)):
@@ -113,13 +148,14 @@ class RemoteDetector:
         return PIXELS, (image[:, :, None] if image.ndim == 2 else image)[None]
 
     def _infer(self, name: str, data: np.ndarray, outputs: Sequence[str] = RESULT_OUTPUTS) -> dict[str, np.ndarray]:
-        module = self._module
+        module = self._transport.module
         request = module.InferInput(name, list(data.shape), "BYTES" if data.dtype == np.object_ else "UINT8")
         request.set_data_from_numpy(data)
         wanted = [module.InferRequestedOutput(output) for output in outputs]
         try:
-            reply = self._client_.infer(self.model, [request], model_version=self.version, outputs=wanted,
-                                        client_timeout=self.timeout_s)  # fmt: skip
+            reply = self._transport.client().infer(
+                self.model, [request], model_version=self.version, outputs=wanted, **self._transport.infer_options()
+            )
         except Exception as exc:  # noqa: BLE001  (tritonclient and its transports raise many kinds)
             raise self._translated(exc) from None
         return {output: reply.as_numpy(output) for output in outputs}

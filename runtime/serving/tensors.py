@@ -1,7 +1,7 @@
 """The tensors a served detector takes and returns: one contract for the server, the client, the
 python-backend model of a Triton repository and any other Triton client.
 
-A request carries one image, either as the bytes of an image file (`image`, TYPE_STRING: PNG,
+A request carries one image, either as the bytes of an image file (`image_bytes`, TYPE_STRING: PNG,
 JPEG, BMP, TIFF, ... decoded on the server exactly as `read_image` decodes a file) or as raw
 pixels (`pixels`, UINT8 H x W x C with C = 1, 3 (RGB) or 4 (RGBA)). Send encoded files or uint8
 frames, never float tensors: a float frame is four times the bytes on the wire.
@@ -21,11 +21,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..contract import ANOMALY_MAP
 from ..pipeline import DetectionResult
 from ..regions import anomalous_regions
 from ..sam.cascade import SamRefinement
 
-IMAGE_BYTES = "image"
+IMAGE_BYTES = "image_bytes"
 PIXELS = "pixels"
 # name -> (numpy dtype, per-request dims); np.bytes_ is Triton's TYPE_STRING
 INPUTS: dict[str, tuple[type, tuple[int, ...]]] = {
@@ -38,7 +39,7 @@ OUTPUTS: dict[str, tuple[type, tuple[int, ...]]] = {
     "text_score": (np.float32, (1,)),
     "map_peak": (np.float32, (1,)),
     "size": (np.int32, (2,)),
-    "anomaly_map": (np.float32, (-1, -1)),
+    ANOMALY_MAP: (np.float32, (-1, -1)),
     "mask": (np.uint8, (-1, -1)),
     "refined": (np.bool_, (1,)),
     "refined_map": (np.float32, (-1, -1)),
@@ -98,7 +99,7 @@ def reply_batch(outcomes: Sequence[Scored], record: dict[str, Any]) -> dict[str,
         "text_score": np.array(each(lambda r: [r.text_score], [np.nan]), np.float32),
         "map_peak": np.array(each(lambda r: [r.map_peak], [np.nan]), np.float32),
         "size": np.array(each(lambda r: list(r.anomaly_map.shape[:2]), [0, 0]), np.int32),
-        "anomaly_map": _padded(each(lambda r: r.anomaly_map, empty), np.float32),
+        ANOMALY_MAP: _padded(each(lambda r: r.anomaly_map, empty), np.float32),
         "mask": _padded(each(lambda r: r.mask, empty), np.uint8),
         "refined": np.array([[f is not None] for f in refinements], np.bool_),
         "refined_map": _padded(refined(lambda f: f.anomaly_map, empty), np.float32),
@@ -136,7 +137,7 @@ def result_from_reply(outputs: dict[str, np.ndarray]) -> DetectionResult:
         )
     return DetectionResult(
         score=number("score"),
-        anomaly_map=plane("anomaly_map", np.float32),
+        anomaly_map=plane(ANOMALY_MAP, np.float32),
         mask=plane("mask", bool),
         is_anomalous=bool(np.asarray(outputs["is_anomalous"]).reshape(-1)[0]),
         text_score=number("text_score"),

@@ -82,9 +82,11 @@ def _assert_same(got, want):
         assert len(got.refinement.regions) == len(want.refinement.regions)
 
 
-@pytest.mark.parametrize("method", ["aprilgan", "sdp", "fnn", "clipsam"])
-def test_served_results_equal_the_local_detector(server, bundles, method, tmp_path):
-    remote = RemoteDetector(server.url, method)
+@pytest.mark.parametrize("method, protocol", [("aprilgan", "grpc"), ("aprilgan", "http"), ("sdp", "grpc"),
+                                              ("fnn", "grpc"), ("clipsam", "grpc")])  # fmt: skip
+def test_served_results_equal_the_local_detector(server, bundles, method, protocol, tmp_path):
+    port = server.grpc if protocol == "grpc" else server.http
+    remote = RemoteDetector(f"{protocol}://127.0.0.1:{port}", method)
     try:
         images = _images(tmp_path)
         local = Detector.from_bundle(bundles[method])

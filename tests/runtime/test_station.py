@@ -79,7 +79,7 @@ class Rendezvous:
         self.running = False
         self._changed = threading.Condition()
 
-    def preprocess_loaded(self, images):
+    def prepare(self, images):
         self.threads["preprocess"].add(threading.current_thread().name)
         with self._changed:
             self.preprocessed += 1
@@ -87,15 +87,15 @@ class Rendezvous:
             if self.preprocessed > 1 and self.acknowledged < self.calls and self._changed.wait_for(unmet, 10):
                 self.acknowledged = self.entered
                 self._changed.notify_all()
-        return self.detector.preprocess_loaded(images)
+        return self.detector.prepare(images)
 
-    def infer(self, batch):
+    def run(self, batch):
         self.threads["infer"].add(threading.current_thread().name)
         with self._changed:
             self.entered += 1
             entry, self.running = self.entered, True
             self._changed.notify_all()
-        out = self.detector.infer(batch)
+        out = self.detector.run(batch)
         with self._changed:
             if entry <= self.calls:
                 self.met += self._changed.wait_for(lambda: self.acknowledged >= entry, 10)
@@ -171,7 +171,7 @@ def test_only_anomalies_are_written_when_asked(tiny_built, tmp_path):
 
 def test_a_failing_model_call_stops_the_station_with_its_error(tiny_detector, tmp_path):
     class Broken(Slow):
-        def infer(self, batch):
+        def run(self, batch):
             raise RuntimeError("the accelerator fell off the bus")
 
     with pytest.raises(RuntimeError, match="fell off the bus"):
