@@ -70,7 +70,7 @@ def run_local(detector: Detector, images: list[np.ndarray]) -> dict:
 
 
 def run_served(url: str, model: str, images: list[np.ndarray], clients: int) -> dict:
-    remote = RemoteDetector(url, model, concurrency=1)
+    remote = RemoteDetector(url, model, concurrency=clients)  # its request pool is shared by the threads
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -102,6 +102,13 @@ def batch_counts(grpc_port: int, model: str) -> dict[int, int]:
     return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
 
 
+def add_calls(seen: dict[int, int], before: dict[int, int], after: dict[int, int]) -> None:
+    """Add the model calls made between two readings of `batch_counts`, by batch size (non-zero only)."""
+    for size, count in after.items():
+        if count > before.get(size, 0):
+            seen[size] = seen.get(size, 0) + count - before.get(size, 0)
+
+
 def run_station(model: str, url: str, folder: Path, out: Path) -> dict:
     done = subprocess.run(
         [*CLI, "watch", model, f"cam={folder}", "--server", url, "--out", out, "--batch-size", "8", "--status-s", "0"],
@@ -120,11 +127,10 @@ def start_server(bundle: Path, ports: tuple[int, int, int], max_batch: int) -> s
          "--max-batch", str(max_batch), "--max-queue-delay-us", "5000"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    line = process.stdout.readline()
-    if not line.startswith("{"):
-        process.kill()
-        raise SystemExit(f"serve did not start: {line}")
-    return process
+    for line in process.stdout:  # the `serving` line once ready (Triton may print before it)
+        if line.startswith("{"):
+            return process
+    raise SystemExit(f"serve did not start (exit {process.wait()})")
 
 
 def main() -> None:
@@ -162,12 +168,11 @@ def main() -> None:
                     name = f"served_{clients}_clients"
                     before = batch_counts(ports[1], model)
                     rounds.setdefault(name, []).append(run_served(url, model, images, clients))
-                    after = batch_counts(ports[1], model)
-                    seen = batches.setdefault(name, {})
-                    for size, count in after.items():
-                        seen[size] = seen.get(size, 0) + count - before.get(size, 0)
+                    add_calls(batches.setdefault(name, {}), before, batch_counts(ports[1], model))
                 out = folder / f"station{round_index}"
+                before = batch_counts(ports[1], model)
                 rounds.setdefault("station_server_batch8", []).append(run_station(model, url, drop, out))
+                add_calls(batches.setdefault("station_server_batch8", {}), before, batch_counts(ports[1], model))
         finally:
             server.terminate()
             server.wait(60)

@@ -333,7 +333,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
 def _open_model(args: argparse.Namespace) -> tuple[Detector | RemoteDetector, dict]:
     """The local detector, or with --server the served model (checked now: the server answers)."""
     if args.server:
-        detector = RemoteDetector(args.server, str(args.bundle))
+        detector = RemoteDetector(args.server, str(args.bundle), concurrency=args.batch_size)
         return detector, {**detector.record, "server": masked(args.server)}
     detector = open_detector(args.bundle, args.backend, args.memory_bank, precision=args.precision, device=args.device)
     return detector, run_record(detector, args.bundle, args.precision, args.memory_bank)

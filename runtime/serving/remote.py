@@ -93,6 +93,8 @@ class RemoteDetector:
 
     Besides the call signature it offers what a station uses of a detector: `load`, `prepare`,
     `run`, `results` (the run is the server call), `scoring` and the server's run `record`.
+    concurrency: requests in flight at once, shared by every thread that uses this detector (16
+    threads calling one detector of concurrency 1 would send one request at a time).
     """
 
     result_stages: tuple = ()  # the server runs them (CLIP-SAM): results arrive refined

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -122,6 +123,7 @@ def serve(
             metrics_address=ports.bind,
             metrics_port=ports.metrics,
             allow_cpu_metrics=True,
+            allow_gpu_metrics=shutil.which("nvidia-smi") is not None,  # else NVML's failure is printed
             log_file=Path(temporary) / "tritonserver.log",
             exit_timeout_secs=5,
         )
