@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..detector import Detector
-from .scoring import request_images, score_images, served_record
+from .scoring import request_images, score_requests, served_record
 from .tensors import INPUTS, reply_batch
 
 BUNDLE_FOLDER = "bundle"
@@ -46,11 +46,8 @@ class TritonPythonModel:
                 tensor = pb.get_input_tensor_by_name(request, name)
                 inputs[name] = tensor.as_numpy() if tensor is not None else None
             images.append(request_images(inputs, self.detector.decode_keep_side))
-        outcomes = score_images(self.detector, [image for per_request in images for image in per_request])
-        responses, start = [], 0
-        for per_request in images:
-            mine = outcomes[start : start + len(per_request)]
-            start += len(per_request)
+        responses = []
+        for mine in score_requests(self.detector, images):
             failed = [outcome.error for outcome in mine if outcome.result is None]
             if failed:
                 error = pb.TritonError(f"ZsadEdgeError: {failed[0]}")

@@ -57,6 +57,12 @@ def score_images(detector: Detector, images: Sequence[np.ndarray | ZsadEdgeError
     return [Scored(error=str(image)) if isinstance(image, ZsadEdgeError) else Scored(next(results)) for image in images]
 
 
+def score_requests(detector: Detector, requests: Sequence[Sequence[np.ndarray | ZsadEdgeError]]) -> list[list[Scored]]:
+    """The images of several requests scored in one batch; the outcomes grouped back by request."""
+    outcomes = iter(score_images(detector, [image for request in requests for image in request]))
+    return [[next(outcomes) for _ in request] for request in requests]
+
+
 def manifest_digest(bundle: Path) -> str:
     """The sha256 of the bundle's manifest: it names every file by its own sha256, so it names the bundle."""
     return hashlib.sha256((Path(bundle) / MANIFEST_FILE).read_bytes()).hexdigest()

@@ -26,7 +26,7 @@ import numpy as np
 from ..detector import Detector
 from ..errors import ZsadEdgeError
 from ..stopping import StopRequest
-from .scoring import model_name, request_images, score_images, served_record
+from .scoring import model_name, request_images, score_requests, served_record
 from .tensors import INPUTS, OUTPUTS, reply_batch
 from .tritonserver import SERVE_EXTRA, start_tritonserver, use_this_interpreters_libpython
 
@@ -82,15 +82,12 @@ class ServedModel:
 
         def infer(requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
             images = [request_images(request.data, detector.decode_keep_side) for request in requests]
-            outcomes = score_images(detector, [image for per_request in images for image in per_request])
-            if all(outcome.result is None for outcome in outcomes):
+            outcomes = score_requests(detector, images)
+            errors = {o.error for per_request in outcomes for o in per_request if o.result is None}
+            if all(o.result is None for per_request in outcomes for o in per_request):
                 # nothing in this batch could be scored: a real Triton error for each request
-                raise ZsadEdgeError("; ".join(sorted({outcome.error for outcome in outcomes})))
-            replies, start = [], 0
-            for per_request in images:
-                replies.append(reply_batch(outcomes[start : start + len(per_request)], record))
-                start += len(per_request)
-            return replies
+                raise ZsadEdgeError("; ".join(sorted(errors)))
+            return [reply_batch(per_request, record) for per_request in outcomes]
 
         return infer
 
