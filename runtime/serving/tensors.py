@@ -11,6 +11,8 @@ pixels with its own thresholds needs the real map). Maps and masks of a dynamic 
 to the batch's largest image; `size` says which part is the image. `error` is empty, or the one
 line saying why this request's image could not be scored (the other requests of its batch are
 scored normally). `record` is the run record: bundle, method, precision, backend, thresholds.
+`preview` is the final map small and 8-bit, for dashboards: a client that asks Triton for only
+`score`, `is_anomalous` and `preview` gets a few kB per frame instead of the full float map.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 
 from ..contract import ANOMALY_MAP
+from ..overlay import colour_range
 from ..pipeline import DetectionResult
 from ..regions import anomalous_regions
 from ..sam.cascade import SamRefinement
 
 IMAGE_BYTES = "image_bytes"
+PREVIEW = "preview"
+PREVIEW_SIDE = 256  # the preview's longer side at most
 PIXELS = "pixels"
 # name -> (numpy dtype, per-request dims); np.bytes_ is Triton's TYPE_STRING
 INPUTS: dict[str, tuple[type, tuple[int, ...]]] = {
@@ -46,11 +52,12 @@ OUTPUTS: dict[str, tuple[type, tuple[int, ...]]] = {
     "refined_mask": (np.uint8, (-1, -1)),
     "sam_regions": (np.bytes_, (1,)),
     "regions": (np.bytes_, (1,)),
+    PREVIEW: (np.uint8, (-1, -1)),
     "error": (np.bytes_, (1,)),
     "record": (np.bytes_, (1,)),
 }
-# what a client needs to rebuild a DetectionResult (it may leave out `regions` and `record`)
-RESULT_OUTPUTS = tuple(name for name in OUTPUTS if name not in ("regions", "record"))
+# what a client needs to rebuild a DetectionResult (it may leave out `regions`, `preview`, `record`)
+RESULT_OUTPUTS = tuple(name for name in OUTPUTS if name not in ("regions", PREVIEW, "record"))
 TRITON_DTYPES = {np.float32: "FP32", np.bool_: "BOOL", np.int32: "INT32", np.uint8: "UINT8", np.bytes_: "BYTES"}
 
 
@@ -71,6 +78,21 @@ def _padded(maps: Sequence[np.ndarray], dtype: type) -> np.ndarray:
     for index, item in enumerate(maps):
         out[index, : item.shape[0], : item.shape[1]] = item
     return out
+
+
+def preview_size(height: int, width: int) -> tuple[int, int]:
+    """The preview's (height, width) for an image of that size: longer side at most PREVIEW_SIDE."""
+    scale = min(1.0, PREVIEW_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def preview(result: DetectionResult, scoring: dict[str, Any]) -> np.ndarray:
+    """The final map, small and 8-bit for a dashboard: downsized (area average) to `preview_size`,
+    0..255 over the overlay's colour range, so 128 is about the map threshold."""
+    low, high = colour_range(scoring)
+    height, width = preview_size(*result.final_map.shape[:2])
+    small = cv2.resize(result.final_map, (width, height), interpolation=cv2.INTER_AREA)
+    return np.round(np.clip((small - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def _text(values: Sequence[str]) -> np.ndarray:
@@ -106,6 +128,7 @@ def reply_batch(outcomes: Sequence[Scored], record: dict[str, Any]) -> dict[str,
         "refined_mask": _padded(refined(lambda f: f.mask, empty), np.uint8),
         "sam_regions": _text(refined(lambda f: json.dumps(list(f.regions)), "[]")),
         "regions": _text(each(regions, "")),
+        PREVIEW: _padded(each(lambda r: preview(r, record["scoring"]), np.zeros((1, 1), np.uint8)), np.uint8),
         "error": _text([o.error for o in outcomes]),
         "record": _text([json.dumps(record)] * len(outcomes)),
     }

@@ -235,3 +235,23 @@ def test_an_invalid_config_is_refused_by_tritons_protobuf():
     for text in ('name: "m" max_batch_size: 4 no_such_field: 1', 'name: "m" input { data_type: TYPE_NOPE }'):
         with pytest.raises(ZsadEdgeError, match="invalid config.pbtxt"):
             parse_config(text)
+
+
+def test_a_dashboard_can_ask_for_a_small_8_bit_preview_instead_of_the_map(server, bundles):
+    import tritonclient.grpc as grpcclient
+
+    from zsad_edge.runtime.serving.tensors import preview, preview_size
+
+    frame = (np.random.default_rng(4).random((480, 640, 3)) * 255).astype(np.uint8)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+    request = grpcclient.InferInput("pixels", [1, 480, 640, 3], "UINT8")
+    request.set_data_from_numpy(frame[None])
+    wanted = [grpcclient.InferRequestedOutput(name) for name in ("score", "is_anomalous", "preview")]
+    reply = client.infer("aprilgan", [request], outputs=wanted)
+    client.close()
+    assert reply.as_numpy("anomaly_map") is None  # not asked for, not sent
+    small = reply.as_numpy("preview")[0]
+    assert small.dtype == np.uint8 and small.shape == preview_size(480, 640) == (192, 256)
+    local = Detector.from_bundle(bundles["aprilgan"])
+    expected = preview(local(frame), local.scoring)
+    assert np.abs(small.astype(int) - expected.astype(int)).max() <= 1
