@@ -76,8 +76,8 @@ class Batch:
     frames: list[Frame]
     statuses: list[dict]
     loaded: list[np.ndarray] = field(default_factory=list)
-    prepared: Any = None  # the detector's `prepare` output, then its `run` output
-    inferred: Any = None
+    prepared: Any = None  # the model's `prepare` output (what `run` takes)
+    inferred: Any = None  # its `run` output (what `results` takes)
     started: float = 0.0
     stages_ms: dict[str, float] = field(default_factory=dict)
 
