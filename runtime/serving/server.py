@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -111,7 +113,7 @@ def serve(
     use_this_interpreters_libpython()
     inputs = [Tensor(name=n, dtype=d, shape=s, optional=True) for n, (d, s) in INPUTS.items()]
     outputs = [Tensor(name=n, dtype=d, shape=s) for n, (d, s) in OUTPUTS.items()]
-    with tempfile.TemporaryDirectory(prefix="zsad-edge-triton-") as temporary:
+    with server_workspace() as temporary:
         config = TritonConfig(
             http_address=ports.bind,
             http_port=ports.http,
@@ -158,7 +160,7 @@ def serve_repository(repository: Path, ports: Ports, stop: StopRequest) -> None:
     if not repository.is_dir():
         raise ZsadEdgeError(f"no model repository at {repository}: write one with `zsad-edge triton-repo`")
     ports.check_free()
-    with tempfile.TemporaryDirectory(prefix="zsad-edge-triton-") as temporary:
+    with server_workspace() as temporary:
         log_file = Path(temporary) / "tritonserver.log"
         server = start_tritonserver(
             repository.resolve(), Path(temporary), ports.bind, (ports.http, ports.grpc, ports.metrics)
@@ -181,6 +183,40 @@ def serve_repository(repository: Path, ports: Ports, stop: StopRequest) -> None:
                 except subprocess.TimeoutExpired:
                     server.kill()
                     server.wait()
+
+
+WORKSPACE_PREFIX = "zsad-edge-triton-"
+OWNER_FILE = "owner.pid"
+
+
+@contextmanager
+def server_workspace() -> Iterator[str]:
+    """A temporary folder for Triton's workspace and log, removed on exit. A server killed with
+    SIGKILL cannot remove its own: the next start removes those whose owner process is gone."""
+    for stale in Path(tempfile.gettempdir()).glob(WORKSPACE_PREFIX + "*"):
+        if not _owner_alive(stale / OWNER_FILE):
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=WORKSPACE_PREFIX) as temporary:
+        (Path(temporary) / OWNER_FILE).write_text(str(os.getpid()))
+        yield temporary
+
+
+def _owner_alive(owner_file: Path) -> bool:
+    """True while the process named in the file runs (or the file is unreadable: then leave it)."""
+    try:
+        pid = int(owner_file.read_text())
+    except (OSError, ValueError):
+        try:
+            return owner_file.parent.stat().st_mtime > time.time() - 60  # still being set up
+        except OSError:
+            return True  # removed meanwhile: nothing to do
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's server
+    return True
 
 
 def _ready(ports: Ports) -> bool:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -255,3 +256,20 @@ def test_a_dashboard_can_ask_for_a_small_8_bit_preview_instead_of_the_map(server
     local = Detector.from_bundle(bundles["aprilgan"])
     expected = preview(local(frame), local.scoring)
     assert np.abs(small.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_a_start_removes_the_workspaces_of_servers_killed_before(tmp_path, monkeypatch):
+    import tempfile
+
+    from zsad_edge.runtime.serving.server import OWNER_FILE, WORKSPACE_PREFIX, server_workspace
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, running = tmp_path / f"{WORKSPACE_PREFIX}stale", tmp_path / f"{WORKSPACE_PREFIX}running"
+    for folder, pid in ((stale, gone.stdout.strip()), (running, str(os.getpid()))):
+        (folder / "workspace").mkdir(parents=True)
+        (folder / OWNER_FILE).write_text(pid)
+    with server_workspace() as mine:
+        assert not stale.exists() and running.exists()  # a killed server's folder goes, a running one's stays
+        assert (Path(mine) / OWNER_FILE).read_text() == str(os.getpid())
+    assert not Path(mine).exists()
