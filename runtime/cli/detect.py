@@ -25,6 +25,7 @@ from ..errors import ImageReadError, ZsadEdgeError
 from ..image_io import check_image, list_images, write_bytes_atomic, write_image_atomic
 from ..overlay import render_overlay
 from ..pipeline import DetectionResult
+from ..run_record import run_record
 from ..stopping import NEVER, StopRequest
 from .common import EXIT_PARTIAL, backend_arguments, open_detector
 
@@ -63,26 +64,6 @@ def plan_jobs(inputs: Sequence[str | Path], out_dir: Path) -> list[Job]:
             used.add(unique)
             jobs.append(Job(image, unique))
     return jobs
-
-
-def run_record(detector: Detector, bundle: Path, precision: str, memory_bank: Path | None) -> dict:
-    """How results were made, for every JSON: an operator must be able to trace a verdict."""
-    scoring = detector.scoring
-    from_bank = detector.memory_bank is not None and bool(detector.memory_bank.scoring)
-    return {
-        "bundle": str(bundle),
-        "method": detector.manifest.method.get("name"),
-        "backend": detector.backend,
-        "precision": precision,
-        "providers": detector.providers,
-        "memory_bank": str(memory_bank) if memory_bank else None,
-        "thresholds": {
-            "image": scoring["image_threshold"],
-            "map": scoring["map_threshold"],
-            "calibrated": bool(scoring.get("calibrated", False)),
-            "source": "memory bank" if from_bank else "bundle",
-        },
-    }
 
 
 @dataclass

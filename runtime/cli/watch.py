@@ -24,6 +24,7 @@ from ..bundle import load_manifest
 from ..detector import Detector
 from ..errors import ZsadEdgeError
 from ..image_io import write_bytes_atomic
+from ..run_record import run_record
 from ..serving.remote import RemoteDetector
 from ..station.config import apply_config, load_config
 from ..station.credentials import expand, masked
@@ -53,7 +54,6 @@ from ..station.status import StatusLine
 from ..station.systemd import Notifier, Watchdog
 from ..stopping import StopRequest
 from .common import backend_arguments, open_detector
-from .detect import run_record
 
 HELP = "run a station: cameras, streams, video files and drop folders in; a verdict per frame out"
 PARENTS = (backend_arguments(),)

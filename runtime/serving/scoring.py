@@ -17,6 +17,7 @@ from ..contract import MANIFEST_FILE
 from ..detector import Detector
 from ..errors import ZsadEdgeError
 from ..image_io import check_image, decode_image
+from ..run_record import run_record
 from .tensors import IMAGE_BYTES, PIXELS, Scored
 
 MODEL_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -78,8 +79,6 @@ def served_record(
 ) -> dict[str, Any]:
     """The run record every reply carries: the local one, plus the model's name, version and digest,
     and the whole scoring block (a remote station's overlay colours by it)."""
-    from ..cli.detect import run_record
-
     digest = manifest_digest(bundle)
     extra = {"model": name, "version": model_version(digest), "digest": digest, "scoring": detector.scoring}
     return {**run_record(detector, bundle, precision, memory_bank), **extra}

@@ -1,0 +1,28 @@
+"""How results were made: the run record every JSON, summary and served reply carries, so an
+operator can trace a verdict to its bundle, backend, precision and thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .detector import Detector
+
+
+def run_record(detector: Detector, bundle: Path, precision: str, memory_bank: Path | None) -> dict:
+    """How results were made, for every JSON: an operator must be able to trace a verdict."""
+    scoring = detector.scoring
+    from_bank = detector.memory_bank is not None and bool(detector.memory_bank.scoring)
+    return {
+        "bundle": str(bundle),
+        "method": detector.manifest.method.get("name"),
+        "backend": detector.backend,
+        "precision": precision,
+        "providers": detector.providers,
+        "memory_bank": str(memory_bank) if memory_bank else None,
+        "thresholds": {
+            "image": scoring["image_threshold"],
+            "map": scoring["map_threshold"],
+            "calibrated": bool(scoring.get("calibrated", False)),
+            "source": "memory bank" if from_bank else "bundle",
+        },
+    }
