@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
 
-import cv2
 import numpy as np
 
 from .backends.components import EngineOptions, GraphComponent, backend_of, open_components
@@ -26,10 +24,9 @@ from .contract import (
 from .cpu import int8_dot_product
 from .errors import BundleError
 from .interpolation import upsample_align_corners
-from .pipeline import DetectionPipeline
+from .pipeline import DetectionPipeline, NumpyMaps
 from .sam.cascade import attach_sam
 from .sam.predictor import SamGeometry, SamPredictor
-from .smoothing import gaussian_smooth
 from .stages.few_shot import FewShot
 from .stages.fnn_fusion import FnnFusion
 
@@ -58,7 +55,7 @@ def _warn_on_saturating_int8(plan: dict, precision: str) -> None:
         )
 
 
-class Detector(DetectionPipeline, FewShot):
+class Detector(DetectionPipeline, NumpyMaps, FewShot):
     """Runs a bundle's graphs: image encoder, heads, and the post-stages its method and the user add.
 
     Usage: `Detector.from_bundle("bundle/")(image)` -> DetectionResult.
@@ -146,11 +143,3 @@ class Detector(DetectionPipeline, FewShot):
     def few_shot_map(self, features: dict[str, np.ndarray]) -> np.ndarray:
         grid = self.memory_bank.distances(features[TAPS]).reshape(-1, *self.manifest.patch_grid)
         return upsample_align_corners(grid, self.manifest.preprocess.input_size)
-
-    def smooth(self, maps: np.ndarray) -> np.ndarray:
-        return gaussian_smooth(maps, self.gaussian_sigma)
-
-    def resize_maps(self, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        # INTER_LINEAR uses half-pixel centres without antialiasing, the same sampling as
-        # torch's bilinear interpolate(align_corners=False) used by the reference.
-        return [cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m, (h, w) in zip(maps, sizes)]

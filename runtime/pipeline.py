@@ -14,17 +14,24 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
+import cv2
 import numpy as np
 
 from .bundle import Manifest
 from .image_io import check_image, read_image
 from .preprocess import preprocess_batch
 from .scoring import score_rule
+from .smoothing import gaussian_smooth
 from .stages import MapStage, ResultStage
 
 ImageInput = np.ndarray | str | os.PathLike
 # Files are decoded reduced only while their shorter side stays >= this many model input sides.
 REDUCED_DECODE_MARGIN = 4
+
+
+def decode_keep_side(manifest: Manifest) -> int:
+    """The shorter side a reduced decode keeps for this bundle (image_io.read_image's keep_side)."""
+    return REDUCED_DECODE_MARGIN * max(manifest.preprocess.input_size)
 
 
 class Refinement(Protocol):
@@ -79,17 +86,14 @@ class DetectionResult:
         }
 
 
-class DetectionPipeline(ABC):
-    """Template for a detector: the model stages are abstract, the rest is shared.
-
-    map_stages run after the heads, result_stages on the results (runtime/stages/).
-    """
+class MapScoring(ABC):
+    """From model-size maps and prompt scores to verdicts: smoothing, the image-score rule,
+    resizing to each original size, thresholds. Needs only the manifest, so a Triton ensemble's
+    post-processing model (serving/ensemble_models.py) runs it without the graphs."""
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
         self.gaussian_sigma = float(manifest.method.get("params", {}).get("gaussian_sigma", 0.0))
-        self.map_stages: list[MapStage] = []
-        self.result_stages: list[ResultStage] = []
         self._use_scoring(manifest.scoring)
 
     def _use_scoring(self, scoring: dict) -> None:
@@ -98,14 +102,65 @@ class DetectionPipeline(ABC):
         self.map_threshold = float(scoring["map_threshold"])
         self.image_threshold = float(scoring["image_threshold"])
 
-    def read(self, path: str | os.PathLike) -> np.ndarray:
-        """Decode an image file; one far larger than the model input is decoded reduced (image_io)."""
-        return read_image(path, keep_side=self.decode_keep_side)
-
     @property
     def decode_keep_side(self) -> int:
         """Encoded images are decoded reduced while their shorter side stays at least this (image_io)."""
-        return REDUCED_DECODE_MARGIN * max(self.manifest.preprocess.input_size)
+        return decode_keep_side(self.manifest)
+
+    @abstractmethod
+    def smooth(self, maps: np.ndarray) -> np.ndarray:
+        """Gaussian smoothing of model-size maps with `gaussian_sigma` (0: none), as the method specifies."""
+
+    @abstractmethod
+    def resize_maps(self, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Bilinearly resize each model-size map back to its image's original size."""
+
+    def postprocess(
+        self, maps: np.ndarray, text_scores: np.ndarray, sizes: Sequence[tuple[int, int]]
+    ) -> list[DetectionResult]:
+        """Maps at model size -> smoothed, scored, resized to each original size and thresholded."""
+        maps = self.smooth(maps) if self.gaussian_sigma > 0 else maps
+        peaks = maps.max(axis=(1, 2))
+        scores = self.score_rule.combine(text_scores, peaks, self.scoring)
+        return [
+            DetectionResult(
+                score=float(score),
+                anomaly_map=full,
+                mask=full > self.map_threshold,
+                is_anomalous=bool(score > self.image_threshold),
+                text_score=float(text),
+                map_peak=float(peak),
+            )
+            for full, score, text, peak in zip(self.resize_maps(maps, sizes), scores, text_scores, peaks)
+        ]
+
+
+class NumpyMaps(MapScoring):
+    """Smoothing and resizing in numpy and OpenCV: the runtime's (the reference does them in torch)."""
+
+    def smooth(self, maps: np.ndarray) -> np.ndarray:
+        return gaussian_smooth(maps, self.gaussian_sigma)
+
+    def resize_maps(self, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        # INTER_LINEAR uses half-pixel centres without antialiasing, the same sampling as
+        # torch's bilinear interpolate(align_corners=False) used by the reference.
+        return [cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m, (h, w) in zip(maps, sizes)]
+
+
+class DetectionPipeline(MapScoring):
+    """Template for a detector: the model stages are abstract, the rest is shared.
+
+    map_stages run after the heads, result_stages on the results (runtime/stages/).
+    """
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__(manifest)
+        self.map_stages: list[MapStage] = []
+        self.result_stages: list[ResultStage] = []
+
+    def read(self, path: str | os.PathLike) -> np.ndarray:
+        """Decode an image file; one far larger than the model input is decoded reduced (image_io)."""
+        return read_image(path, keep_side=self.decode_keep_side)
 
     def load(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
         """Images (arrays of any layout, or paths) -> checked arrays in their own dtype and layout.
@@ -138,35 +193,8 @@ class DetectionPipeline(ABC):
             maps, scores = stage(features, maps, scores)
         return maps, scores
 
-    @abstractmethod
-    def smooth(self, maps: np.ndarray) -> np.ndarray:
-        """Gaussian smoothing of model-size maps with `gaussian_sigma` (0: none), as the method specifies."""
-
-    @abstractmethod
-    def resize_maps(self, maps: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        """Bilinearly resize each model-size map back to its image's original size."""
-
     def synchronize(self) -> None:
         """Wait for queued device work; stage timings call it. Host-synchronous backends need nothing."""
-
-    def postprocess(
-        self, maps: np.ndarray, text_scores: np.ndarray, sizes: Sequence[tuple[int, int]]
-    ) -> list[DetectionResult]:
-        """Maps at model size -> smoothed, scored, resized to each original size and thresholded."""
-        maps = self.smooth(maps) if self.gaussian_sigma > 0 else maps
-        peaks = maps.max(axis=(1, 2))
-        scores = self.score_rule.combine(text_scores, peaks, self.scoring)
-        return [
-            DetectionResult(
-                score=float(score),
-                anomaly_map=full,
-                mask=full > self.map_threshold,
-                is_anomalous=bool(score > self.image_threshold),
-                text_score=float(text),
-                map_peak=float(peak),
-            )
-            for full, score, text, peak in zip(self.resize_maps(maps, sizes), scores, text_scores, peaks)
-        ]
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A preprocessed batch -> (model-size maps, prompt scores): encoder, heads and map stages.

@@ -4,11 +4,27 @@ operator can trace a verdict to its bundle, backend, precision and thresholds.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Protocol
 
-from .detector import Detector
+from .bundle import Manifest
+from .stages.memory_bank import MemoryBank
 
 
-def run_record(detector: Detector, bundle: Path, precision: str, memory_bank: Path | None) -> dict:
+class Recorded(Protocol):
+    """What a run record is read from: a Detector, or a Triton ensemble's post-processing model."""
+
+    manifest: Manifest
+    scoring: dict[str, Any]
+    memory_bank: MemoryBank | None
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def providers(self) -> list[str]: ...
+
+
+def run_record(detector: Recorded, bundle: Path, precision: str, memory_bank: Path | None) -> dict:
     """How results were made, for every JSON: an operator must be able to trace a verdict."""
     scoring = detector.scoring
     from_bank = detector.memory_bank is not None and bool(detector.memory_bank.scoring)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -146,20 +147,21 @@ def tiny_built(tmp_path_factory):
     return build_bundle(demo_config(tmp_path_factory.mktemp("bundles") / "tiny", overwrite=False))
 
 
+def _flagging(bundle: Path) -> Path:
+    """Every image flagged: the image threshold set below any score."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["scoring"]["image_threshold"] = -1e9
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
 @pytest.fixture(scope="session")
 def flagging_bundle(tiny_built, tmp_path_factory):
     """A copy of the tiny bundle whose image threshold flags every frame (every frame reaches the
     anomaly sinks)."""
-    import json
-
-    from zsad_edge.runtime.contract import MANIFEST_FILE
-
     bundle = tmp_path_factory.mktemp("flagging") / "bundle"
     shutil.copytree(tiny_built.path, bundle)
-    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
-    manifest["scoring"]["image_threshold"] = -1e9
-    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return bundle
+    return _flagging(bundle)
 
 
 @pytest.fixture(scope="session")
@@ -214,3 +216,22 @@ def quirky_set(tmp_path):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def method_bundles(tiny_built, tmp_path_factory):
+    """One tiny random-weight bundle per method family, in folders named for the method."""
+    from zsad_edge.export.build import BuildConfig, build_bundle
+    from zsad_edge.export.models.clip import ClipSpec
+    from zsad_edge.export.models.fnn import FnnTrainConfig, RandomWordConfig
+    from zsad_edge.export.models.sam import SamSpec
+
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(tiny_built.path, root / "aprilgan")
+    clip = ClipSpec("zsad-tiny-vit", random_init=True, image_size=224)
+    build_bundle(BuildConfig(clip=clip, method="sdp", out_dir=root / "sdp"))
+    fnn = FnnTrainConfig(epochs=2, words=RandomWordConfig(pairs=100))
+    build_bundle(BuildConfig(clip=clip, method="fnn", out_dir=root / "fnn", gaussian_sigma=4.0, fnn=fnn))
+    build_bundle(BuildConfig(clip=clip, method="sdp", out_dir=root / "clipsam", sam=SamSpec("litemedsam")))
+    _flagging(root / "clipsam")  # so CLIP-SAM refines every image
+    return {name: root / name for name in ("aprilgan", "sdp", "fnn", "clipsam")}

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import cv2
+import numpy as np
 from station_helpers import free_port
 
 READY_TIMEOUT_S = 300  # model loading and Triton's start on a loaded 2-core machine
@@ -67,3 +69,25 @@ def metric(text: str, name: str, model: str) -> float:
         if line.startswith(name + "{") and f'model="{model}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def parts(tmp_path):
+    """Two files (sent encoded) and two arrays (sent as pixels), of different sizes."""
+    rng = np.random.default_rng(3)
+    arrays = [(rng.random((h, w, 3)) * 255).astype(np.uint8) for h, w in ((60, 80), (90, 70), (48, 64), (75, 100))]
+    for index in (0, 1):
+        cv2.imwrite(str(tmp_path / f"part{index}.png"), arrays[index][:, :, ::-1])
+    return [tmp_path / "part0.png", tmp_path / "part1.png", arrays[2], arrays[3]]
+
+
+def assert_same_result(got, want):
+    span = float(want.anomaly_map.max() - want.anomaly_map.min()) or 1.0
+    assert np.abs(got.anomaly_map - want.anomaly_map).max() <= 1e-5 * span
+    assert abs(got.score - want.score) <= 1e-6 and got.is_anomalous == want.is_anomalous
+    assert np.array_equal(got.mask, want.mask)
+    assert (got.refinement is None) == (want.refinement is None)
+    if want.refinement is not None:
+        assert np.array_equal(got.refinement.mask, want.refinement.mask)
+        refined_span = float(np.ptp(want.refinement.anomaly_map)) or 1.0
+        assert np.abs(got.refinement.anomaly_map - want.refinement.anomaly_map).max() <= 1e-5 * refined_span
+        assert len(got.refinement.regions) == len(want.refinement.regions)

@@ -63,11 +63,15 @@ def select_providers(backend: str, available: list[str]) -> list[str]:
     return [p for p in wanted if p in available]
 
 
+# onnxruntime 1.32's layout optimisations crash on the fp16 ViT encoder with fp32 LayerNorm
+# islands (measured), while ORT_ENABLE_EXTENDED runs it.
+EXTENDED_OPTIMIZATION_ONLY = ("fp16",)
+
+
 def optimization_level(ort, precision: str):
-    """ORT_ENABLE_ALL, except for fp16 graphs: onnxruntime 1.32's layout optimisations crash on the
-    fp16 ViT encoder with fp32 LayerNorm islands (measured), while ORT_ENABLE_EXTENDED runs it."""
+    """ORT_ENABLE_ALL, except for the precisions in EXTENDED_OPTIMIZATION_ONLY."""
     levels = ort.GraphOptimizationLevel
-    return levels.ORT_ENABLE_EXTENDED if precision == "fp16" else levels.ORT_ENABLE_ALL
+    return levels.ORT_ENABLE_EXTENDED if precision in EXTENDED_OPTIMIZATION_ONLY else levels.ORT_ENABLE_ALL
 
 
 class OrtComponent:

@@ -54,7 +54,7 @@ class TritonPythonModel:
                 responses.append(pb.InferenceResponse(output_tensors=[], error=error))
                 continue
             outputs = reply_batch(mine, self.record)
-            tensors = [pb.Tensor(name, _for_triton(array)) for name, array in outputs.items()]
+            tensors = [pb.Tensor(name, as_triton_tensor(array)) for name, array in outputs.items()]
             responses.append(pb.InferenceResponse(output_tensors=tensors))
         return responses
 
@@ -62,6 +62,6 @@ class TritonPythonModel:
         self.detector = None
 
 
-def _for_triton(array: np.ndarray) -> np.ndarray:
+def as_triton_tensor(array: np.ndarray) -> np.ndarray:
     """TYPE_STRING tensors travel as numpy object arrays of bytes in the python backend."""
     return array.astype(np.object_) if array.dtype.kind == "S" else array

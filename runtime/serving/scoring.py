@@ -17,7 +17,7 @@ from ..contract import MANIFEST_FILE
 from ..detector import Detector
 from ..errors import ZsadEdgeError
 from ..image_io import check_image, decode_image
-from ..run_record import run_record
+from ..run_record import Recorded, run_record
 from .tensors import IMAGE_BYTES, PIXELS, Scored
 
 MODEL_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -75,7 +75,7 @@ def model_version(digest: str) -> int:
 
 
 def served_record(
-    detector: Detector, bundle: Path, name: str, precision: str, memory_bank: Path | None = None
+    detector: Recorded, bundle: Path, name: str, precision: str, memory_bank: Path | None = None
 ) -> dict[str, Any]:
     """The run record every reply carries: the local one, plus the model's name, version and digest,
     and the whole scoring block (a remote station's overlay colours by it)."""

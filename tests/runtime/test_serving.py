@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,87 +12,37 @@ import cv2
 import numpy as np
 import pytest
 from helpers import REPO_ROOT
-from serving_helpers import Served, metric
+from serving_helpers import Served, assert_same_result, metric, parts
 from station_helpers import free_port
 
-from zsad_edge.runtime.contract import MANIFEST_FILE
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import ImageReadError, ServerUnavailableError
+from zsad_edge.runtime.serving.model_config import CONFIG_FILE, parse_config
 from zsad_edge.runtime.serving.remote import RemoteDetector
-from zsad_edge.runtime.serving.repository import CONFIG_FILE, parse_config
 from zsad_edge.runtime.serving.tensors import INPUTS, OUTPUTS
 
 pytestmark = [pytest.mark.needs_module("pytriton", "tritonclient"), pytest.mark.slow]
 
 
-def _flagging(bundle: Path) -> Path:
-    """Every image flagged (so CLIP-SAM refines every one): the image threshold set below any score."""
-    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
-    manifest["scoring"]["image_threshold"] = -1e9
-    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return bundle
-
-
 @pytest.fixture(scope="module")
-def bundles(tiny_built, tmp_path_factory):
-    """One tiny random-weight bundle per method family, in folders named for the method."""
-    from zsad_edge.export.build import BuildConfig, build_bundle
-    from zsad_edge.export.models.clip import ClipSpec
-    from zsad_edge.export.models.fnn import FnnTrainConfig, RandomWordConfig
-    from zsad_edge.export.models.sam import SamSpec
-
-    root = tmp_path_factory.mktemp("served")
-    shutil.copytree(tiny_built.path, root / "aprilgan")
-    clip = ClipSpec("zsad-tiny-vit", random_init=True, image_size=224)
-    build_bundle(BuildConfig(clip=clip, method="sdp", out_dir=root / "sdp"))
-    fnn = FnnTrainConfig(epochs=2, words=RandomWordConfig(pairs=100))
-    build_bundle(BuildConfig(clip=clip, method="fnn", out_dir=root / "fnn", gaussian_sigma=4.0, fnn=fnn))
-    build_bundle(BuildConfig(clip=clip, method="sdp", out_dir=root / "clipsam", sam=SamSpec("litemedsam")))
-    _flagging(root / "clipsam")
-    return {name: root / name for name in ("aprilgan", "sdp", "fnn", "clipsam")}
-
-
-@pytest.fixture(scope="module")
-def server(bundles):
-    served = Served(*bundles.values(), "--max-batch", 8, "--max-queue-delay-us", 20000)
+def server(method_bundles):
+    served = Served(*method_bundles.values(), "--max-batch", 8, "--max-queue-delay-us", 20000)
     yield served
     assert served.stop() == 0
 
 
-def _images(tmp_path):
-    """Two files (sent encoded) and two arrays (sent as pixels), of different sizes."""
-    rng = np.random.default_rng(3)
-    arrays = [(rng.random((h, w, 3)) * 255).astype(np.uint8) for h, w in ((60, 80), (90, 70), (48, 64), (75, 100))]
-    for index in (0, 1):
-        cv2.imwrite(str(tmp_path / f"part{index}.png"), arrays[index][:, :, ::-1])
-    return [tmp_path / "part0.png", tmp_path / "part1.png", arrays[2], arrays[3]]
-
-
-def _assert_same(got, want):
-    span = float(want.anomaly_map.max() - want.anomaly_map.min()) or 1.0
-    assert np.abs(got.anomaly_map - want.anomaly_map).max() <= 1e-5 * span
-    assert abs(got.score - want.score) <= 1e-6 and got.is_anomalous == want.is_anomalous
-    assert np.array_equal(got.mask, want.mask)
-    assert (got.refinement is None) == (want.refinement is None)
-    if want.refinement is not None:
-        assert np.array_equal(got.refinement.mask, want.refinement.mask)
-        refined_span = float(np.ptp(want.refinement.anomaly_map)) or 1.0
-        assert np.abs(got.refinement.anomaly_map - want.refinement.anomaly_map).max() <= 1e-5 * refined_span
-        assert len(got.refinement.regions) == len(want.refinement.regions)
-
-
 @pytest.mark.parametrize("method, protocol", [("aprilgan", "grpc"), ("aprilgan", "http"), ("sdp", "grpc"),
                                               ("fnn", "grpc"), ("clipsam", "grpc")])  # fmt: skip
-def test_served_results_equal_the_local_detector(server, bundles, method, protocol, tmp_path):
+def test_served_results_equal_the_local_detector(server, method_bundles, method, protocol, tmp_path):
     port = server.grpc if protocol == "grpc" else server.http
     remote = RemoteDetector(f"{protocol}://127.0.0.1:{port}", method)
     try:
-        images = _images(tmp_path)
-        local = Detector.from_bundle(bundles[method])
+        images = parts(tmp_path)
+        local = Detector.from_bundle(method_bundles[method])
         got, want = remote.detect_batch(images), local.detect_batch(images)
         assert [r.anomaly_map.shape for r in got] == [(60, 80), (90, 70), (48, 64), (75, 100)]
         for one, other in zip(got, want):
-            _assert_same(one, other)
+            assert_same_result(one, other)
         assert remote.record["method"] == local.manifest.method["name"] and remote.record["model"] == method
         assert remote.scoring["image_threshold"] == local.scoring["image_threshold"]
         if method == "clipsam":
@@ -181,26 +129,26 @@ def test_bad_starts_are_one_error_line(tiny_built, tmp_path):
         RemoteDetector(f"grpc://127.0.0.1:{free_port()}", "aprilgan")
 
 
-def test_few_shot_bundles_serve_with_their_memory_bank(bundles, tmp_path):
-    local = Detector.from_bundle(bundles["aprilgan"])
+def test_few_shot_bundles_serve_with_their_memory_bank(method_bundles, tmp_path):
+    local = Detector.from_bundle(method_bundles["aprilgan"])
     rng = np.random.default_rng(8)
     local.fit_normal([(rng.random((64, 64, 3)) * 255).astype(np.uint8) for _ in range(2)]).save(tmp_path / "bank.npz")
-    served = Served(bundles["aprilgan"], "--memory-bank", tmp_path / "bank.npz")
+    served = Served(method_bundles["aprilgan"], "--memory-bank", tmp_path / "bank.npz")
     remote = RemoteDetector(served.url, "aprilgan")
     try:
-        images = _images(tmp_path)
+        images = parts(tmp_path)
         for got, want in zip(remote.detect_batch(images), local.detect_batch(images)):
-            _assert_same(got, want)
+            assert_same_result(got, want)
         assert remote.record["memory_bank"] == str(tmp_path / "bank.npz")
     finally:
         remote.close()
         assert served.stop() == 0
 
 
-def test_a_python_backend_repository_serves_what_the_local_detector_returns(bundles, tmp_path):
+def test_a_python_backend_repository_serves_what_the_local_detector_returns(method_bundles, tmp_path):
     repository = tmp_path / "repo"
     written = subprocess.run(
-        [sys.executable, "-m", "zsad_edge.runtime.cli", "triton-repo", bundles["aprilgan"], "--out", repository,
+        [sys.executable, "-m", "zsad_edge.runtime.cli", "triton-repo", method_bundles["aprilgan"], "--out", repository,
          "--max-batch", "4", "--instances", "2"],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
     )  # fmt: skip
@@ -210,17 +158,17 @@ def test_a_python_backend_repository_serves_what_the_local_detector_returns(bund
     assert {i.name: list(i.dims) for i in config.input} == {name: list(dims) for name, (_, dims) in INPUTS.items()}
     assert {o.name: list(o.dims) for o in config.output} == {name: list(dims) for name, (_, dims) in OUTPUTS.items()}
     again = subprocess.run(
-        [sys.executable, "-m", "zsad_edge.runtime.cli", "triton-repo", bundles["aprilgan"], "--out", repository],
+        [sys.executable, "-m", "zsad_edge.runtime.cli", "triton-repo", method_bundles["aprilgan"], "--out", repository],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
     )  # fmt: skip
     assert again.returncode == 2 and "exists" in again.stderr and "--overwrite" in again.stderr
     served = Served("--repository", repository)
     remote = RemoteDetector(served.url, "aprilgan")
     try:
-        images = _images(tmp_path)
-        local = Detector.from_bundle(bundles["aprilgan"])
+        images = parts(tmp_path)
+        local = Detector.from_bundle(method_bundles["aprilgan"])
         for got, want in zip(remote.detect_batch(images), local.detect_batch(images)):
-            _assert_same(got, want)
+            assert_same_result(got, want)
         truncated = tmp_path / "bad.png"
         truncated.write_bytes(b"\x89PNG\r\n\x1a\n")
         with pytest.raises(ImageReadError, match="cannot decode image"):
@@ -238,7 +186,7 @@ def test_an_invalid_config_is_refused_by_tritons_protobuf():
             parse_config(text)
 
 
-def test_a_dashboard_can_ask_for_a_small_8_bit_preview_instead_of_the_map(server, bundles):
+def test_a_dashboard_can_ask_for_a_small_8_bit_preview_instead_of_the_map(server, method_bundles):
     import tritonclient.grpc as grpcclient
 
     from zsad_edge.runtime.serving.tensors import preview, preview_size
@@ -253,7 +201,7 @@ def test_a_dashboard_can_ask_for_a_small_8_bit_preview_instead_of_the_map(server
     assert reply.as_numpy("anomaly_map") is None  # not asked for, not sent
     small = reply.as_numpy("preview")[0]
     assert small.dtype == np.uint8 and small.shape == preview_size(480, 640) == (192, 256)
-    local = Detector.from_bundle(bundles["aprilgan"])
+    local = Detector.from_bundle(method_bundles["aprilgan"])
     expected = preview(local(frame), local.scoring)
     assert np.abs(small.astype(int) - expected.astype(int)).max() <= 1
 
