@@ -160,6 +160,10 @@ def add_tensor(collection, tensor: GraphTensor) -> None:
         entry.reshape.SetInParent()  # present and empty: the model's tensor is [batch]
 
 
+# the heads' and the FNN's (anomaly_map, image_score), as the ensemble names them
+RENAMED_OUTPUTS = {HEADS: (MODEL_MAP, MODEL_SCORE), FNN: (FNN_MAP, FNN_SCORE)}
+
+
 @dataclass(frozen=True)
 class EnsembleModels:
     """The configs of every model of one bundle's ensemble, by model name, and the files to write."""
@@ -208,63 +212,71 @@ def ensemble_models(bundle: Path, manifest: Manifest, name: str, version: int, o
             f"{' or '.join(TRT_PRECISION_MODES)}"
         )
     graphs = [IMAGE_ENCODER, HEADS, *([FNN] if FNN_FUSION in method.post_stages else [])]
-    configs, files = {}, {}
     io = {component: checked_graph_io(bundle, manifest, component) for component in graphs}
+    models = EnsembleModels({}, {})
     for component in graphs:
-        model = f"{name}_{component}"
-        spec = manifest.components[component]
-        plans = find_plans(options.engines, manifest, component) if options.engines else None
-        if plans:
-            smallest = min(plans.values(), key=lambda plan: plan.max_batch)
-            if smallest.max_batch < options.max_batch:
-                raise ZsadEdgeError(
-                    f"the {component} engine {smallest.path} takes batches up to {smallest.max_batch}: pass "
-                    f"--max-batch {smallest.max_batch}, or rebuild the engines with --max-batch {options.max_batch}"
-                )
-            files[model] = [(plan.path, _plan_file(capability)) for capability, plan in plans.items()]
-        else:
-            folder = ONNX_MODEL_FILE + "/" if spec.external_data else ""  # a folder keeps weight files beside it
-            files[model] = [
-                (bundle / spec.file, f"{folder}{ONNX_MODEL_FILE}"),
-                *((bundle / extra, folder + extra) for extra in spec.external_data),
-            ]
-        configs[model] = graph_model_config(model, *io[component], options, plans)
-    encoder_inputs, encoder_outputs = io[IMAGE_ENCODER]
-    image = next(t for t in encoder_inputs if t.name == IMAGE)
-    pre_outputs: TensorTable = {IMAGE: image.table_entry(), IMAGE_SIZE: (np.int32, (2,))}
-    post_inputs: TensorTable = {IMAGE_SIZE: (np.int32, (2,))}
-    renamed = {HEADS: (MODEL_MAP, MODEL_SCORE), FNN: (FNN_MAP, FNN_SCORE)}
-    for component in graphs[1:]:
-        produced = {t.name: t for t in io[component][1]}
-        map_name, score_name = renamed[component]
-        post_inputs[map_name] = produced[ANOMALY_MAP].table_entry()
-        post_inputs[score_name] = produced[IMAGE_SCORE].table_entry()
-    configs[f"{name}_preprocess"] = python_model_config(
-        f"{name}_preprocess", options, INPUTS, pre_outputs, optional_inputs=True
-    )
-    post = python_model_config(f"{name}_postprocess", options, post_inputs, OUTPUTS)
-    post.parameters[GRAPHS_PARAMETER].string_value = PLAN_PLATFORM if options.engines else ONNX_PLATFORM
-    post.parameters["ensemble"].string_value = name
-    post.parameters["precision"].string_value = options.precision
-    configs[f"{name}_postprocess"] = post
-    for step in ("preprocess", "postprocess"):
-        files[f"{name}_{step}"] = [(bundle / MANIFEST_FILE, MANIFEST_FILE), (python_model_text(step), "model.py")]
-
+        _add_graph_model(models, bundle, manifest, f"{name}_{component}", component, io[component], options)
+    pre_outputs, post_inputs = _add_python_models(models, bundle, name, io, options)
     ensemble = config_proto().ModelConfig(name=name, platform="ensemble", max_batch_size=options.max_batch)
     declare(ensemble.input, INPUTS, optional=True)
     declare(ensemble.output, OUTPUTS)
     scheduling = ensemble.ensemble_scheduling
     _step(scheduling, f"{name}_preprocess", version, {n: n for n in INPUTS}, {n: n for n in pre_outputs})
+    _, encoder_outputs = io[IMAGE_ENCODER]
     _step(scheduling, f"{name}_{IMAGE_ENCODER}", version, {IMAGE: IMAGE}, {t.name: t.name for t in encoder_outputs})
     for component in graphs[1:]:
-        map_name, score_name = renamed[component]
+        map_name, score_name = RENAMED_OUTPUTS[component]
         _step(scheduling, f"{name}_{component}", version, {t.name: t.name for t in io[component][0]},
               {ANOMALY_MAP: map_name, IMAGE_SCORE: score_name})  # fmt: skip
     _step(scheduling, f"{name}_postprocess", version, {n: n for n in post_inputs}, {n: n for n in OUTPUTS})
-    configs[name] = ensemble
-    files[name] = []
-    check_ensemble(ensemble, configs)
-    return EnsembleModels(configs, files)
+    models.configs[name], models.files[name] = ensemble, []
+    check_ensemble(ensemble, models.configs)
+    return models
+
+
+def _add_graph_model(models: EnsembleModels, bundle: Path, manifest: Manifest, model: str, component: str, io,
+                     options) -> None:  # fmt: skip
+    """One graph as a model: its ONNX (and weight files), or its TensorRT plans."""
+    spec = manifest.components[component]
+    plans = find_plans(options.engines, manifest, component) if options.engines else None
+    if plans:
+        smallest = min(plans.values(), key=lambda plan: plan.max_batch)
+        if smallest.max_batch < options.max_batch:
+            raise ZsadEdgeError(
+                f"the {component} engine {smallest.path} takes batches up to {smallest.max_batch}: pass "
+                f"--max-batch {smallest.max_batch}, or rebuild the engines with --max-batch {options.max_batch}"
+            )
+        models.files[model] = [(plan.path, _plan_file(capability)) for capability, plan in plans.items()]
+    else:
+        folder = ONNX_MODEL_FILE + "/" if spec.external_data else ""  # a folder keeps weight files beside it
+        models.files[model] = [
+            (bundle / spec.file, f"{folder}{ONNX_MODEL_FILE}"),
+            *((bundle / extra, folder + extra) for extra in spec.external_data),
+        ]
+    models.configs[model] = graph_model_config(model, *io, options, plans)
+
+
+def _add_python_models(models: EnsembleModels, bundle: Path, name: str, io: dict, options) -> tuple[dict, dict]:
+    """The pre- and post-processing models, their tensors typed as the graphs they feed and read;
+    returns (preprocess outputs, postprocess inputs)."""
+    encoder_inputs, _ = io[IMAGE_ENCODER]
+    image = next(t for t in encoder_inputs if t.name == IMAGE)
+    pre_outputs: TensorTable = {IMAGE: image.table_entry(), IMAGE_SIZE: (np.int32, (2,))}
+    post_inputs: TensorTable = {IMAGE_SIZE: (np.int32, (2,))}
+    for component in list(io)[1:]:
+        produced = {t.name: t for t in io[component][1]}
+        map_name, score_name = RENAMED_OUTPUTS[component]
+        post_inputs[map_name] = produced[ANOMALY_MAP].table_entry()
+        post_inputs[score_name] = produced[IMAGE_SCORE].table_entry()
+    pre = python_model_config(f"{name}_preprocess", options, INPUTS, pre_outputs, optional_inputs=True)
+    post = python_model_config(f"{name}_postprocess", options, post_inputs, OUTPUTS)
+    post.parameters[GRAPHS_PARAMETER].string_value = PLAN_PLATFORM if options.engines else ONNX_PLATFORM
+    post.parameters["ensemble"].string_value = name
+    post.parameters["precision"].string_value = options.precision
+    for step, config in (("preprocess", pre), ("postprocess", post)):
+        models.configs[config.name] = config
+        models.files[config.name] = [(bundle / MANIFEST_FILE, MANIFEST_FILE), (python_model_text(step), "model.py")]
+    return pre_outputs, post_inputs
 
 
 def _step(scheduling, model: str, version: int, inputs: dict[str, str], outputs: dict[str, str]) -> None:

@@ -24,9 +24,9 @@ from ..errors import ZsadEdgeError
 from ..pipeline import NumpyMaps, decode_keep_side
 from ..preprocess import preprocess_batch
 from ..stages.fnn_fusion import FnnFusion
-from .python_backend import as_triton_tensor
+from .python_backend import as_triton_tensor, contract_inputs
 from .scoring import request_images, served_record
-from .tensors import INPUTS, Scored, reply_batch
+from .tensors import Scored, reply_batch
 
 # The tensors passed between the ensemble's steps (besides the graphs' own names).
 IMAGE_SIZE = "image_size"  # [2] original (H, W) of each image
@@ -57,11 +57,7 @@ class EnsemblePreprocess:
         pb = self._pb
         responses = []
         for request in requests:
-            inputs = {}
-            for name in INPUTS:
-                tensor = pb.get_input_tensor_by_name(request, name)
-                inputs[name] = tensor.as_numpy() if tensor is not None else None
-            images = request_images(inputs, self.keep_side)
+            images = request_images(contract_inputs(pb, request), self.keep_side)
             failed = [image for image in images if isinstance(image, ZsadEdgeError)]
             if failed:
                 error = pb.TritonError(f"ZsadEdgeError: {failed[0]}")

@@ -41,11 +41,7 @@ class TritonPythonModel:
         pb = self._pb
         images = []
         for request in requests:
-            inputs = {}
-            for name in INPUTS:
-                tensor = pb.get_input_tensor_by_name(request, name)
-                inputs[name] = tensor.as_numpy() if tensor is not None else None
-            images.append(request_images(inputs, self.detector.decode_keep_side))
+            images.append(request_images(contract_inputs(pb, request), self.detector.decode_keep_side))
         responses = []
         for mine in score_requests(self.detector, images):
             failed = [outcome.error for outcome in mine if outcome.result is None]
@@ -60,6 +56,12 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.detector = None
+
+
+def contract_inputs(pb, request) -> dict[str, np.ndarray | None]:
+    """A python-backend request's inputs of the serving contract (None where not sent)."""
+    tensors = {name: pb.get_input_tensor_by_name(request, name) for name in INPUTS}
+    return {name: tensor.as_numpy() if tensor is not None else None for name, tensor in tensors.items()}
 
 
 def as_triton_tensor(array: np.ndarray) -> np.ndarray:
