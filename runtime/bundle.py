@@ -19,6 +19,7 @@ from .errors import BundleError
 from .image_io import write_bytes_atomic
 from .manifest_schema import check_manifest
 from .preprocess import PreprocessSpec
+from .signing import SIGNATURE_FILE, trusted_keys_from_environment, verify_manifest_signature
 
 SCHEMA_VERSION = 1
 REBUILD_HINT = "rebuild it with `python export/build_engines.py`"
@@ -147,14 +148,21 @@ def hash_bundle_files(bundle_dir: Path) -> dict[str, str]:
     return {
         path.relative_to(bundle_dir).as_posix(): sha256_file(path)
         for path in sorted(bundle_dir.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_FILE
+        if path.is_file() and path.name not in (MANIFEST_FILE, SIGNATURE_FILE)
     }
 
 
-def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifest:
-    """Read and validate a bundle's manifest; with verify_hashes, check every listed file."""
+def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True, check_signature: bool | None = None) -> Manifest:
+    """Read and validate a bundle's manifest; with verify_hashes, check every listed file.
+
+    check_signature (default: as verify_hashes): where trusted keys are set (signing.py), refuse a
+    manifest without a trusted signature, and then verify every file's hash, unconditionally and
+    without the stamp (whoever can rewrite a graph can rewrite a stamp beside it).
+    """
     try:
-        return _load_manifest(Path(bundle_dir), verify_hashes)
+        return _load_manifest(
+            Path(bundle_dir), verify_hashes, verify_hashes if check_signature is None else check_signature
+        )
     except PermissionError as exc:
         raise BundleError(
             f"cannot read the bundle {bundle_dir}: permission denied on {exc.filename}; "
@@ -162,14 +170,18 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
         ) from None
 
 
-def _load_manifest(bundle_dir: Path, verify_hashes: bool) -> Manifest:
+def _load_manifest(bundle_dir: Path, verify_hashes: bool, check_signature: bool) -> Manifest:
     manifest_path = bundle_dir / MANIFEST_FILE
     if not bundle_dir.is_dir():
         raise BundleError(f"bundle folder not found: {bundle_dir}; {REBUILD_HINT}")
     if not manifest_path.is_file():
         raise BundleError(f"not a zsad-edge bundle (no {MANIFEST_FILE}): {bundle_dir}; {REBUILD_HINT}")
+    manifest_bytes = manifest_path.read_bytes()
+    trusted = trusted_keys_from_environment() if check_signature else None
+    if trusted is not None:
+        verify_manifest_signature(bundle_dir, manifest_bytes, trusted)
     try:
-        raw = json.loads(manifest_path.read_text(encoding="utf-8-sig"))  # -sig: Notepad saves a BOM
+        raw = json.loads(manifest_bytes.decode("utf-8-sig"))  # -sig: Notepad saves a BOM
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"manifest is not valid JSON ({exc}): {manifest_path}; {REBUILD_HINT}") from None
     if not isinstance(raw, dict) or "schema_version" not in raw:
@@ -184,9 +196,14 @@ def _load_manifest(bundle_dir: Path, verify_hashes: bool) -> Manifest:
         raise BundleError(f"bundle schema {version} is older than this runtime's ({SCHEMA_VERSION}); {REBUILD_HINT}")
     check_manifest(raw, str(manifest_path), REBUILD_HINT)
     manifest = Manifest.from_dict(raw, manifest_path)
-    if verify_hashes:
-        verify_files(bundle_dir, manifest)
+    if verify_hashes or trusted is not None:
+        verify_files(bundle_dir, manifest, use_stamp=trusted is None)
     return manifest
+
+
+def manifest_digest(bundle: Path) -> str:
+    """The sha256 of the bundle's manifest: it names every file by its own sha256, so it names the bundle."""
+    return hashlib.sha256((Path(bundle) / MANIFEST_FILE).read_bytes()).hexdigest()
 
 
 def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
@@ -206,7 +223,7 @@ def _file_key(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
 
 
-def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
+def verify_files(bundle_dir: Path, manifest: Manifest, use_stamp: bool = True) -> None:
     """Refuse missing or modified files: a tampered graph must never run silently.
 
     Hashing a ViT-L bundle reads about 1.2 GB, so files verified before are remembered in a stamp
@@ -215,7 +232,7 @@ def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
     """
     stamp_file = stamp_path(bundle_dir)
     try:
-        stamp = json.loads(stamp_file.read_text(encoding="utf-8"))
+        stamp = json.loads(stamp_file.read_text(encoding="utf-8")) if use_stamp else {}
     except (OSError, ValueError):
         stamp = {}
     verified = {}

@@ -96,7 +96,7 @@ class Detector(DetectionPipeline, NumpyMaps, FewShot):
         precision: "fp32" or one of the bundle's variants (`manifest.precisions`, e.g. "int8").
         """
         bundle_dir = Path(bundle_dir)
-        manifest = load_manifest(bundle_dir, verify_hashes=verify).with_precision(precision)
+        manifest = load_manifest(bundle_dir, verify_hashes=verify, check_signature=True).with_precision(precision)
         if backend not in GPU_BACKENDS:
             _warn_on_saturating_int8(manifest.precisions.get(precision, {}).get("plan", {}), precision)
         method = manifest.method.get("name")

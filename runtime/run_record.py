@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from .bundle import Manifest
+from .bundle import Manifest, manifest_digest
+from .signing import signature_state, trusted_keys_from_environment
 from .stages.memory_bank import MemoryBank
 
 
@@ -30,6 +31,8 @@ def run_record(detector: Recorded, bundle: Path, precision: str, memory_bank: Pa
     from_bank = detector.memory_bank is not None and bool(detector.memory_bank.scoring)
     return {
         "bundle": str(bundle),
+        "digest": manifest_digest(bundle),
+        "signature": signer(bundle),
         "method": detector.manifest.method.get("name"),
         "backend": detector.backend,
         "precision": precision,
@@ -42,3 +45,9 @@ def run_record(detector: Recorded, bundle: Path, precision: str, memory_bank: Pa
             "source": "memory bank" if from_bank else "bundle",
         },
     }
+
+
+def signer(bundle: Path) -> dict:
+    """Who signed the bundle and whether this process checked it ("verified" under trusted keys)."""
+    state = signature_state(bundle, trusted_keys_from_environment())
+    return {"key_id": state.get("key_id"), "state": state["state"]}

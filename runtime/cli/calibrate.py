@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
+from ..errors import ZsadEdgeError
 from ..image_io import list_images
+from ..signing import PASSWORD_ENV, SIGNATURE_FILE, open_secret_key, sign_manifest
 from ..stopping import StopRequest
-from .common import backend_arguments, open_detector
+from .common import backend_arguments, open_detector, trust_arguments
 
 HELP = "set score ranges and thresholds from normal images"
-PARENTS = (backend_arguments(with_precision=False),)
+PARENTS = (backend_arguments(with_precision=False), trust_arguments())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,12 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--memory-bank", type=Path, help="few-shot: calibrate with this bank and store the constants in the bank file"
     )
+    parser.add_argument(
+        "--resign", type=Path, metavar="KEY",
+        help="a signed bundle: sign the calibrated manifest with this secret key (the manifest changes)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
     """Calibrate and write the constants into the manifest (or the bank) in one rename at the end."""
     from zsad_edge.calibration.scores import calibrate_memory_bank, calibrate_scores, write_scoring
 
+    secret = _signing_key(args)  # before any work: a signed bundle is never left with a broken signature
     detector = open_detector(args.bundle, args.backend, args.memory_bank, device=args.device)
     paths = list_images(args.normal_images)
     options = {
@@ -50,6 +58,9 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         scoring = calibrate_scores(detector, paths, **options)
         write_scoring(args.bundle, scoring)
         target = args.bundle
+        if secret is not None:
+            with secret:
+                print(f"signed the calibrated manifest with key {sign_manifest(args.bundle, secret)}")
     print(
         f"calibrated on {scoring['calibration']['images']} normal image(s): image threshold "
         f"{scoring['image_threshold']:.6g}, map threshold {scoring['map_threshold']:.6g}; written to {target}"
@@ -57,3 +68,18 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     for reason in scoring["calibration"]["skipped"]:
         print(f"  skipped: {reason}")
     return 0
+
+
+def _signing_key(args: argparse.Namespace):
+    """The opened --resign key where the manifest will change; a signed bundle without one is refused
+    (calibrating rewrites the signed manifest). A memory bank's constants go to the bank: no change."""
+    if args.memory_bank is not None:
+        return None
+    if args.resign is None:
+        if (args.bundle / SIGNATURE_FILE).exists():
+            raise ZsadEdgeError(
+                f"{args.bundle} is signed: calibrating rewrites its manifest and breaks the signature; pass "
+                "--resign KEY to sign the calibrated manifest, or calibrate an unsigned copy"
+            )
+        return None
+    return open_secret_key(args.resign, os.environ.get(PASSWORD_ENV) or None)

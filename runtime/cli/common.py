@@ -10,6 +10,7 @@ from ..backends.components import BACKENDS
 from ..backends.openvino import DEVICES
 from ..bundle import BASE_PRECISION
 from ..detector import Detector
+from ..signing import TRUSTED_KEYS_ENV, require_trusted_keys
 
 EXIT_PARTIAL = 1  # done, but some images were skipped
 EXIT_ERROR = 2  # one `error: ...` line
@@ -44,6 +45,23 @@ def backend_arguments(with_precision: bool = True, with_verify: bool = False) ->
     if with_verify:
         group.add_argument("--no-verify", action="store_true", help="skip the sha256 check of bundle files")
     return parent
+
+
+def trust_arguments() -> argparse.ArgumentParser:
+    """Parent parser: --trusted-keys (signing.py), for every command that opens a bundle."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument_group("signatures").add_argument(
+        "--trusted-keys",
+        type=Path,
+        help=f"run only bundles signed by a key in this folder of minisign *.pub files (or set {TRUSTED_KEYS_ENV})",
+    )
+    return parent
+
+
+def apply_trusted_keys(args: argparse.Namespace) -> None:
+    """Where a command was given --trusted-keys, every bundle it opens must be signed by one."""
+    if getattr(args, "trusted_keys", None) is not None:
+        require_trusted_keys(args.trusted_keys)
 
 
 def open_detector(

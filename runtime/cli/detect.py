@@ -27,7 +27,7 @@ from ..overlay import render_overlay
 from ..pipeline import DetectionResult
 from ..run_record import run_record
 from ..stopping import NEVER, StopRequest
-from .common import EXIT_PARTIAL, backend_arguments, open_detector
+from .common import EXIT_PARTIAL, backend_arguments, open_detector, trust_arguments
 
 HELP = "score images and write JSON + heatmap overlays"
 
@@ -189,7 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-bank", type=Path, help="few-shot: a bank written by `zsad-edge fit-normal`")
 
 
-PARENTS = (backend_arguments(with_verify=True),)
+PARENTS = (backend_arguments(with_verify=True), trust_arguments())
 
 
 def run_detect(

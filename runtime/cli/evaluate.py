@@ -9,10 +9,10 @@ from pathlib import Path
 from ..errors import ZsadEdgeError
 from ..image_io import write_bytes_atomic
 from ..stopping import StopRequest
-from .common import EXIT_PARTIAL, backend_arguments, open_detector
+from .common import EXIT_PARTIAL, backend_arguments, open_detector, trust_arguments
 
 HELP = "image/pixel AUROC, AP, F1-max and AUPRO on an MVTec-layout folder"
-PARENTS = (backend_arguments(),)
+PARENTS = (backend_arguments(), trust_arguments())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

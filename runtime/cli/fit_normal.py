@@ -11,10 +11,10 @@ from tqdm import tqdm
 from ..errors import ImageReadError, ZsadEdgeError
 from ..image_io import check_image, list_images
 from ..stopping import Stopped, StopRequest
-from .common import backend_arguments, open_detector
+from .common import backend_arguments, open_detector, trust_arguments
 
 HELP = "few-shot: build an APRIL-GAN memory bank from k normal images"
-PARENTS = (backend_arguments(with_precision=False),)
+PARENTS = (backend_arguments(with_precision=False), trust_arguments())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

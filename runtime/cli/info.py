@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 from ..bundle import BASE_PRECISION, load_manifest
+from ..signing import signature_state, trusted_keys_from_environment
 from ..stopping import StopRequest
+from .common import trust_arguments
 
 HELP = "print a bundle's manifest summary"
-PARENTS = ()
+PARENTS = (trust_arguments(),)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
-    manifest = load_manifest(args.bundle, verify_hashes=False)
+    manifest = load_manifest(args.bundle, verify_hashes=False)  # describes a refused bundle too
     params = manifest.method.get("params", {})
     print(
         json.dumps(
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
                     **{name: _variant_summary(v) for name, v in manifest.precisions.items()},
                 },
                 "scoring": manifest.scoring,
+                "signature": signature_state(args.bundle, trusted_keys_from_environment()),
             },
             indent=2,
         )

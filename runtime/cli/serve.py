@@ -18,10 +18,10 @@ from pathlib import Path
 
 from ..serving.server import Batching, Ports, serve, serve_repository, served_model
 from ..stopping import StopRequest
-from .common import backend_arguments, open_detector
+from .common import backend_arguments, open_detector, trust_arguments
 
 HELP = "serve bundles through Triton Inference Server (HTTP and gRPC, dynamic batching)"
-PARENTS = (backend_arguments(),)
+PARENTS = (backend_arguments(), trust_arguments())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from ..serving.repository import DEFAULT_TRT_CACHE, KINDS, RepositoryOptions, write_repository
 from ..stopping import StopRequest
-from .common import backend_arguments
+from .common import backend_arguments, trust_arguments
 
 HELP = "write a Triton model repository for a bundle (python backend, or an ensemble of its graphs)"
-PARENTS = (backend_arguments(),)
+PARENTS = (backend_arguments(), trust_arguments())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,9 @@ start (sources, the output folder, the MQTT broker, the metrics port) is checked
 first frame. SIGINT/SIGTERM stops capture, processes the frames already captured, gives the sinks
 --drain-s seconds (what is undelivered stays in the spool for the next run), closes the videos
 (they play), writes the run's summary and exits 0; a second signal exits at once.
+While it runs, a new version of its bundle (the folder changed, or a symlink switched to another)
+is verified, tried on the latest frames and swapped in between two batches, or refused with a
+`bundle_rejected` event while the running one stays (runtime/station/rollout.py).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ..station.opening import open_source, split_spec
 from ..station.part_trigger import PartTrigger, open_part_trigger
 from ..station.plc import OPCUA_FIELDS, ModbusLayout, ModbusSink, OpcUaSink, parse_mapping
 from ..station.retention import Retention
+from ..station.rollout import Rollout
 from ..station.sinks import (
     DEFAULT_DRAIN_S,
     DEFAULT_SEGMENT_S,
@@ -53,10 +57,10 @@ from ..station.station import Station, new_run_id
 from ..station.status import StatusLine
 from ..station.systemd import Notifier, Watchdog
 from ..stopping import StopRequest
-from .common import backend_arguments, open_detector
+from .common import apply_trusted_keys, backend_arguments, open_detector, trust_arguments
 
 HELP = "run a station: cameras, streams, video files and drop folders in; a verdict per frame out"
-PARENTS = (backend_arguments(),)
+PARENTS = (backend_arguments(), trust_arguments())
 POLL_S = 0.2
 
 
@@ -156,6 +160,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     outputs.add_argument(
         "--drain-s", type=float, default=DEFAULT_DRAIN_S, help="on stop: time for all sinks to finish their work"
     )
+    rollout = parser.add_argument_group("bundle rollout (a new version of BUNDLE is swapped in while running)")
+    rollout.add_argument(
+        "--rollout-check-s", type=float, default=5.0, help="look for a new version this often; 0: never"
+    )
+    rollout.add_argument(
+        "--rollout-settle-s", type=float, default=2.0, help="a new version's files must stay unchanged this long"
+    )
     watching = parser.add_argument_group("watching it run")
     watching.add_argument("--status-s", type=float, default=10.0, help="status line interval; 0: none")
     watching.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /healthz on this port")
@@ -184,6 +195,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.max_wait_ms < 0:
         raise ZsadEdgeError("--batch-size must be at least 1 and --max-wait-ms at least 0")
     ProcessedAction(args.processed)
+    if args.rollout_check_s < 0 or args.rollout_settle_s < 0:
+        raise ZsadEdgeError("--rollout-check-s and --rollout-settle-s must be >= 0")
     if args.settle_s < 0 or args.min_free_mb < 0 or args.drain_s < 0 or args.spool_max < 1:
         raise ZsadEdgeError("--settle-s, --min-free-mb and --drain-s must be >= 0 and --spool-max >= 1")
     for flag in ("keep_days", "max_disk_gb", "events_rotate_mb"):
@@ -278,6 +291,7 @@ def check_config(args: argparse.Namespace, rules: dict[str, SourceRules]) -> int
 
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
     rules = _settle_arguments(args)
+    apply_trusted_keys(args)  # --config may name them
     if args.check_config:
         return check_config(args, rules)
     started = time.monotonic()
@@ -293,11 +307,13 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         sinks = open_sinks(args, detector, record, sources, run_id, recorded)
         station = Station(
             detector, sources, args.batch_size, args.max_wait_ms, sinks, on_event=log.write, run_id=run_id,
-            rules=rules, part_ids=trigger.part_for if trigger else None,
+            rules=rules, part_ids=trigger.part_for if trigger else None, record=record,
         )  # fmt: skip
         station.monitored["events"] = log
-        watchers: list[MetricsServer | StatusLine | Retention | Watchdog | PartTrigger] = []
+        watchers: list[MetricsServer | StatusLine | Retention | Watchdog | PartTrigger | Rollout] = []
         watchers += [trigger] if trigger else []
+        rollout = _rollout(args, station)
+        watchers += [rollout.start()] if rollout else []
         interrupted = False
         try:
             if args.metrics_port is not None:
@@ -319,7 +335,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
                 close_sinks(sinks, args.drain_s)
             if isinstance(detector, RemoteDetector):
                 detector.close()
-        summary = _summary(station, stop, load_s, sinks, record, log)
+        summary = _summary(station, stop, load_s, sinks, log, rollout)
     _write_summary(args.out, summary)
     print(
         f"{summary['processed']} frame(s) from {len(sources)} source(s), {summary['anomalies']} anomalous, "
@@ -339,7 +355,21 @@ def _open_model(args: argparse.Namespace) -> tuple[Detector | RemoteDetector, di
     return detector, run_record(detector, args.bundle, args.precision, args.memory_bank)
 
 
-def _summary(station: Station, stop: StopRequest, load_s: float, sinks: list[QueuedSink], record: dict, log) -> dict:
+def _rollout(args: argparse.Namespace, station: Station) -> Rollout | None:
+    """Watch the bundle for new versions (a local model only: a server owns its bundle)."""
+    if args.server or not args.rollout_check_s:
+        return None
+
+    def open_version(folder: Path):
+        detector = open_detector(folder, args.backend, args.memory_bank, precision=args.precision, device=args.device)
+        return detector, run_record(detector, folder, args.precision, args.memory_bank)
+
+    return Rollout(args.bundle, open_version, station, args.rollout_check_s, args.rollout_settle_s)
+
+
+def _summary(
+    station: Station, stop: StopRequest, load_s: float, sinks: list[QueuedSink], log, rollout: Rollout | None
+) -> dict:
     stopped = f"stopped by {stop.signal_name}" if stop.requested else None
     summary = {
         "run_id": station.run_id,
@@ -347,7 +377,8 @@ def _summary(station: Station, stop: StopRequest, load_s: float, sinks: list[Que
         "load_s": round(load_s, 3),
         "sinks": {sink.kind: sink.counts() for sink in sinks},
         "events_log": {**log.state(), "torn_bytes_set_aside": log.torn_bytes},
-        "run": record,
+        "run": station.current.record,  # after a rollout: the bundle running at the end
+        **({"rollout": rollout.counts} if rollout else {}),
     }
     return json.loads(masked(json.dumps(summary)))
 

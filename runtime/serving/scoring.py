@@ -7,13 +7,12 @@ both answer exactly as the local `Detector` does.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..contract import MANIFEST_FILE
+from ..bundle import manifest_digest
 from ..detector import Detector
 from ..errors import ZsadEdgeError
 from ..image_io import check_image, decode_image
@@ -64,11 +63,6 @@ def score_requests(detector: Detector, requests: Sequence[Sequence[np.ndarray | 
     return [[next(outcomes) for _ in request] for request in requests]
 
 
-def manifest_digest(bundle: Path) -> str:
-    """The sha256 of the bundle's manifest: it names every file by its own sha256, so it names the bundle."""
-    return hashlib.sha256((Path(bundle) / MANIFEST_FILE).read_bytes()).hexdigest()
-
-
 def model_version(digest: str) -> int:
     """Triton versions are positive integers: the manifest digest's first 7 hex digits (< 2**28)."""
     return int(digest[:7], 16) or 1
@@ -80,7 +74,7 @@ def served_record(
     """The run record every reply carries: the local one, plus the model's name, version and digest,
     and the whole scoring block (a remote station's overlay colours by it)."""
     digest = manifest_digest(bundle)
-    extra = {"model": name, "version": model_version(digest), "digest": digest, "scoring": detector.scoring}
+    extra = {"model": name, "version": model_version(digest), "scoring": detector.scoring}
     return {**run_record(detector, bundle, precision, memory_bank), **extra}
 
 

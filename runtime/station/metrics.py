@@ -64,6 +64,7 @@ class StationCollector:
             for name, value in quantiles.items():
                 latency.add_metric([stage, f"0.{name[1:]}"], value)
         yield latency
+        yield self._bundle(GaugeMetricFamily)
         sinks = CounterMetricFamily("zsad_sink_items", "what each sink did with its items", labels=["sink", "outcome"])
         for sink in self.station.sinks:
             counts = sink.counts()
@@ -87,6 +88,17 @@ class StationCollector:
                                     value=float(state["disk_full"]))  # fmt: skip
             yield GaugeMetricFamily("zsad_events_held", "events held in memory for want of disk room",
                                     value=state["held"])  # fmt: skip
+
+    def _bundle(self, gauge):
+        """zsad_bundle_info: which bundle (digest, signer) the station runs; 1 for the running one."""
+        record = self.station.current.record
+        signature = record.get("signature") or {}
+        family = gauge("zsad_bundle_info", "the bundle the station runs now (value 1)",
+                       labels=["bundle", "digest", "method", "precision", "signer", "signature"])  # fmt: skip
+        family.add_metric([str(record.get("bundle", "")), str(record.get("digest", "")), str(record.get("method", "")),
+                           str(record.get("precision", "")), str(signature.get("key_id") or ""),
+                           str(signature.get("state", ""))], 1.0)  # fmt: skip
+        return family
 
 
 class MetricsServer:

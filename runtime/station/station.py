@@ -8,6 +8,10 @@ Each hand-over holds at most QUEUE_DEPTH batch, so the model call of one batch o
 preprocessing of the next and the post-processing of the previous one, and memory stays bounded.
 Per source, events come in capture order. `stop()` stops capture; the frames already captured
 still go through, then the threads end. `watch()` is the same as a generator.
+
+`replace_model()` swaps the model between two batches (a bundle rollout, rollout.py): each batch
+is prepared, run and post-processed by the model that took it, so no frame is dropped or scored
+twice, and the `bundle_changed` event comes right before the first event of the new model.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
@@ -34,6 +39,7 @@ QUEUE_DEPTH = 1  # one batch waiting between threads is enough to overlap them; 
 IDLE_S = 0.05  # with no frame, the prepare thread looks at stops and stalls this often
 EVENT_QUEUE = 64  # events waiting for a slow `watch()` consumer before the station waits for it
 JOIN_S = 5.0
+PROBES = 4  # the latest frames kept as a rollout's canary images
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # backoff while a model server is unavailable
 
 
@@ -69,12 +75,25 @@ class Sink(Protocol):
     def __call__(self, frame: Frame, result: DetectionResult, event: dict) -> None: ...
 
 
+@dataclass(frozen=True)
+class RunningModel:
+    """A model and its run record (bundle, digest, signature, thresholds): what made an event."""
+
+    model: StationModel
+    record: dict
+
+    @property
+    def digest(self) -> str | None:
+        return self.record.get("digest")
+
+
 @dataclass
 class Batch:
     """Frames moving through the three threads, with what each thread added."""
 
     frames: list[Frame]
     statuses: list[dict]
+    running: RunningModel | None = None  # the model that prepared it runs and post-processes it
     loaded: list[np.ndarray] = field(default_factory=list)
     prepared: Any = None  # the model's `prepare` output (what `run` takes)
     inferred: Any = None  # its `run` output (what `results` takes)
@@ -93,6 +112,7 @@ class Station:
     sinks: called with every (frame, result, event). run_id: names this run's events and files.
     rules: per source name, a region of interest and thresholds (source_rules.py).
     part_ids: (source, capture time) -> the part id then (part_trigger.py), for frames without one.
+    record: the model's run record; its digest goes into every frame event.
     """
 
     def __init__(
@@ -106,10 +126,15 @@ class Station:
         run_id: str | None = None,
         rules: Mapping[str, SourceRules] | None = None,
         part_ids: Callable[[str, float], str | None] | None = None,
+        record: dict | None = None,
     ) -> None:
         if batch_size < 1 or max_wait_ms < 0:
             raise ValueError("batch_size must be at least 1 and max_wait_ms at least 0")
-        self.detector, self.sources = detector, list(sources)
+        self.current = RunningModel(detector, dict(record or {}))  # the model of the latest finished batch
+        self._preparing = self.current  # the model new batches are prepared with
+        self._replacement: RunningModel | None = None
+        self._probes: deque[np.ndarray] = deque(maxlen=PROBES)
+        self.sources = list(sources)
         self.batch_size, self.max_wait_s = batch_size, max_wait_ms / 1000.0
         self.sinks, self.on_event = list(sinks), on_event
         self.rules = dict(rules or {})
@@ -152,6 +177,20 @@ class Station:
         self._stopping.set()
         for source in self.sources:
             source.stop()
+
+    @property
+    def detector(self) -> StationModel:
+        """The model scoring now (the latest finished batch's)."""
+        return self.current.model
+
+    def replace_model(self, model: StationModel, record: dict) -> None:
+        """Score with `model` from the next batch on (any thread); the batches in flight finish with
+        the model that prepared them."""
+        self._replacement = RunningModel(model, dict(record))
+
+    def probe_images(self) -> list[np.ndarray]:
+        """Copies of the latest frames' images, for a new model's canary check."""
+        return [image.copy() for image in list(self._probes)]
 
     @property
     def finished(self) -> bool:
@@ -220,11 +259,14 @@ class Station:
                 if all(source.finished for source in self.sources):
                     break
                 continue
-            batch = Batch(frames, statuses, started=time.monotonic())
+            if self._replacement is not None:
+                self._preparing, self._replacement = self._replacement, None
+            batch = Batch(frames, statuses, self._preparing, started=time.monotonic())
             for frame in frames:
                 self._prepare_frame(frame)
-            batch.loaded = self.detector.load([frame.image for frame in frames])
-            batch.prepared = self.detector.prepare(batch.loaded)
+            batch.loaded = batch.running.model.load([frame.image for frame in frames])
+            self._probes.extend(batch.loaded)
+            batch.prepared = batch.running.model.prepare(batch.loaded)
             batch.stages_ms["preprocess"] = 1e3 * (time.monotonic() - batch.started)
             self._put(self._prepared, batch)
         self._put(self._prepared, _END)
@@ -237,7 +279,7 @@ class Station:
                 if batch.inferred is None:
                     batch.frames = []  # dropped and counted: only its sources' status events go on
                 else:
-                    self.detector.synchronize()
+                    batch.running.model.synchronize()
                     batch.stages_ms["infer"] = 1e3 * (time.monotonic() - began)
                 batch.prepared = None
             self._put(self._inferred, batch)
@@ -251,7 +293,7 @@ class Station:
         delay = RETRY_FIRST_S
         while True:
             try:
-                inferred = self.detector.run(batch.prepared)
+                inferred = batch.running.model.run(batch.prepared)
             except ServerUnavailableError as exc:
                 if self._server_down_since is None:
                     self._server_down_since = time.time()
@@ -276,25 +318,40 @@ class Station:
                 self._emit(status)
             if not batch.frames:
                 continue
+            if batch.running is not self.current:
+                self._changed(batch.running)
+            model = batch.running.model
             began = time.monotonic()
-            results = self.detector.results(batch.inferred)
+            results = model.results(batch.inferred)
             results = [self._judge(frame, result) for frame, result in zip(batch.frames, results)]
             batch.stages_ms["postprocess"] = 1e3 * (time.monotonic() - began)
-            if self.detector.result_stages:
+            if model.result_stages:
                 began = time.monotonic()
-                self.detector.refine(results, batch.loaded)
+                model.refine(results, batch.loaded)
                 batch.stages_ms["refine"] = 1e3 * (time.monotonic() - began)
             done = time.time()
             for frame, result in zip(batch.frames, results):
                 waited = 1e3 * (batch.started - frame.captured_monotonic)
                 stages = {"wait": waited, **batch.stages_ms}
                 event = {"run": self.run_id, **frame_event(frame, result, stages, self._dropped(frame), done)}
+                event["bundle_digest"] = self.current.digest
                 for sink in self.sinks:  # first: a forwarding sink spools the message before the event is on record
                     sink(frame, result, event)
                 self._record(event, frame.receipt)
         for status in self._statuses():
             self._emit(status)
         self._finished.set()
+
+    def _changed(self, running: RunningModel) -> None:
+        """The first batch of a new model: on record before its frames' events, and for the sinks
+        that draw with its thresholds."""
+        old = self.current
+        self.current = running
+        for sink in self.sinks:
+            if hasattr(sink, "use_model"):
+                sink.use_model(running.model.scoring, running.record)
+        self._emit({"event": "bundle_changed", "time": time.time(), "old": old.digest, "new": running.digest,
+                    "bundle": running.record.get("bundle"), "signature": running.record.get("signature")})  # fmt: skip
 
     def _prepare_frame(self, frame: Frame) -> None:
         """The part id of a trigger, where the frame has none of its own; and the source's region of

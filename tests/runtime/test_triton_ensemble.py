@@ -18,14 +18,14 @@ import pytest
 from helpers import REPO_ROOT
 from serving_helpers import Served, assert_same_result, metric, parts
 
-from zsad_edge.runtime.bundle import load_manifest
+from zsad_edge.runtime.bundle import load_manifest, manifest_digest
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.errors import ImageReadError, ZsadEdgeError
 from zsad_edge.runtime.serving.ensemble import check_ensemble
 from zsad_edge.runtime.serving.model_config import CONFIG_FILE, config_proto, parse_config
 from zsad_edge.runtime.serving.remote import RemoteDetector
 from zsad_edge.runtime.serving.repository import RepositoryOptions, write_repository
-from zsad_edge.runtime.serving.scoring import manifest_digest, model_version
+from zsad_edge.runtime.serving.scoring import model_version
 
 pytestmark = pytest.mark.needs_module("tritonclient", "onnx")
 STANDIN = Path(__file__).resolve().parent.parent / "triton_onnx_standin.py"
