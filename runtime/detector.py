@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,24 @@ class Detector(DetectionPipeline, NumpyMaps, FewShot):
     def few_shot_map(self, features: dict[str, np.ndarray]) -> np.ndarray:
         grid = self.memory_bank.distances(features[TAPS]).reshape(-1, *self.manifest.patch_grid)
         return upsample_align_corners(grid, self.manifest.preprocess.input_size)
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """How to open a detector, as a value: a command opens its detector from it, and so does each
+    Ray actor scoring an archive (runtime/archive/ray_data.py)."""
+
+    bundle: Path
+    backend: str = "auto"
+    precision: str = BASE_PRECISION
+    memory_bank: Path | None = None
+    device: str = "CPU"
+    verify: bool = True
+
+    def open(self) -> Detector:
+        detector = Detector.from_bundle(
+            self.bundle, backend=self.backend, verify=self.verify, precision=self.precision, device=self.device
+        )
+        if self.memory_bank is not None:
+            detector.load_memory_bank(self.memory_bank)
+        return detector

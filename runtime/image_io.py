@@ -193,11 +193,16 @@ def write_image_atomic(path: str | os.PathLike, image_rgb: np.ndarray) -> None:
     """Encode an RGB (or single-channel) uint8 image and move it into place in one rename,
     so an interrupted run never leaves a truncated PNG behind."""
     path = Path(path)
+    write_bytes_atomic(path, encode_image(image_rgb, path.suffix or ".png"))
+
+
+def encode_image(image_rgb: np.ndarray, suffix: str = ".png") -> bytes:
+    """An RGB (or single-channel) uint8 image as the bytes of a file of that suffix."""
     bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR) if image_rgb.ndim == 3 else image_rgb
-    ok, encoded = cv2.imencode(path.suffix or ".png", bgr)
+    ok, encoded = cv2.imencode(suffix, bgr)
     if not ok:
-        raise ImageReadError(f"cannot encode image for {path}")
-    write_bytes_atomic(path, encoded.tobytes())
+        raise ImageReadError(f"cannot encode an image as {suffix}")
+    return encoded.tobytes()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -6,14 +6,15 @@ import argparse
 import os
 from pathlib import Path
 
+from ..detector import DetectorSpec
 from ..errors import ZsadEdgeError
 from ..image_io import list_images
 from ..signing import PASSWORD_ENV, SIGNATURE_FILE, open_secret_key, sign_manifest
 from ..stopping import StopRequest
-from .common import backend_arguments, open_detector, trust_arguments
+from .common import backend_arguments, ray_arguments, ray_options, trust_arguments
 
 HELP = "set score ranges and thresholds from normal images"
-PARENTS = (backend_arguments(with_precision=False), trust_arguments())
+PARENTS = (backend_arguments(with_precision=False), trust_arguments(), ray_arguments())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,13 +43,16 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     from zsad_edge.calibration.scores import calibrate_memory_bank, calibrate_scores, write_scoring
 
     secret = _signing_key(args)  # before any work: a signed bundle is never left with a broken signature
-    detector = open_detector(args.bundle, args.backend, args.memory_bank, device=args.device)
+    ray = ray_options(args)
+    spec = DetectorSpec(args.bundle, args.backend, memory_bank=args.memory_bank, device=args.device)
+    detector = spec.open()
     paths = list_images(args.normal_images)
     options = {
         "image_quantile": args.image_quantile,
         "pixel_quantile": args.pixel_quantile,
         "progress": len(paths) > 1,
         "stop": stop,
+        "ray": (spec, ray) if ray else None,
     }
     if detector.memory_bank is not None:
         scoring = calibrate_memory_bank(detector, paths, **options)

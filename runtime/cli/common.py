@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..archive.ray_data import LOCAL, RayOptions
 from ..backends.components import BACKENDS
 from ..backends.openvino import DEVICES
 from ..bundle import BASE_PRECISION
-from ..detector import Detector
+from ..detector import Detector, DetectorSpec
 from ..signing import TRUSTED_KEYS_ENV, require_trusted_keys
 
 EXIT_PARTIAL = 1  # done, but some images were skipped
@@ -58,6 +59,33 @@ def trust_arguments() -> argparse.ArgumentParser:
     return parent
 
 
+def ray_arguments() -> argparse.ArgumentParser:
+    """Parent parser: --ray and its sizing (runtime/archive/ray_data.py), for the archive commands."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("Ray (score on a cluster: zsad-edge[ray])")
+    group.add_argument(
+        "--ray", nargs="?", const=LOCAL, metavar="ADDRESS",
+        help=f"score on Ray: `{LOCAL}` (a private instance on this machine; the default with a bare --ray), "
+        "`auto` or HOST:PORT of a running cluster",
+    )  # fmt: skip
+    group.add_argument("--ray-cpus", type=int, help="CPUs of the local instance (default: all)")
+    group.add_argument("--ray-actors", type=int, help="scoring actors, one detector each (default: CPUs per actor fit)")
+    group.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs each actor reserves")
+    group.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPU share each actor reserves")
+    group.add_argument("--ray-object-store-mb", type=int, help="object store of the local instance")
+    return parent
+
+
+def ray_options(args: argparse.Namespace) -> RayOptions | None:
+    """The --ray options, checked; None without --ray."""
+    if args.ray is None:
+        return None
+    options = RayOptions(args.ray, args.ray_cpus, args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor,
+                         args.ray_object_store_mb, getattr(args, "batch_size", 1))  # fmt: skip
+    options.check()
+    return options
+
+
 def apply_trusted_keys(args: argparse.Namespace) -> None:
     """Where a command was given --trusted-keys, every bundle it opens must be signed by one."""
     if getattr(args, "trusted_keys", None) is not None:
@@ -72,7 +100,4 @@ def open_detector(
     precision: str = BASE_PRECISION,
     device: str = "CPU",
 ) -> Detector:
-    detector = Detector.from_bundle(bundle, backend=backend, verify=verify, precision=precision, device=device)
-    if memory_bank is not None:
-        detector.load_memory_bank(memory_bank)
-    return detector
+    return DetectorSpec(bundle, backend, precision, memory_bank, device, verify).open()

@@ -19,15 +19,17 @@ from typing import Sequence
 
 import numpy as np
 
+from ..archive.ray_data import RayOptions, ray_outcomes
+from ..archive.rows import Row, local_outcomes, rows_of
 from ..bundle import BASE_PRECISION
-from ..detector import Detector
+from ..detector import Detector, DetectorSpec
 from ..errors import ImageReadError, ZsadEdgeError
-from ..image_io import check_image, list_images, write_bytes_atomic, write_image_atomic
+from ..image_io import encode_image, list_images, write_bytes_atomic
 from ..overlay import render_overlay
 from ..pipeline import DetectionResult
 from ..run_record import run_record
 from ..stopping import NEVER, StopRequest
-from .common import EXIT_PARTIAL, backend_arguments, open_detector, trust_arguments
+from .common import EXIT_PARTIAL, backend_arguments, ray_arguments, ray_options, trust_arguments
 
 HELP = "score images and write JSON + heatmap overlays"
 
@@ -66,11 +68,24 @@ def plan_jobs(inputs: Sequence[str | Path], out_dir: Path) -> list[Job]:
     return jobs
 
 
+def job_outputs(
+    job: Job, image: np.ndarray, result: DetectionResult, elapsed_ms: float, scoring: dict, record: dict
+) -> list[tuple[str, bytes]]:
+    """A job's files as (name suffix, bytes), in the order they are written, the JSON last. Made
+    where the result is (a Ray actor with --ray), written by the run."""
+    overlay = render_overlay(image, result, scoring, record["thresholds"], stamp=job.image.name)
+    outputs = [("_overlay.png", encode_image(overlay))]
+    if result.refinement is not None:
+        outputs.append(("_sam_mask.png", encode_image(result.refinement.mask.astype(np.uint8) * 255)))
+    summary = {"image": str(job.image), **result.summary(), "elapsed_ms": elapsed_ms, "run": record}
+    outputs.append((".json", (json.dumps(summary, indent=2) + "\n").encode()))
+    return outputs
+
+
 @dataclass
 class DetectRun:
     """The state of one detect run; `summary()` is what summary.json holds."""
 
-    detector: Detector
     out_dir: Path
     record: dict
     results: dict[str, dict] = field(default_factory=dict)
@@ -78,17 +93,13 @@ class DetectRun:
     resumed: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def write(self, job: Job, image: np.ndarray, result: DetectionResult, elapsed_ms: float) -> None:
-        """Overlay (and SAM mask) first, JSON last: a JSON on disk means the image is done."""
+    def store(self, job: Job, outputs: list[tuple[str, bytes]]) -> None:
+        """Write a job's files in order: overlay (and SAM mask) first, the JSON last, so a JSON on
+        disk means the image is done."""
         base = self.out_dir / job.stem
-        sam_mask = result.refinement.mask if result.refinement is not None else None
-        overlay = render_overlay(image, result, self.detector.scoring, self.record["thresholds"], stamp=job.image.name)
-        write_image_atomic(base.with_name(f"{base.name}_overlay.png"), overlay)
-        if sam_mask is not None:
-            write_image_atomic(base.with_name(f"{base.name}_sam_mask.png"), sam_mask.astype(np.uint8) * 255)
-        summary = {"image": str(job.image), **result.summary(), "elapsed_ms": elapsed_ms, "run": self.record}
-        write_bytes_atomic(base.with_name(f"{base.name}.json"), (json.dumps(summary, indent=2) + "\n").encode())
-        self.results[str(job.image)] = summary
+        for suffix, data in outputs:
+            write_bytes_atomic(base.with_name(base.name + suffix), data)
+        self.results[str(job.image)] = json.loads(outputs[-1][1])
 
     def resume(self, job: Job) -> bool:
         """Take a complete earlier result of this job made the same way (bundle, precision, bank), if any."""
@@ -121,6 +132,18 @@ class DetectRun:
         }
 
 
+def detect_work(detector: Detector, images: list[np.ndarray], rows: list[Row], record: dict) -> list:
+    """Score one batch and make each job's files (the archive `work`: runs where the detector is)."""
+    start = time.perf_counter()
+    results = detector.detect_batch(images)
+    elapsed_ms = round((time.perf_counter() - start) * 1000 / len(images), 2)
+    jobs = [Job(Path(row["path"]), Path(row["tag"])) for row in rows]
+    return [
+        job_outputs(job, image, result, elapsed_ms, detector.scoring, record)
+        for job, image, result in zip(jobs, images, results)
+    ]
+
+
 def detect_jobs(
     detector: Detector,
     jobs: Sequence[Job],
@@ -130,34 +153,30 @@ def detect_jobs(
     resume: bool = False,
     stop: StopRequest = NEVER,
     progress: bool = True,
+    ray: tuple[DetectorSpec, RayOptions] | None = None,
 ) -> dict:
-    """Detect on every job (in batches); returns the summary, also written to out_dir/summary.json."""
+    """Detect on every job (in batches; with `ray`, on an actor pool each opening the spec's
+    detector); returns the summary, also written to out_dir/summary.json."""
     from tqdm import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = DetectRun(detector, out_dir, record)
-    pending: list[tuple[Job, np.ndarray]] = []
-
-    def flush() -> None:
-        start = time.perf_counter()
-        results = detector.detect_batch([image for _, image in pending])
-        elapsed_ms = (time.perf_counter() - start) * 1000 / len(pending)
-        for (job, image), result in zip(pending, results):
-            run.write(job, image, result, round(elapsed_ms, 2))
-        pending.clear()
-
-    for job in stop.each(tqdm(jobs, desc="detect", unit="img", disable=not progress or len(jobs) < 2, file=sys.stderr)):
-        if resume and run.resume(job):
-            continue
-        try:
-            pending.append((job, check_image(detector.read(job.image))))
-        except ImageReadError as exc:
-            run.failures[str(job.image)] = str(exc)
-            continue
-        if len(pending) >= batch_size:
-            flush()
-    if pending:
-        flush()
+    run = DetectRun(out_dir, record)
+    todo = [job for job in jobs if not (resume and run.resume(job))]
+    rows = rows_of([job.image for job in todo], [str(job.stem) for job in todo])
+    if ray is None:
+        outcomes = local_outcomes(detector, rows, detect_work, record, batch_size, stop)
+    else:
+        outcomes = ray_outcomes(rows, ray[0], detect_work, record, ray[1], stop)
+    bar = tqdm(total=len(jobs), initial=run.resumed, desc="detect", unit="img", file=sys.stderr,
+               disable=not progress or len(jobs) < 2)  # fmt: skip
+    with bar:
+        for row, scored, value in outcomes:
+            job = todo[row["index"]]
+            if scored:
+                run.store(job, value)
+            else:
+                run.failures[str(job.image)] = value
+            bar.update()
     summary = run.summary(len(jobs), stop)
     write_bytes_atomic(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
@@ -189,7 +208,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-bank", type=Path, help="few-shot: a bank written by `zsad-edge fit-normal`")
 
 
-PARENTS = (backend_arguments(with_verify=True), trust_arguments())
+PARENTS = (backend_arguments(with_verify=True), trust_arguments(), ray_arguments())
 
 
 def run_detect(
@@ -204,18 +223,27 @@ def run_detect(
     resume: bool = False,
     stop: StopRequest = NEVER,
     device: str = "CPU",
+    ray: RayOptions | None = None,
 ) -> dict:
-    """Detect on every image; returns the summary written to out_dir/summary.json."""
-    detector = open_detector(bundle, backend, memory_bank, verify, precision, device)
+    """Detect on every image (with `ray`, on a Ray actor pool); returns the summary written to
+    out_dir/summary.json. The bundle is opened here in either case: verified before any work,
+    and the run record made from it."""
+    spec = DetectorSpec(bundle, backend, precision, memory_bank, device, verify)
+    detector = spec.open()
     weights = detector.manifest.clip.get("weights", {})
     if weights.get("kind") == "random":
         print(f"warning: {bundle} was built with {weights.get('warning', 'random weights')}", file=sys.stderr)
     jobs = plan_jobs(inputs, out_dir)
     if not jobs:
         raise ImageReadError(f"no images found in {', '.join(map(str, inputs))}")
-    return detect_jobs(
-        detector, jobs, out_dir, run_record(detector, bundle, precision, memory_bank), batch_size, resume, stop
-    )
+    record = run_record(detector, bundle, precision, memory_bank)
+    if ray is not None:
+        record["ray"] = {
+            "address": ray.address,
+            "cpus_per_actor": ray.cpus_per_actor,
+            "gpus_per_actor": ray.gpus_per_actor,
+        }
+    return detect_jobs(detector, jobs, out_dir, record, batch_size, resume, stop, ray=(spec, ray) if ray else None)
 
 
 def run(args: argparse.Namespace, stop: StopRequest) -> int:
@@ -234,6 +262,7 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         args.resume,
         stop,
         args.device,
+        ray_options(args),
     )
     scored, failed = summary["scored"], summary["skipped"]
     if not scored and failed and not stop.requested:

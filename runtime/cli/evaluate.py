@@ -6,13 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
+from ..detector import DetectorSpec
 from ..errors import ZsadEdgeError
 from ..image_io import write_bytes_atomic
 from ..stopping import StopRequest
-from .common import EXIT_PARTIAL, backend_arguments, open_detector, trust_arguments
+from .common import EXIT_PARTIAL, backend_arguments, ray_arguments, ray_options, trust_arguments
 
 HELP = "image/pixel AUROC, AP, F1-max and AUPRO on an MVTec-layout folder"
-PARENTS = (backend_arguments(), trust_arguments())
+PARENTS = (backend_arguments(), trust_arguments(), ray_arguments())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,16 +53,17 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
     if not 0.0 <= args.mask_threshold < 1.0:
         raise ZsadEdgeError(f"--mask-threshold must be in [0, 1), got {args.mask_threshold}")
     categories = scan_dataset(args.dataset)
-    detectors = {
-        "runtime": open_detector(
-            args.bundle, args.backend, args.memory_bank, precision=args.precision, device=args.device
-        )
-    }
+    ray = ray_options(args)
+    if ray is not None and args.reference:
+        raise ZsadEdgeError("--ray scores with the runtime only: leave out --reference")
+    spec = DetectorSpec(args.bundle, args.backend, args.precision, args.memory_bank, args.device)
+    detectors = {"runtime": spec.open()}
     if args.reference:
         detectors["reference"] = _reference(args)
     report = evaluate(
-        detectors, categories, pixel_size=args.pixel_size or None, stop=stop, mask_threshold=args.mask_threshold
-    )
+        detectors, categories, pixel_size=args.pixel_size or None, stop=stop, mask_threshold=args.mask_threshold,
+        ray=(spec, ray) if ray else None,
+    )  # fmt: skip
     report["bundle"] = str(args.bundle)
     print(format_report(report))
     for name, category in report["categories"].items():

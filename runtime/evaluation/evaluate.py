@@ -1,26 +1,31 @@
 """Evaluating detectors on MVTec-layout folders: image and pixel metrics per category and mean.
 
-Several detectors (the runtime and the PyTorch reference) run on the same images in one pass, so
-their metrics sit side by side. Pixel metrics are computed with maps and masks resized so that
+Several detectors (the runtime and the PyTorch reference) run on the same images, so their
+metrics sit side by side. Pixel metrics are computed with maps and masks resized so that
 their longest side is `pixel_size` (bilinear maps, nearest masks, aspect ratio kept), which keeps
 memory bounded for large sets; pass None to keep original sizes.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import ImageReadError
-from ..image_io import check_image, read_image
+from ..archive.ray_data import RayOptions, ray_outcomes
+from ..archive.rows import Row, local_outcomes, rows_of
+from ..detector import DetectorSpec
+from ..errors import ImageReadError, ZsadEdgeError
+from ..image_io import read_image
 from ..pipeline import DetectionPipeline
 from ..stopping import NEVER, StopRequest
-from .dataset import Category, load_mask
+from .dataset import Category, Sample, load_mask
 from .metrics import aupro, detection_metrics
 
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
@@ -71,6 +76,28 @@ def _resize_pair(anomaly_map: np.ndarray, mask: np.ndarray, size: int | None) ->
     )
 
 
+def evaluation_sample(detector, images: list[np.ndarray], rows: list[Row], context: tuple) -> list[tuple]:
+    """What evaluation keeps of each test image: its score, and its final map and ground-truth mask
+    at the metric size (or why the mask was left out). The archive `work` of eval."""
+    pixel_size, mask_threshold = context
+    samples = []
+    for image, result, row in zip(images, detector.detect_batch(images), rows):
+        tag = json.loads(row["tag"])
+        sample = Sample(Path(row["path"]), tag["defect"], Path(tag["mask"]) if tag["mask"] else None)
+        try:
+            mask, problem = load_mask(sample, image.shape[:2], mask_threshold), None
+        except ImageReadError as exc:
+            mask, problem = None, f"{exc}: left out of pixel metrics"
+        pair = _resize_pair(result.final_map, mask, pixel_size) if mask is not None else None
+        samples.append((result.score, pair, problem))
+    return samples
+
+
+def _rows(category: Category) -> list[Row]:
+    tags = [json.dumps({"defect": s.defect, "mask": str(s.mask) if s.mask else None}) for s in category.samples]
+    return rows_of([sample.image for sample in category.samples], tags)
+
+
 def evaluate(
     detectors: dict[str, DetectionPipeline],
     categories: Sequence[Category],
@@ -79,12 +106,16 @@ def evaluate(
     progress: bool = True,
     stop: StopRequest = NEVER,
     mask_threshold: float = 0.0,
+    ray: tuple[DetectorSpec, RayOptions] | None = None,
 ) -> dict:
     """Report: per category, per detector metrics, plus skipped items and notes; and the mean.
 
     A stop request ends the run after the image in hand; the report covers the images scored
-    so far and says so in `stopped`. `skipped_images` counts the unreadable images.
+    so far and says so in `stopped`. `skipped_images` counts the unreadable images. With `ray`
+    (one detector), the images are scored on a Ray actor pool; the metrics are the same.
     """
+    if ray is not None and len(detectors) != 1:
+        raise ZsadEdgeError("--ray scores with the runtime only: leave out --reference")
     total = sum(len(c.samples) for c in categories)
     report: dict = {
         "categories": {},
@@ -96,31 +127,33 @@ def evaluate(
         "stopped": None,
     }
     seen = 0
+    context = (pixel_size, mask_threshold)
     for category in stop.each(categories):
         collected = {name: _Collected() for name in detectors}
         skipped = list(category.problems)
-        for sample in stop.each(tqdm(category.samples, desc=category.name, unit="img", disable=not progress)):
-            seen += 1
-            try:
-                image = check_image(read_image(sample.image))
-            except ImageReadError as exc:
-                skipped.append(f"{exc}: image skipped")
-                report["skipped_images"] += 1
-                continue
-            try:
-                mask = load_mask(sample, image.shape[:2], mask_threshold)
-            except ImageReadError as exc:
-                skipped.append(f"{exc}: left out of pixel metrics")
-                mask = None
-            for name, detector in detectors.items():
-                result = detector(image)
-                store = collected[name]
-                store.labels.append(sample.is_anomalous)
-                store.scores.append(result.score)
-                if mask is not None:
-                    resized_map, resized_mask = _resize_pair(result.final_map, mask, pixel_size)
-                    store.maps.append(resized_map)
-                    store.masks.append(resized_mask)
+        rows = _rows(category)
+        for position, (name, detector) in enumerate(detectors.items()):
+            if ray is None:
+                outcomes = local_outcomes(detector, rows, evaluation_sample, context, 1, stop, read_image)
+            else:
+                outcomes = ray_outcomes(rows, ray[0], evaluation_sample, context, ray[1], stop, read_image)
+            store, first = collected[name], position == 0
+            bar = tqdm(outcomes, total=len(rows), desc=category.name, unit="img", disable=not progress)
+            for row, scored, value in bar:
+                seen += first
+                if not scored:
+                    if first:
+                        skipped.append(f"{value}: image skipped")
+                        report["skipped_images"] += 1
+                    continue
+                score, pair, problem = value
+                store.labels.append(category.samples[row["index"]].is_anomalous)
+                store.scores.append(score)
+                if problem and first:
+                    skipped.append(problem)
+                if pair is not None:
+                    store.maps.append(pair[0])
+                    store.masks.append(pair[1])
         notes = []
         first = next(iter(collected.values()))
         if not any(first.labels):
