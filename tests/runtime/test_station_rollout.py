@@ -10,6 +10,7 @@ import shutil
 import signal
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -66,13 +67,29 @@ class Recorder:
         assert len(self.of(kind)) >= count, f"no {kind}: {[e['event'] for e in self.events][-10:]}"
 
 
-def _station(link: Path, every_s: float = 0.02):
-    """A station on a live source that runs until stopped (no test races the source's end)."""
+@contextmanager
+def _running(link: Path, every_s: float = 0.02):
+    """A station with rollout on a live source that runs until the block ends (no test races the
+    source's end); stopped and joined at the end of the block."""
     detector, record = _open(link)
     recorder = Recorder()
     station = Station(detector, [Burst("cam", 10**9, every_s=every_s)], on_event=recorder, record=record)
     rollout = Rollout(link, _open, station, check_s=0.1, settle_s=0.3)
-    return station, rollout, recorder
+    station.start()
+    rollout.start()
+    try:
+        yield station, rollout, recorder
+        station.stop()
+        assert station.join(WAIT_S)
+    finally:
+        rollout.close()
+        station.close()
+
+
+def _until_changed(recorder) -> None:
+    """Until the swap and ten frames of the new model."""
+    recorder.wait_for("bundle_changed")
+    _wait_for_frames(recorder, 10, after="bundle_changed")
 
 
 def _wait_for_frames(recorder, count, after):
@@ -91,21 +108,12 @@ def test_a_new_version_is_swapped_in_between_batches_and_every_later_event_names
     v2 = _version(tiny_built.path, tmp_path / "v2", image_threshold=-1e9)  # flags every frame
     link = tmp_path / "current"
     link.symlink_to(v1)
-    station, rollout, recorder = _station(link)
-    station.start()
-    rollout.start()
-    try:
+    with _running(link) as (station, rollout, recorder):
         deadline = time.monotonic() + WAIT_S
         while len(recorder.of("frame")) < 20 and time.monotonic() < deadline:
             time.sleep(0.02)
         _switch(link, v2)
-        recorder.wait_for("bundle_changed")
-        _wait_for_frames(recorder, 10, after="bundle_changed")
-        station.stop()
-        assert station.join(WAIT_S)
-    finally:
-        rollout.close()
-        station.close()
+        _until_changed(recorder)
     (changed,) = recorder.of("bundle_changed")
     assert changed["old"] == manifest_digest(v1) and changed["new"] == manifest_digest(v2)
     assert changed["bundle"] == str(v2)
@@ -132,22 +140,13 @@ def test_a_damaged_version_is_refused_and_the_running_one_stays(tiny_built, tmp_
     good = _version(tiny_built.path, tmp_path / "good", image_threshold=6.0)
     link = tmp_path / "current"
     link.symlink_to(v1)
-    station, rollout, recorder = _station(link)
-    station.start()
-    rollout.start()
-    try:
+    with _running(link) as (station, rollout, recorder):
         _switch(link, bad)
         recorder.wait_for("bundle_rejected")
         rejected_at = len(recorder.events)
         time.sleep(1.0)  # the same bad version is not tried again
         _switch(link, good)
-        recorder.wait_for("bundle_changed")
-        _wait_for_frames(recorder, 10, after="bundle_changed")
-        station.stop()
-        assert station.join(WAIT_S)
-    finally:
-        rollout.close()
-        station.close()
+        _until_changed(recorder)
     (rejected,) = recorder.of("bundle_rejected")
     assert "heads.onnx.data does not match its manifest sha256" in rejected["reason"]
     assert rejected["bundle"] == str(bad) and rejected["running"] == manifest_digest(v1)
@@ -162,10 +161,7 @@ def test_a_damaged_version_is_refused_and_the_running_one_stays(tiny_built, tmp_
 
 def test_a_version_copied_in_slowly_is_waited_for_not_refused(tiny_built, tmp_path):
     bundle = _version(tiny_built.path, tmp_path / "bundle")  # the path is the folder itself, rewritten in place
-    station, rollout, recorder = _station(bundle)
-    station.start()
-    rollout.start()
-    try:
+    with _running(bundle) as (station, rollout, recorder):
         new = json.loads((bundle / "manifest.json").read_text())
         new["scoring"]["image_threshold"] = 7.0
         graph = (bundle / "heads.onnx.data").read_bytes()
@@ -175,13 +171,7 @@ def test_a_version_copied_in_slowly_is_waited_for_not_refused(tiny_built, tmp_pa
                 handle.write(graph[start : start + len(graph) // 4 + 1])
                 handle.flush()
                 time.sleep(0.2)
-        recorder.wait_for("bundle_changed")
-        _wait_for_frames(recorder, 10, after="bundle_changed")
-        station.stop()
-        assert station.join(WAIT_S)
-    finally:
-        rollout.close()
-        station.close()
+        _until_changed(recorder)
     assert recorder.of("bundle_rejected") == []
     assert recorder.of("bundle_changed")[0]["new"] == manifest_digest(bundle)
 
@@ -191,18 +181,9 @@ def test_a_rollout_may_change_the_method(method_bundles, tmp_path):
     v2 = _version(method_bundles["sdp"], tmp_path / "v2")
     link = tmp_path / "current"
     link.symlink_to(v1)
-    station, rollout, recorder = _station(link)
-    station.start()
-    rollout.start()
-    try:
+    with _running(link) as (station, rollout, recorder):
         _switch(link, v2)
-        recorder.wait_for("bundle_changed")
-        _wait_for_frames(recorder, 10, after="bundle_changed")
-        station.stop()
-        assert station.join(WAIT_S)
-    finally:
-        rollout.close()
-        station.close()
+        _until_changed(recorder)
     assert station.current.record["method"] == "sdp"
     counts = station.stats.per_source()["cam"]
     assert len(recorder.of("frame")) + counts["dropped"] == counts["captured"]
@@ -218,20 +199,12 @@ def test_memory_stays_flat_over_ten_swaps(tiny_built, tmp_path):
     versions = [_version(tiny_built.path, tmp_path / f"v{i}", image_threshold=float(i)) for i in range(11)]
     link = tmp_path / "current"
     link.symlink_to(versions[0])
-    station, rollout, recorder = _station(link, every_s=0.01)
-    station.start()
-    rollout.start()
-    try:
+    with _running(link, every_s=0.01) as (station, rollout, recorder):
         rss = []
         for index, version in enumerate(versions[1:], start=1):
             _switch(link, version)
             recorder.wait_for("bundle_changed", index)
             rss.append(_rss_mb())
-        station.stop()
-        assert station.join(WAIT_S)
-    finally:
-        rollout.close()
-        station.close()
     assert rollout.counts["changed"] == 10
     assert rss[-1] <= 1.10 * rss[0], rss
 
