@@ -170,5 +170,9 @@ def ray_outcomes(
             yield rows[int(record["index"])], ok, value
             if stop.requested:
                 return
+    except Exception:
+        if stop.requested:  # a terminal's Ctrl-C reaches the local instance's workers too: a stop, not a failure
+            return
+        raise
     finally:
         ray.shutdown()

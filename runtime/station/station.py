@@ -190,7 +190,7 @@ class Station:
 
     def probe_images(self) -> list[np.ndarray]:
         """Copies of the latest frames' images, for a new model's canary check."""
-        return [image.copy() for image in list(self._probes)]
+        return [image.copy() for image in self._probes.copy()]  # deque.copy: one step, safe beside appends
 
     @property
     def finished(self) -> bool:

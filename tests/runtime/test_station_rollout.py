@@ -176,15 +176,22 @@ def test_a_version_copied_in_slowly_is_waited_for_not_refused(tiny_built, tmp_pa
     assert recorder.of("bundle_changed")[0]["new"] == manifest_digest(bundle)
 
 
-def test_a_rollout_may_change_the_method(method_bundles, tmp_path):
-    v1 = _version(method_bundles["aprilgan"], tmp_path / "v1")
-    v2 = _version(method_bundles["sdp"], tmp_path / "v2")
+def test_a_rollout_may_change_the_method_and_the_input_size(method_bundles, tmp_path):
+    from zsad_edge.export.build import BuildConfig, build_bundle
+    from zsad_edge.export.models.clip import ClipSpec
+
+    v1 = _version(method_bundles["aprilgan"], tmp_path / "v1")  # APRIL-GAN at 224 px
+    clip = ClipSpec("zsad-tiny-vit", random_init=True, image_size=160)
+    v2 = build_bundle(BuildConfig(clip=clip, method="sdp", out_dir=tmp_path / "v2")).path  # SDP at 160 px
     link = tmp_path / "current"
     link.symlink_to(v1)
     with _running(link) as (station, rollout, recorder):
         _switch(link, v2)
         _until_changed(recorder)
     assert station.current.record["method"] == "sdp"
+    assert tuple(station.detector.manifest.preprocess.input_size) == (160, 160)
+    after = recorder.events[recorder.events.index(recorder.of("bundle_changed")[0]) :]
+    assert all(e["bundle_digest"] == manifest_digest(v2) for e in after if e["event"] == "frame")
     counts = station.stats.per_source()["cam"]
     assert len(recorder.of("frame")) + counts["dropped"] == counts["captured"]
 
