@@ -127,11 +127,19 @@ def connect(ray, options: RayOptions) -> None:
 
 
 def _pool_size(ray, options: RayOptions) -> int:
+    """The actors asked for, or as many as the cluster's CPUs (GPUs) hold; an actor that no node
+    could ever hold is refused now (Ray would wait for it forever)."""
+    total = ray.cluster_resources()
+    for resource, each in (("CPU", options.cpus_per_actor), ("GPU", options.gpus_per_actor)):
+        if each and total.get(resource, 0) < each:
+            raise ZsadEdgeError(
+                f"each actor asks for {each:g} {resource}, and the Ray cluster has {total.get(resource, 0):g} in all"
+            )
     if options.actors:
         return options.actors
     if options.gpus_per_actor:
-        return max(1, int(ray.cluster_resources().get("GPU", 0) // options.gpus_per_actor))
-    return max(1, int(ray.cluster_resources().get("CPU", 1) // options.cpus_per_actor))
+        return max(1, int(total["GPU"] // options.gpus_per_actor))
+    return max(1, int(total["CPU"] // options.cpus_per_actor))
 
 
 def ray_outcomes(
