@@ -355,16 +355,19 @@ def test_eval_stopped_midway_reports_the_images_it_scored(tiny_detector, quirky_
     from zsad_edge.runtime.evaluation.evaluate import evaluate
     from zsad_edge.runtime.stopping import StopRequest
 
-    stop, calls = StopRequest(), []
+    stop = StopRequest()
 
-    def detector(image):
-        calls.append(1)
-        if len(calls) == 3:
-            stop.signal = signals.SIGINT  # as the handler would on Ctrl-C
-        return tiny_detector(image)
+    class StoppedAtTheThirdImage:
+        calls = 0
+
+        def detect_batch(self, images):
+            self.calls += len(images)
+            if self.calls == 3:
+                stop.signal = signals.SIGINT  # as the handler would on Ctrl-C
+            return tiny_detector.detect_batch(images)
 
     categories = scan_dataset(quirky_set)
-    report = evaluate({"runtime": detector}, categories, progress=False, stop=stop)
+    report = evaluate({"runtime": StoppedAtTheThirdImage()}, categories, progress=False, stop=stop)
     total = len(categories[0].samples)
     assert report["stopped"] == f"stopped by SIGINT after 3 of {total} images; metrics cover those"
     assert report["categories"]["parts"]["images"] == 3
