@@ -24,7 +24,6 @@ images only, a data-dependent cascade an ensemble cannot express (the python kin
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -349,15 +348,3 @@ def _describe(entry) -> str:
 
 def _describe_pair(pair: tuple[int, list[int]]) -> str:
     return f"{config_proto().DataType.Name(pair[0])} {pair[1]}"
-
-
-def copy_into(version_folder: Path, files: list[tuple[Path | str, str]]) -> None:
-    """Write a model's files into its version folder: copies of bundle files, or generated text."""
-    version_folder.mkdir(parents=True, exist_ok=True)
-    for source, relative in files:
-        target = version_folder / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(source, Path):
-            shutil.copyfile(source, target)
-        else:
-            target.write_text(source)

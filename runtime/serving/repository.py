@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..bundle import BASE_PRECISION, load_manifest
 from ..errors import ZsadEdgeError
-from .ensemble import copy_into, ensemble_models
+from .ensemble import ensemble_models
 from .model_config import CONFIG_FILE, config_text, python_model_config
 from .python_backend import BUNDLE_FOLDER
 from .scoring import manifest_digest, model_name, model_version
@@ -105,3 +105,15 @@ def write_repository(bundle: Path, out: Path, options: RepositoryOptions, overwr
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out / name
+
+
+def copy_into(version_folder: Path, files: list[tuple[Path | str, str]]) -> None:
+    """Write a model's files into its version folder: copies of bundle files, or generated text."""
+    version_folder.mkdir(parents=True, exist_ok=True)
+    for source, relative in files:
+        target = version_folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, Path):
+            shutil.copyfile(source, target)
+        else:
+            target.write_text(source)

@@ -68,13 +68,13 @@ class Recorder:
 
 
 @contextmanager
-def _running(link: Path, every_s: float = 0.02):
+def _running(link: Path, every_s: float = 0.02, settle_s: float = 0.3):
     """A station with rollout on a live source that runs until the block ends (no test races the
     source's end); stopped and joined at the end of the block."""
     detector, record = _open(link)
     recorder = Recorder()
     station = Station(detector, [Burst("cam", 10**9, every_s=every_s)], on_event=recorder, record=record)
-    rollout = Rollout(link, _open, station, check_s=0.1, settle_s=0.3)
+    rollout = Rollout(link, _open, station, check_s=0.1, settle_s=settle_s)
     station.start()
     rollout.start()
     try:
@@ -161,12 +161,12 @@ def test_a_damaged_version_is_refused_and_the_running_one_stays(tiny_built, tmp_
 
 def test_a_version_copied_in_slowly_is_waited_for_not_refused(tiny_built, tmp_path):
     bundle = _version(tiny_built.path, tmp_path / "bundle")  # the path is the folder itself, rewritten in place
-    with _running(bundle) as (station, rollout, recorder):
+    with _running(bundle, settle_s=2.0) as (station, rollout, recorder):  # 10x the writer's pauses
         new = json.loads((bundle / "manifest.json").read_text())
         new["scoring"]["image_threshold"] = 7.0
         graph = (bundle / "heads.onnx.data").read_bytes()
         (bundle / "manifest.json").write_text(json.dumps(new))  # the manifest first, as a careless copy does
-        with open(bundle / "heads.onnx.data", "wb") as handle:  # then a graph in chunks, slower than settle_s
+        with open(bundle / "heads.onnx.data", "wb") as handle:  # then a graph in chunks, 0.2 s apart
             for start in range(0, len(graph), len(graph) // 4 + 1):
                 handle.write(graph[start : start + len(graph) // 4 + 1])
                 handle.flush()
