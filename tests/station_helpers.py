@@ -52,6 +52,27 @@ class Burst(FrameSource):
             yield np.full((32, 32, 3), index % 255, np.uint8), f"burst#{index}"
 
 
+class Recorder:
+    """A station's event taker that keeps every event (and passes each receipt on at once)."""
+
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, event, receipt=None):
+        self.events.append(event)
+        if receipt is not None:
+            receipt()
+
+    def of(self, kind):
+        return [e for e in self.events if e["event"] == kind]
+
+    def wait_for(self, kind, count=1, timeout=120.0):
+        deadline = time.monotonic() + timeout
+        while len(self.of(kind)) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.of(kind)) >= count, f"no {kind}: {[e['event'] for e in self.events][-10:]}"
+
+
 class Slow:
     """A detector whose model call takes `seconds` longer, so a live source outruns it."""
 
@@ -185,6 +206,46 @@ class AuthVideoServer:
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
     def close(self):
+        self.http.shutdown()
+        self.http.server_close()
+
+
+class MjpegServer:
+    """An IP camera's MJPEG-over-HTTP stream (multipart/x-mixed-replace) of `frames`, looped at `fps`,
+    until `close()`, which also cuts the streams being watched (the camera is switched off)."""
+
+    def __init__(self, frames, fps=10.0):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        pictures = [cv2.imencode(".jpg", frame)[1].tobytes() for frame in frames]
+        stopped = self.stopped = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802  (http.server's naming)
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                index = 0
+                try:
+                    while not stopped.wait(1.0 / fps):
+                        picture = pictures[index % len(pictures)]
+                        head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(picture)}\r\n\r\n"
+                        self.wfile.write(head.encode() + picture + b"\r\n")
+                        index += 1
+                except OSError:
+                    return
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.stopped.set()
         self.http.shutdown()
         self.http.server_close()
 

@@ -30,7 +30,7 @@ from ..image_io import write_bytes_atomic
 from ..run_record import run_record
 from ..serving.remote import RemoteDetector
 from ..station.config import apply_config, load_config
-from ..station.credentials import expand, masked
+from ..station.credentials import expand, masked, remember
 from ..station.drop_folder import ProcessedAction, reconcile
 from ..station.events import EventLog, tail_events
 from ..station.messaging import MqttSink, MqttTarget, WebhookSink, parse_header
@@ -56,6 +56,8 @@ from ..station.spool import DEFAULT_MAX_ITEMS, Spool
 from ..station.station import Station, new_run_id
 from ..station.status import StatusLine
 from ..station.systemd import Notifier, Watchdog
+from ..station.ui.live import LiveView
+from ..station.ui.server import UiServer, check_binding, parse_address
 from ..stopping import StopRequest
 from .common import apply_trusted_keys, backend_arguments, open_detector, trust_arguments
 
@@ -171,6 +173,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     watching.add_argument("--status-s", type=float, default=10.0, help="status line interval; 0: none")
     watching.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /healthz on this port")
     watching.add_argument("--metrics-host", default="127.0.0.1", help="address to serve metrics on")
+    page = parser.add_argument_group("the operator page (zsad-edge[ui])")
+    page.add_argument(
+        "--ui", metavar="[HOST:]PORT", help="serve a live page of the station (127.0.0.1 unless HOST is given)"
+    )
+    page.add_argument("--ui-fps", type=float, default=4.0, help="pictures per second per source on the page")
+    page.add_argument("--ui-keep", type=int, default=50, help="latest anomalies the page lists, with their pictures")
+    page.add_argument(
+        "--ui-token",
+        metavar="TOKEN",
+        help="needed to see and steer the page (required off localhost): '${file:PATH}' or '${ENV_NAME}' keeps "
+        "it off the command line",
+    )
 
 
 def _settle_arguments(args: argparse.Namespace) -> dict[str, SourceRules]:
@@ -209,6 +223,13 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise ZsadEdgeError(f"--{flag.replace('_', '-')} must be > 0, got {value}")
     if args.status_s < 0:
         raise ZsadEdgeError("--status-s must be >= 0")
+    if args.ui_fps <= 0 or args.ui_keep < 1:
+        raise ZsadEdgeError("--ui-fps must be > 0 and --ui-keep at least 1")
+    if args.ui_token:  # read now (and masked from then on), checked with the address before any frame
+        args.ui_token = expand(args.ui_token, "--ui-token")
+        remember(args.ui_token)
+    if args.ui:
+        check_binding(parse_address(args.ui)[0], args.ui_token)
 
 
 def open_sources(args: argparse.Namespace) -> list[FrameSource]:
@@ -305,12 +326,17 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         load_s = time.monotonic() - started
         trigger = open_part_trigger(args.part_trigger, args.part_trigger_node) if args.part_trigger else None
         sinks = open_sinks(args, detector, record, sources, run_id, recorded)
+        view = None
+        if args.ui:  # a sink like the others, its server started with the watchers
+            names = [source.name for source in sources]
+            view = LiveView(names, detector.scoring, record["thresholds"], args.ui_fps, args.ui_keep)
+            sinks.append(view)
         station = Station(
             detector, sources, args.batch_size, args.max_wait_ms, sinks, on_event=log.write, run_id=run_id,
             rules=rules, part_ids=trigger.part_for if trigger else None, record=record,
         )  # fmt: skip
         station.monitored["events"] = log
-        watchers: list[MetricsServer | StatusLine | Retention | Watchdog | PartTrigger | Rollout] = []
+        watchers: list[MetricsServer | UiServer | StatusLine | Retention | Watchdog | PartTrigger | Rollout] = []
         watchers += [trigger] if trigger else []
         rollout = _rollout(args, station)
         watchers += [rollout.start()] if rollout else []
@@ -318,6 +344,8 @@ def run(args: argparse.Namespace, stop: StopRequest) -> int:
         try:
             if args.metrics_port is not None:
                 watchers.append(MetricsServer(station, args.metrics_port, args.metrics_host))
+            if view is not None:
+                watchers.append(UiServer(station, view, args.out, *parse_address(args.ui), args.ui_token))
             if args.status_s:
                 watchers.append(StatusLine(station.stats, args.status_s).start())
             max_disk = int(args.max_disk_gb * 1e9) if args.max_disk_gb else None

@@ -17,7 +17,16 @@ from .station import Station
 
 METRICS_EXTRA = "pip install 'zsad-edge[station]'"
 SOURCE_COUNTERS = ("captured", "processed", "dropped", "skipped", "anomalies")
-SINK_OUTCOMES = ("written", "dropped", "rate_limited", "failed", "abandoned", "delivered", "disk_skipped")
+SINK_OUTCOMES = (
+    "written",
+    "dropped",
+    "rate_limited",
+    "failed",
+    "abandoned",
+    "delivered",
+    "disk_skipped",
+    "not_drawn",
+)
 
 
 def health(station: Station) -> tuple[bool, dict]:

@@ -269,8 +269,7 @@ class FrameImageSink(QueuedSink):
     ) -> None:
         if save not in SAVE_CHOICES[:2]:
             raise ValueError(f"save must be one of {SAVE_CHOICES[:2]}, got {save!r}")
-        self.folder, self.scoring, self.thresholds = Path(folder), scoring, thresholds
-        self._by_digest: dict[str, tuple[Mapping, Mapping]] = {}  # after a rollout: each bundle's own
+        self.folder, self.painter = Path(folder), Painter(scoring, thresholds)
         self.run_id, self.guard = run_id, guard
         self.disk_skipped = 0
         super().__init__(only_anomalies=save == "anomalies", **options)
@@ -287,16 +286,31 @@ class FrameImageSink(QueuedSink):
         base = self.folder / frame.source / self.run_id / f"{frame.index:08d}"
         mask = result.refinement.mask if result.refinement is not None else result.mask
         write_image_atomic(base.with_name(f"{base.name}_frame.png"), frame.image)
-        write_image_atomic(base.with_name(f"{base.name}_overlay.png"), self._overlay(frame, result, event))
+        write_image_atomic(base.with_name(f"{base.name}_overlay.png"), self.painter.overlay(frame, result, event))
         write_image_atomic(base.with_name(f"{base.name}_mask.png"), mask.astype(np.uint8) * 255)
+
+    def use_model(self, scoring: Mapping, record: Mapping) -> None:
+        self.painter.use_model(scoring, record)
+
+
+class Painter:
+    """Draws a frame's overlay with the thresholds of the bundle that scored it: after a rollout,
+    the frames whose events name the new bundle's digest are drawn with its own."""
+
+    def __init__(self, scoring: Mapping, thresholds: Mapping) -> None:
+        self.scoring, self.thresholds = scoring, thresholds
+        self._by_digest: dict[str | None, tuple[Mapping, Mapping]] = {}
 
     def use_model(self, scoring: Mapping, record: Mapping) -> None:
         """A rolled-out bundle: its frames (events naming its digest) are drawn with its thresholds."""
         self._by_digest[record.get("digest")] = (scoring, record["thresholds"])
 
-    def _overlay(self, frame: Frame, result: DetectionResult, event: dict) -> np.ndarray:
-        scoring, thresholds = self._by_digest.get(event.get("bundle_digest"), (self.scoring, self.thresholds))
-        return render_overlay(frame.image, result, scoring, thresholds, stamp=stamp(frame))
+    def model_of(self, event: dict) -> tuple[Mapping, Mapping]:
+        """The scoring and thresholds of the bundle that scored this event's frame."""
+        return self._by_digest.get(event.get("bundle_digest"), (self.scoring, self.thresholds))
+
+    def overlay(self, frame: Frame, result: DetectionResult, event: dict) -> np.ndarray:
+        return render_overlay(frame.image, result, *self.model_of(event), stamp=stamp(frame))
 
 
 def stamp(frame: Frame) -> str:
@@ -336,7 +350,7 @@ class VideoSink(FrameImageSink):
 
     def handle(self, frame: Frame, result: DetectionResult, event: dict) -> None:
         self.check_room()
-        overlay = self._overlay(frame, result, event)
+        overlay = self.painter.overlay(frame, result, event)
         if frame.source in self._writers:
             self._write(frame.source, overlay)
             return

@@ -3,8 +3,10 @@
 Backpressure is a property of the source: a live source (camera, network stream) keeps the newest
 frames and drops the oldest when the queue is full, so latency stays bounded; a recorded source
 (video file, image folder) waits for room and never drops. Every frame a source reads is counted
-as captured, dropped (live, queue full), skipped (undecodable, or left out by stride / max-fps),
-or queued for the detector: captured = delivered + dropped + skipped + still queued, always.
+as captured, dropped (live, queue full), skipped (undecodable, left out by stride / max-fps, or
+captured while the source was paused), or queued for the detector: captured = delivered + dropped
++ skipped + still queued, always. A paused live source keeps capturing and skips what it reads;
+a paused recorded source stops reading until it is resumed, so no file is passed over.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class SourceCounts:
     delivered: int = 0
     dropped: int = 0
     skipped: int = 0
+    paused: int = 0  # of the skipped: captured while paused
     skipped_items: list[str] = field(default_factory=list)
 
 
@@ -90,6 +93,8 @@ class FrameSource(ABC):
         self._reading = False  # inside read(): the only time a stall can be noticed
         self._last_capture = time.monotonic()
         self._stalled = threading.Event()
+        self._resumed = threading.Event()  # clear while paused
+        self._resumed.set()
         # set on every queued frame, status and end; the station waits on it
         self.arrivals: threading.Event | None = None
         self._thread = threading.Thread(target=self._run, name=f"source-{name}", daemon=True)
@@ -115,6 +120,17 @@ class FrameSource(ABC):
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    def pause(self) -> None:
+        """Stop handing frames to the station (station.pause_source records who asked and when)."""
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
 
     @property
     def finished(self) -> bool:
@@ -214,9 +230,16 @@ class FrameSource(ABC):
         self._announce()
 
     def _offer(self, image: np.ndarray | None, origin: str) -> None:
+        while not self.live and self.paused and not self._stop.is_set():
+            self._resumed.wait(0.1)  # a recorded source holds its next frame until resumed
         index = self.counts.captured
         self.counts.captured += 1
         now = self._last_capture = time.monotonic()
+        if self.paused:
+            with self._lock:
+                self.counts.paused += 1
+            self._skip(None)
+            return
         if image is None:
             self._skip(f"{origin}: could not be decoded")
             return

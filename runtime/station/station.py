@@ -147,6 +147,8 @@ class Station:
         # outputs besides the sinks whose state() health and metrics show (the event log)
         self.monitored: dict[str, object] = {}
         self._by_name = {source.name: source for source in self.sources}
+        self._pause_lock = threading.Lock()
+        self._paused_at: dict[str, tuple[float, int]] = {}  # per paused source: since when, its paused count then
         for sink in self.sinks:
             if hasattr(sink, "connection"):  # sinks that talk to others: sink_down / sink_up on record
                 sink.connection.report = self.report
@@ -374,6 +376,37 @@ class Station:
             if getattr(rules, name) is not None:
                 frame.details[name] = getattr(rules, name)
         return rules.judge(result, tuple(box) if box else None)
+
+    def pause_source(self, name: str, by: Mapping[str, Any]) -> bool:
+        """Stop scoring a source (a changeover): a live one keeps capturing and counts its frames as
+        skipped, a recorded one waits. On record with who asked (`by`) and when; False when it
+        already was paused. Any thread."""
+        return self._set_paused(name, True, by)
+
+    def resume_source(self, name: str, by: Mapping[str, Any]) -> bool:
+        """Score a paused source again; on record with who asked, how long it was paused and how many
+        frames it skipped meanwhile. False when it was not paused."""
+        return self._set_paused(name, False, by)
+
+    def _set_paused(self, name: str, paused: bool, by: Mapping[str, Any]) -> bool:
+        source = self._by_name.get(name)
+        if source is None:
+            raise KeyError(f"no source named {name!r}; the station has {', '.join(self._by_name)}")
+        with self._pause_lock:
+            if source.paused == paused:
+                return False
+            now = time.time()
+            kind = "source_paused" if paused else "source_resumed"
+            event = {"event": kind, "source": name, "time": now, "by": dict(by)}
+            if paused:
+                self._paused_at[name] = (now, source.counts.paused)
+                source.pause()
+            else:
+                source.resume()
+                since, skipped = self._paused_at.pop(name)
+                event.update(paused_s=round(now - since, 3), skipped=source.counts.paused - skipped)
+            self._emit(event)
+            return True
 
     def report(self, event: dict) -> None:
         """Put an event from outside the frame path on record (a sink's connection state); any thread."""

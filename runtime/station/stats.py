@@ -34,6 +34,7 @@ class StationStats:
         self.processed = dict.fromkeys(self.sources, 0)
         self.anomalies = dict.fromkeys(self.sources, 0)
         self.up = dict.fromkeys(self.sources, True)
+        self.down_reason: dict[str, str | None] = dict.fromkeys(self.sources)
         self.server_dropped = dict.fromkeys(self.sources, 0)
         self.latency: dict[str, deque[float]] = {}
         self.started = time.monotonic()
@@ -44,6 +45,7 @@ class StationStats:
         with self._lock:
             if event["event"] in ("source_down", "source_up"):
                 self.up[event["source"]] = event["event"] == "source_up"
+                self.down_reason[event["source"]] = event.get("reason") if event["event"] == "source_down" else None
             if event["event"] != "frame":
                 return
             source = event["source"]
@@ -60,7 +62,8 @@ class StationStats:
     def per_source(self) -> dict[str, dict]:
         """Per source: captured, processed, dropped (by the source when the station was behind, and
         `server_dropped` of those, when a model server stayed down through a stop), skipped (with
-        the first reasons), anomalies, up."""
+        the first reasons; `skipped_paused` of those while paused), anomalies, up (and
+        why not), paused."""
         with self._lock:
             return {
                 name: {
@@ -69,9 +72,12 @@ class StationStats:
                     "dropped": source.counts.dropped + self.server_dropped[name],
                     "server_dropped": self.server_dropped[name],
                     "skipped": source.counts.skipped,
+                    "skipped_paused": source.counts.paused,
+                    "paused": source.paused,
                     "skipped_items": source.counts.skipped_items[:100],
                     "anomalies": self.anomalies[name],
                     "up": self.up[name],
+                    "down_reason": self.down_reason[name],
                 }
                 for name, source in self.sources.items()
             }

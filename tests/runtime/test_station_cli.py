@@ -121,6 +121,11 @@ def test_bad_starts_are_one_error_line_before_any_frame(tiny_built, tmp_path):
             video, "--out", out, "--metrics-port", busy.getsockname()[1]],
         "cannot reach the MQTT broker": [video, "--out", out, "--mqtt", f"mqtt://127.0.0.1:{free_port()}/t"],
         "--stall-s must be > 0": [video, "--out", out, "--stall-s", 0],
+        "needs a token": [video, "--out", out, "--ui", "0.0.0.0:0"],
+        "--ui-token is too short": [video, "--out", out, "--ui", "8080", "--ui-token", "abc"],
+        "expected PORT or HOST:PORT": [video, "--out", out, "--ui", "localhost:http"],
+        f"--ui 127.0.0.1:{busy.getsockname()[1]}: cannot serve the page there": [
+            video, "--out", out, "--ui", busy.getsockname()[1]],
     }  # fmt: skip
     try:
         for message, arguments in cases.items():

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from station_helpers import Burst, free_port, start_watch, write_video
+from station_helpers import Burst, Recorder, free_port, start_watch, write_video
 
 from zsad_edge.runtime.bundle import manifest_digest
 from zsad_edge.runtime.detector import Detector
@@ -46,25 +46,6 @@ def _switch(link: Path, target: Path) -> None:
 def _open(folder: Path):
     detector = Detector.from_bundle(folder, backend="cpu")
     return detector, run_record(detector, folder, "fp32", None)
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, event, receipt=None):
-        self.events.append(event)
-        if receipt is not None:
-            receipt()
-
-    def of(self, kind):
-        return [e for e in self.events if e["event"] == kind]
-
-    def wait_for(self, kind, count=1):
-        deadline = time.monotonic() + WAIT_S
-        while len(self.of(kind)) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(self.of(kind)) >= count, f"no {kind}: {[e['event'] for e in self.events][-10:]}"
 
 
 @contextmanager
