@@ -306,8 +306,14 @@ class Painter:
         self._by_digest[record.get("digest")] = (scoring, record["thresholds"])
 
     def model_of(self, event: dict) -> tuple[Mapping, Mapping]:
-        """The scoring and thresholds of the bundle that scored this event's frame."""
-        return self._by_digest.get(event.get("bundle_digest"), (self.scoring, self.thresholds))
+        """The scoring and thresholds that judged this event's frame: its bundle's, with its source's
+        own thresholds in their place where the station file sets them (source_rules.py)."""
+        scoring, thresholds = self._by_digest.get(event.get("bundle_digest"), (self.scoring, self.thresholds))
+        own = {key: event[key] for key in ("image_threshold", "map_threshold") if key in event}
+        if own:
+            scoring = {**scoring, **own}
+            thresholds = {**thresholds, "source": "source rule", "image": scoring["image_threshold"]}
+        return scoring, thresholds
 
     def overlay(self, frame: Frame, result: DetectionResult, event: dict) -> np.ndarray:
         return render_overlay(frame.image, result, *self.model_of(event), stamp=stamp(frame))

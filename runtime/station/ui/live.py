@@ -121,9 +121,11 @@ class LiveView:
         with self._wake:
             tile = self.tiles[frame.source]
             tile.finished.append((now, event["latency_ms"]))
-            threshold = event.get("image_threshold", self.painter.model_of(event)[1]["image"])  # a source's own first
+            scoring, thresholds = self.painter.model_of(event)
+            threshold = scoring["image_threshold"]
             tile.last = {
                 "frame": event["frame"], "score": event["score"], "image_threshold": threshold,
+                "thresholds_from": thresholds.get("source", "bundle"),
                 "anomalous": anomalous, "time": event["captured_at"], "part_id": event.get("part_id"),
             }  # fmt: skip
             entry = self._list(frame, event, threshold) if anomalous else None

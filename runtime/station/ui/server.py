@@ -1,7 +1,8 @@
 """The operator page's server: uvicorn on its own thread and event loop inside the station's process.
 
-The socket is bound here, before the first frame, so a port in use or an address this machine
-lacks stops the station at start with one clear line. uvicorn leaves signal handling to the main
+The socket is bound and listening here, before the first frame, so a port in use or an address
+this machine lacks stops the station at start with one clear line, and a browser that connects
+at once waits for uvicorn instead of being refused. uvicorn leaves signal handling to the main
 thread (the station's stop handler); `close` ends the live streams, then the server, within a
 few seconds.
 """
@@ -19,6 +20,7 @@ from .live import LiveView
 
 UI_EXTRA = "pip install 'zsad-edge[ui]'"
 STOP_S = 5.0
+BACKLOG = 128
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 MIN_TOKEN_CHARS = 16
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class UiServer:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._socket.bind((host, port))
+            self._socket.listen(BACKLOG)  # connections wait in the queue until uvicorn's loop takes them
         except OSError as exc:
             self._socket.close()
             raise ZsadEdgeError(f"--ui {host}:{port}: cannot serve the page there: {exc.strerror}") from None

@@ -64,7 +64,8 @@ function showSource(name, source) {
   state.className = cls;
   text(state, said);
   text($(".score", tile), last
-    ? `score ${fixed(last.score)} / threshold ${fixed(last.image_threshold)}, frame ${last.frame}` + (last.part_id ? `, part ${last.part_id}` : "")
+    ? `score ${fixed(last.score)} / threshold ${fixed(last.image_threshold)} (${last.thresholds_from}), frame ${last.frame}` +
+      (last.part_id ? `, part ${last.part_id}` : "")
     : "score -");
   text($(".figures", tile), `${fixed(source.fps, 1)} frames/s, latency p50 ${fixed(source.latency_ms.p50, 0)} ms, p95 ${fixed(source.latency_ms.p95, 0)} ms`);
   text($(".counts", tile), `${source.processed} scored, ${source.captured} captured, ${source.dropped} dropped, ${source.skipped} skipped` +
@@ -89,8 +90,9 @@ function showAnomalies(anomalies) {
     if (!item) {
       item = document.createElement("li");
       item.dataset.id = entry.id;
+      item.dataset.listedAt = String(Date.now() / 1000);   // when it appeared: the page's own delay, measurable
       const thumbnail = document.createElement("img");
-      thumbnail.alt = "thumbnail";
+      thumbnail.alt = "";   // until drawn: a blank box (a frame not drawn for the page keeps it)
       const caption = document.createElement("span");
       caption.textContent = `${clock(entry.time)} ${entry.source} score ${fixed(entry.score)}` + (entry.part_id ? ` part ${entry.part_id}` : ` frame ${entry.frame}`);
       item.append(thumbnail, caption);
@@ -99,7 +101,10 @@ function showAnomalies(anomalies) {
       listed.set(entry.id, item);
     }
     const thumbnail = $("img", item);
-    if (entry.drawn && !thumbnail.getAttribute("src")) thumbnail.src = `/api/anomalies/${entry.id}/thumbnail`;
+    if (entry.drawn && !thumbnail.getAttribute("src")) {
+      thumbnail.alt = "thumbnail";
+      thumbnail.src = `/api/anomalies/${entry.id}/thumbnail`;
+    }
   }
 }
 
