@@ -10,7 +10,9 @@ start (sources, the output folder, the MQTT broker, the metrics port) is checked
 first frame. SIGINT/SIGTERM stops capture, processes the frames already captured, gives the sinks
 --drain-s seconds (what is undelivered stays in the spool for the next run), closes the videos
 (they play), writes the run's summary and exits 0; a second signal exits at once.
-While it runs, a new version of its bundle (the folder changed, or a symlink switched to another)
+`--ui [HOST:]PORT` serves a live operator page from the same process (runtime/station/ui/): a tile per
+source, the latest anomalies, the run record, pause/resume per source; off localhost it needs
+--ui-token. While it runs, a new version of its bundle (the folder changed, or a symlink switched to another)
 is verified, tried on the latest frames and swapped in between two batches, or refused with a
 `bundle_rejected` event while the running one stays (runtime/station/rollout.py).
 """

@@ -9,5 +9,6 @@ and the watch() generator; events.py: the frame event and the JSON-lines log (fu
 lines, rotation); stats.py: counts and latency windows; sinks.py: the sink base, frame images and
 video segments; messaging.py and spool.py: MQTT and webhook, stored and forwarded; plc.py: OPC UA
 and Modbus TCP; store.py: the SQLite stores; retention.py; config.py: the TOML station file;
-systemd.py: notify and watchdog; metrics.py, status.py: Prometheus, /healthz and the status line.
+systemd.py: notify and watchdog; metrics.py, status.py: Prometheus, /healthz and the status line;
+ui/: the operator page (`--ui`): its live view (a sink), web application, token gate and server.
 """

@@ -51,9 +51,16 @@ def _console_errors(browser) -> list[str]:
 
 
 def _until(condition, what, timeout=WAIT_S):
+    """The condition's first true value; an element that went away meanwhile (the page navigated,
+    the list moved on) counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None
         if value:
             return value
         time.sleep(0.05)
@@ -104,21 +111,22 @@ def test_the_page_shows_live_tiles_anomalies_pause_and_a_lost_camera(tiny_built,
 
         # anomalies scored after the page loaded are listed within 2 s of being scored (median)
         _until(lambda: len(browser.find_elements("css selector", "#anomalies li")) >= 8, "anomalies in the list")
+        listed = browser.execute_script(
+            "return [...document.querySelectorAll('#anomalies li')].map(li => [li.dataset.id, li.dataset.listedAt])"
+        )
+        entries = {entry["id"]: entry for entry in _state(url)["anomalies"]}
         scored = {(e["source"], e["frame"]): e["captured_at"] + e["latency_ms"] / 1e3 for e in _events(out)
                   if e["event"] == "frame"}  # fmt: skip
         delays = []
-        for item in browser.find_elements("css selector", "#anomalies li"):
-            entry_state = _state(url)["anomalies"]
-            listed = {a["id"]: a for a in entry_state}.get(int(item.get_attribute("data-id")))
-            done = listed and scored.get((listed["source"], listed["frame"]))
+        for anomaly_id, listed_at in listed:
+            entry = entries.get(int(anomaly_id))
+            done = entry and scored.get((entry["source"], entry["frame"]))
             if done and done > loaded:
-                delays.append(float(item.get_attribute("data-listed-at")) - done)
+                delays.append(float(listed_at) - done)
         assert delays and statistics.median(delays) < 2.0, delays
 
-        # a click shows the anomaly's full overlay and its mask
-        thumbnails = lambda: browser.find_elements("css selector", "#anomalies li img")  # noqa: E731
-        drawn = _until(lambda: [image for image in thumbnails() if _loaded(browser, image)], "a thumbnail")
-        drawn[0].click()
+        # a click shows the anomaly's full overlay and its mask (the list moves on meanwhile: retried)
+        _until(lambda: _click_a_drawn_anomaly(browser), "an anomaly with its picture")
         _until(lambda: browser.execute_script("return document.getElementById('detail').open"), "the detail view")
         overlay = browser.find_element("id", "detail-overlay")
         _until(lambda: _loaded(browser, overlay) and _loaded(browser, browser.find_element("id", "detail-mask")),
@@ -195,6 +203,14 @@ def _answers(url) -> bool:
 def _state(url) -> dict:
     with urllib.request.urlopen(url + "api/state", timeout=30) as reply:
         return json.loads(reply.read())
+
+
+def _click_a_drawn_anomaly(browser) -> bool:
+    for image in browser.find_elements("css selector", "#anomalies li img"):
+        if _loaded(browser, image):
+            image.click()
+            return True
+    return False
 
 
 def _loaded(browser, image) -> bool:

@@ -255,6 +255,7 @@ def test_mqtt_outages_are_reported_and_nothing_is_lost_in_them_or_at_a_stop(tmp_
         again = MqttSink(target, spool=Spool(tmp_path / "spool.sqlite"), rate_per_s=1e6)  # the next run
         assert _until(lambda: again.counts()["delivered"] == 2)
         again.close()
+
         # wait for 8 distinct frames, not 8 messages: a redelivered one must not end the wait early
         def arrived():
             return [json.loads(m.payload)["frame"] for m in list(subscriber.messages)]

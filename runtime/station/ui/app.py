@@ -42,7 +42,8 @@ class PageState:
         self.station, self.view, self.out = station, view, out
         self.started = time.time()
 
-    def snapshot(self) -> dict:
+    def snapshot_text(self) -> str:
+        """The state as JSON, credentials masked (a server URL in the run record may carry them)."""
         live = self.view.snapshot()
         status, checks = health(self.station)
         sources = {}
@@ -64,7 +65,7 @@ class PageState:
             "sinks": {sink.kind: {**sink.counts(), **sink.state()} for sink in self.station.sinks},
             "outputs": {name: output.state() for name, output in self.station.monitored.items()},
         }
-        return json.loads(masked(json.dumps(state, default=str)))
+        return masked(json.dumps(state, default=str))
 
     def saved(self, entry: Anomaly, kind: str) -> Path | None:
         """The picture the station saved for this anomaly (--save), if it is there."""
@@ -92,13 +93,13 @@ def build_app(state: PageState, token: str | None, closing: threading.Event) -> 
         return response
 
     async def current(request: Request) -> Response:
-        return JSONResponse(state.snapshot(), headers=NO_STORE)
+        return Response(state.snapshot_text(), media_type="application/json", headers=NO_STORE)
 
     async def updates(request: Request) -> Response:
         async def stream():
             last, quiet_since = None, time.monotonic()
             while not closing.is_set():
-                text = json.dumps(state.snapshot())
+                text = state.snapshot_text()
                 if text != last:
                     yield f"event: state\ndata: {text}\n\n"
                     last, quiet_since = text, time.monotonic()

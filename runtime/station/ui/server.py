@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from ...errors import ZsadEdgeError
+from ..sinks import lower_priority
 from ..station import Station
 from .live import LiveView
 
@@ -77,9 +78,13 @@ class UiServer:
         self.host, self.port = host, self._socket.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2, access_log=False)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, args=([self._socket],), name="ui-server", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="ui-server", daemon=True)
         self._thread.start()
         log.warning("operator page: %s", self.url)
+
+    def _serve(self) -> None:
+        lower_priority()  # like the sinks: the page takes the CPU the model leaves (its worker threads inherit it)
+        self._server.run(sockets=[self._socket])
 
     @property
     def url(self) -> str:
