@@ -63,9 +63,12 @@ class StationCollector:
         up = GaugeMetricFamily(
             "zsad_source_up", "1 while the source delivers, 0 while it is reconnecting", labels=["source"]
         )
+        paused = GaugeMetricFamily("zsad_source_paused", "1 while an operator has paused the source", labels=["source"])
         for name, counts in per_source.items():
             up.add_metric([name], float(counts["up"]))
+            paused.add_metric([name], float(counts["paused"]))
         yield up
+        yield paused
         latency = GaugeMetricFamily(
             "zsad_latency_ms", "per-stage latency over the recent frames", labels=["stage", "quantile"]
         )

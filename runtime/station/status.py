@@ -30,14 +30,15 @@ class StatusLine:
         return self
 
     def render(self) -> str:
-        """One line: per source `name fps, dropped, anomalous` (DOWN while reconnecting), then latency."""
+        """One line: per source `name fps, dropped, anomalous` (DOWN while reconnecting, PAUSED by
+        an operator), then latency."""
         now = time.monotonic()
         elapsed = max(now - self._previous_at, 1e-9)
         parts = []
         for name, counts in self.stats.per_source().items():
             fps = (counts["processed"] - self._previous[name]) / elapsed
             self._previous[name] = counts["processed"]
-            state = "" if counts["up"] else " DOWN"
+            state = " DOWN" if not counts["up"] else (" PAUSED" if counts["paused"] else "")
             parts.append(f"{name}{state} {fps:.1f} f/s {counts['dropped']} dropped {counts['anomalies']} anomalous")
         self._previous_at = now
         total = self.stats.latency_ms().get("total")

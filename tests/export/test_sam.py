@@ -14,6 +14,7 @@ from zsad_edge.export.graphs.sam_graphs import export_sam_graphs
 from zsad_edge.export.models.sam import SamDecoderGraph, SamSpec, load_sam
 from zsad_edge.export.references.sam_predictor import ReferenceSamPredictor
 from zsad_edge.runtime.backends.ort import OrtComponent
+from zsad_edge.runtime.bundle import load_manifest
 from zsad_edge.runtime.errors import BundleError, ModelLoadError
 from zsad_edge.runtime.sam.cascade import CascadeConfig, refine, select_masks, top_peaks
 from zsad_edge.runtime.sam.predictor import SamGeometry, SamPredictor
@@ -43,8 +44,9 @@ def real_predictor(litemedsam, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def random_predictor(tmp_path_factory):
-    return _predictor(load_sam(SamSpec("litemedsam", random_init=True)), tmp_path_factory.mktemp("random_sam"))
+def random_reference(real_predictor):
+    """LiteMedSAM with random weights, in torch: the contrast that shows the shapes are not trivial."""
+    return ReferenceSamPredictor(load_sam(SamSpec("litemedsam", random_init=True)), real_predictor.geometry)
 
 
 def _shape(kind):
@@ -131,13 +133,14 @@ def test_runtime_predictor_matches_the_torch_reference(litemedsam, real_predicto
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["disk", "square", "ring"])
-def test_box_prompt_segments_synthetic_shapes_with_real_weights(real_predictor, random_predictor, kind):
+def test_box_prompt_segments_synthetic_shapes_with_real_weights(real_predictor, random_reference, kind):
     """Real LiteMedSAM weights through ONNX reach IoU >= 0.9; random weights stay below 0.3."""
     shape = _shape(kind)
     rgb = _textured(shape)
     mask, _ = real_predictor.predict_box(real_predictor.encode(rgb), _box(shape))
     assert mask.shape == shape.shape and _iou(mask, shape) >= 0.9
-    random_mask, _ = random_predictor.predict_box(random_predictor.encode(rgb), _box(shape))
+    # the runtime's box prompting over the torch reference's encode/decode (same signatures)
+    random_mask, _ = SamPredictor.predict_box(random_reference, random_reference.encode(rgb), _box(shape))
     assert _iou(random_mask, shape) < 0.3
 
 
@@ -227,18 +230,9 @@ def test_cascade_edge_cases_have_defined_results(real_predictor, mode):
 
 
 @pytest.fixture(scope="module")
-def clipsam_bundle(tmp_path_factory):
-    from zsad_edge.export.build import BuildConfig, build_bundle
-    from zsad_edge.export.models.clip import ClipSpec
-
-    return build_bundle(
-        BuildConfig(
-            clip=ClipSpec("zsad-tiny-vit", random_init=True, image_size=224),
-            method="sdp",
-            out_dir=tmp_path_factory.mktemp("clipsam") / "bundle",
-            sam=SamSpec("litemedsam"),
-        )
-    )
+def clipsam_bundle(method_bundles):
+    """The session's CLIP-SAM bundle (tiny random CLIP, SDP, LiteMedSAM; built once, tests/conftest.py)."""
+    return method_bundles["clipsam"]
 
 
 @pytest.mark.slow
@@ -246,10 +240,10 @@ def test_clipsam_bundle_runtime_matches_reference(clipsam_bundle):
     from zsad_edge.export.build import reference_from_bundle
     from zsad_edge.runtime.detector import Detector
 
-    manifest = clipsam_bundle.manifest
+    manifest = load_manifest(clipsam_bundle)
     assert {"sam_encoder", "sam_decoder"} <= set(manifest.components)
     assert manifest.method["params"]["sam"]["cascade"]["prompt_mode"] == "points"  # CLIP-SAM as published
-    runtime, reference = Detector.from_bundle(clipsam_bundle.path), reference_from_bundle(clipsam_bundle.path)
+    runtime, reference = Detector.from_bundle(clipsam_bundle), reference_from_bundle(clipsam_bundle)
     for detector in (runtime, reference):  # flag every image, outline every positive pixel
         detector.image_threshold, detector.map_threshold = -np.inf, 0.0
     images = [_textured(_shape(kind))[::2, ::2] for kind in ("disk", "square")]
@@ -267,11 +261,11 @@ def test_clipsam_bundle_runtime_matches_reference(clipsam_bundle):
 def test_clipsam_cli_writes_sam_masks(clipsam_bundle, tmp_path):
     image = tmp_path / "part.png"
     cv2.imwrite(str(image), (_textured(_shape("disk"))[..., 0] * 255).astype(np.uint8))
-    manifest_path = clipsam_bundle.path / "manifest.json"
+    manifest_path = clipsam_bundle / "manifest.json"
     bundle = tmp_path / "bundle"
     import shutil
 
-    shutil.copytree(clipsam_bundle.path, bundle)
+    shutil.copytree(clipsam_bundle, bundle)
     manifest = json.loads(manifest_path.read_text())
     manifest["scoring"].update(image_threshold=-1e9, map_threshold=-1e9)  # flag it; the whole map is one region
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -354,7 +348,7 @@ def test_a_station_runs_clip_sam_and_reports_the_refined_regions(clipsam_bundle,
     from zsad_edge.runtime.station.drop_folder import DropFolder
     from zsad_edge.runtime.station.station import watch
 
-    detector = Detector.from_bundle(clipsam_bundle.path)
+    detector = Detector.from_bundle(clipsam_bundle)
     detector.image_threshold, detector.map_threshold = -np.inf, 0.0  # flag every frame: SAM runs on each
     for index, kind in enumerate(("disk", "square")):
         cv2.imwrite(str(tmp_path / f"{index}.png"), (_textured(_shape(kind))[..., 0] * 255).astype(np.uint8))

@@ -110,19 +110,6 @@ def _is_loopback(address: str) -> bool:
     return host in ("00000000000000000000000001000000", "0000000000000000FFFF00000100007F")  # ::1, ::ffff:127.0.0.1
 
 
-def test_a_local_instance_listens_on_loopback_only(tiny_built, archive):
-    before = _listening("tcp") | _listening("tcp6")
-    rows = rows_of(sorted(archive.rglob("part0*.png")), [f"p{i}" for i in range(10)])
-    spec = DetectorSpec(tiny_built.path, backend="cpu")
-    opened = []
-    for outcome in ray_outcomes(rows, spec, detect_work, {"thresholds": {}}, RayOptions(cpus=2), NEVER):
-        if not opened:
-            opened = sorted((_listening("tcp") | _listening("tcp6")) - before)
-        assert outcome[1]
-    assert opened, "no Ray listener found"
-    assert all(_is_loopback(address) for address in opened), opened
-
-
 def dying_detect_work(detector, images, rows, context):
     """detect_work, except that the first call anywhere kills its actor process (once: a marker file)."""
     marker = Path(os.environ[DIE_MARKER_ENV])
@@ -132,7 +119,8 @@ def dying_detect_work(detector, images, rows, context):
     return detect_work(detector, images, rows, context)
 
 
-def test_a_dead_actor_is_replaced_and_the_results_are_complete(tiny_built, archive, tmp_path, monkeypatch):
+def test_a_local_instance_on_loopback_replaces_a_dead_actor_and_completes(tiny_built, archive, tmp_path, monkeypatch):
+    before = _listening("tcp") | _listening("tcp6")
     marker = tmp_path / "died"
     monkeypatch.setenv(DIE_MARKER_ENV, str(marker))
     monkeypatch.setenv(
@@ -143,7 +131,12 @@ def test_a_dead_actor_is_replaced_and_the_results_are_complete(tiny_built, archi
     spec = DetectorSpec(tiny_built.path, backend="cpu")
     record = {"thresholds": spec.open().scoring}
     options = RayOptions(cpus=2, batch_size=2)
-    remote = list(ray_outcomes(rows, spec, dying_detect_work, record, options, NEVER))
+    remote, opened = [], []
+    for outcome in ray_outcomes(rows, spec, dying_detect_work, record, options, NEVER):
+        if not opened:  # while the local instance runs: every listener it opened is on loopback
+            opened = sorted((_listening("tcp") | _listening("tcp6")) - before)
+        remote.append(outcome)
+    assert opened and all(_is_loopback(address) for address in opened), opened
     assert marker.exists()  # an actor did die
     local = list(local_outcomes(spec.open(), rows, detect_work, record, 2, NEVER))
     assert [row["index"] for row, _, _ in remote] == list(range(len(rows)))
