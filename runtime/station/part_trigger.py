@@ -23,7 +23,7 @@ from collections import deque
 from ..errors import ZsadEdgeError
 from .credentials import masked
 from .messaging import MqttTarget
-from .mqtt_client import connect_mqtt
+from .mqtt_client import CONNECT_TIMEOUT_S, connect_mqtt
 from .plc import OpcUaServer
 
 log = logging.getLogger(__name__)
@@ -58,16 +58,29 @@ class PartTrigger:
 
 
 class MqttPartTrigger(PartTrigger):
-    """Subscribes to a topic (QoS 1, again after every reconnect)."""
+    """Subscribes to a topic (QoS 1, again after every reconnect). Ready only once the broker has
+    confirmed the subscription: a trigger sent before that would be lost, and a topic the broker
+    refuses is an error at start."""
 
     def __init__(self, url: str, max_age_s: float = 60.0) -> None:
         super().__init__(max_age_s)
         self.target = MqttTarget.parse(url)
         topic = self.target.topic
-        self.client = connect_mqtt(
-            self.target, "--part-trigger", on_connect=lambda client: client.subscribe(topic, qos=1),
-            on_message=self._on_message,
-        )  # fmt: skip
+        confirmed, refused = threading.Event(), []
+
+        def acknowledged(client, userdata, mid, reason_codes, properties) -> None:
+            refused.extend(str(code) for code in reason_codes if code.is_failure)
+            confirmed.set()
+
+        def subscribe(client) -> None:
+            client.on_subscribe = acknowledged
+            client.subscribe(topic, qos=1)
+
+        self.client = connect_mqtt(self.target, "--part-trigger", on_connect=subscribe, on_message=self._on_message)
+        if not confirmed.wait(CONNECT_TIMEOUT_S) or refused:
+            self.close()
+            reason = refused[0] if refused else "no answer"
+            raise ZsadEdgeError(f"--part-trigger: the broker did not accept the subscription to {topic!r}: {reason}")
 
     def close(self) -> None:
         self.client.disconnect()
