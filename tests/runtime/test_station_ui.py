@@ -231,3 +231,28 @@ def test_a_stuck_file_read_holds_neither_the_station_nor_the_live_state(
             release.set()
             reader.join(WAIT_S)
     assert replies and replies[0][0] == 404
+
+
+def test_an_anomaly_the_page_did_not_draw_is_shown_from_the_saved_images(flagging_bundle, tmp_path):
+    from zsad_edge.runtime.detector import Detector
+
+    detector = Detector.from_bundle(flagging_bundle, backend="cpu")  # every frame anomalous
+    with _served(detector, flagging_bundle, tmp_path, [Burst("cam", 10**9, every_s=0.005)]) as running:
+        _, _, server, _ = running
+        # pictures are drawn in order: one left undrawn behind a drawn one never will be
+        _until(lambda: _passed_over(_state(server)["anomalies"]), "an anomaly left undrawn")
+        entry = _passed_over(_state(server)["anomalies"])
+        assert _request(server, f"/api/anomalies/{entry['id']}/overlay")[0] == 404  # neither drawn nor saved
+        saved = tmp_path / "out" / "frames" / "cam" / entry["run"] / f"{entry['frame']:08d}_overlay.png"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_bytes(b"\x89PNG saved overlay")  # what --save writes
+        status, headers, body = _request(server, f"/api/anomalies/{entry['id']}/overlay")
+        assert status == 200 and body == b"\x89PNG saved overlay" and headers["Content-Type"] == "image/png"
+        drawn = next(entry for entry in _state(server)["anomalies"] if entry["drawn"])
+        status, headers, body = _request(server, f"/api/anomalies/{drawn['id']}/thumbnail")
+        assert status == 200 and headers["Content-Type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
+
+
+def _passed_over(anomalies: list[dict]) -> dict | None:
+    latest_drawn = max((entry["id"] for entry in anomalies if entry["drawn"]), default=0)
+    return next((entry for entry in anomalies if not entry["drawn"] and entry["id"] < latest_drawn), None)

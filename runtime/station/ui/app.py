@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -125,7 +126,7 @@ def build_app(state: PageState, token: str | None, closing: threading.Event) -> 
         picture = getattr(entry, kind)
         if picture is not None:
             return Response(picture, media_type=PICTURES[kind])
-        saved = state.saved(entry, kind)
+        saved = await run_in_threadpool(state.saved, entry, kind)  # a slow disk holds a worker, not the loop
         if saved is None:
             return JSONResponse({"error": "this anomaly's picture was not drawn and not saved (--save)"}, 404)
         return FileResponse(saved, media_type="image/png")
