@@ -39,6 +39,7 @@ from zsad_edge.benchmarks.reports import machine_info, write_report
 from zsad_edge.benchmarks.roofline import graph_gflop, matmul_rates
 from zsad_edge.runtime.backends.openvino import import_openvino, native_bf16
 from zsad_edge.runtime.bundle import load_manifest
+from zsad_edge.runtime.contract import IMAGE_ENCODER
 
 TOP_NODES = 15
 
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         bundle = args.bundle or build(args.arch, args.image_size, Path(scratch))
         manifest = load_manifest(bundle)
-        encoder = bundle / manifest.components["image_encoder"].file
+        encoder = bundle / manifest.components[IMAGE_ENCODER].file
         gflop = graph_gflop(encoder)
         rates = {precision: max(engines.values()) for precision, engines in matmul_rates(Path(scratch)).items()}
         reports = [profile_onnxruntime(encoder, args.runs, args.warmup, Path(scratch))]
