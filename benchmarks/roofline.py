@@ -1,4 +1,4 @@
-"""How close does each backend and precision get to what this CPU can do?
+"""How close does each backend and precision get to what this CPU can do, and to what PyTorch does here?
 
 For one bundle (random weights: speed does not depend on their values):
 1. GFLOP per image of each graph, counted from the ONNX (MatMul, Gemm, Conv; shapes inferred at
@@ -12,10 +12,20 @@ For one bundle (random weights: speed does not depend on their values):
    their own); the encoder's achieved GFLOP/s as a fraction of the matching
    matmul rate; end-to-end speed-up over onnxruntime fp32.
 4. Drift of each candidate against onnxruntime fp32 on the dataset's test images: anomaly-map
-   Pearson (mean) and image-score Spearman.
+   Pearson (mean) and image-score Spearman, against the gate a reduced precision must pass here
+   (Pearson >= 0.99, Spearman >= 0.98: stricter than the bundle's default admission gate).
+5. The anchors a PyTorch user would run on this machine (benchmarks/torch_anchors.py: eager fp32,
+   bf16 autocast where the CPU has native bf16, torch.compile with and without it), timed in
+   processes of their own but interleaved with the candidates; speed-ups are over the best of them.
+6. Each candidate against its FLOP floor: the encoder's GFLOP at the machine's matmul rate of the
+   candidate's precision; end to end as a multiple of it, and the share of time outside the encoder.
 
-  python benchmarks/roofline.py ../shared/data/battery_weld
-  python benchmarks/roofline.py ../shared/data/battery_weld --runs 30 --out benchmarks/results/roofline.json
+The published configurations:
+
+  python benchmarks/roofline.py ../shared/data/battery_weld --out benchmarks/results/roofline_ViT-B-16_224.json
+  python benchmarks/roofline.py ../shared/data/battery_weld --method sdp --arch ViT-B-16-plus-240 --image-size 240
+  python benchmarks/roofline.py ../shared/data/battery_weld --arch ViT-L-14-336 --image-size 518 --runs 5 \
+      --max-images 12 --bundle /tmp/vitl518   # the bundle is kept for throughput.py
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from zsad_edge.benchmarks.reports import machine_info, write_report
+from zsad_edge.benchmarks.torch_anchors import ANCHORS, BF16_ANCHORS, AnchorFailed, TorchAnchor
 from zsad_edge.calibration.drift import measure_drift
 from zsad_edge.calibration.variants import load_calibration_images
 from zsad_edge.runtime.backends.openvino import import_openvino, native_bf16
@@ -43,6 +54,8 @@ from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.evaluation.dataset import sample_across_defects, scan_dataset
 
 MATMUL_SIDE = 1024
+GATE_MAP_PEARSON = 0.99  # the drift a reduced precision may show and still be the published configuration's
+GATE_SCORE_SPEARMAN = 0.98
 
 
 def graph_gflop(path: Path) -> float:
@@ -157,34 +170,63 @@ def matmul_rates(folder: Path) -> dict[str, dict[str, float]]:
     return rates
 
 
-def build_with_the_cli(args: argparse.Namespace, bundle: Path, precisions: list[str]) -> Path:
+def build_with_the_cli(
+    method: str, arch: str, image_size: int, dataset: Path, calibration_count: int, bundle: Path, precisions: list[str]
+) -> Path:
     """The bundle and its variants made as a user makes them, in processes of their own: the process
     that times never loads torch, exactly like a station's (every variant is kept whatever its drift,
-    which is reported, unless its maps are not numbers at all)."""
+    which is reported, unless its maps are not numbers at all). A bundle already in `bundle` with all
+    of `precisions` is used as it is."""
+    if (bundle / "manifest.json").is_file() and set(precisions) <= set(load_manifest(bundle).precisions):
+        return bundle
     build = [sys.executable, str(Path(__file__).resolve().parents[1] / "export" / "build_engines.py")]
+    method_options = ["--random-heads"] if method == "aprilgan" else []
     subprocess.run(
-        [*build, "--method", "aprilgan", "--arch", args.arch, "--image-size", str(args.image_size), "--random-init",
-         "--random-heads", "--out", str(bundle)],
+        [*build, "--method", method, "--arch", arch, "--image-size", str(image_size), "--random-init",
+         *method_options, "--out", str(bundle), "--overwrite"],
         check=True, capture_output=True,
     )  # fmt: skip
     subprocess.run(
         [*build, "add-precision", str(bundle), "--precision", *precisions, "--calibration-images",
-         str(args.dataset / "train" / "good"), "--calibration-count", str(args.calibration_count),
+         str(dataset / "train" / "good"), "--calibration-count", str(calibration_count),
          "--min-map-pearson", "-1", "--min-score-spearman", "-1"],
         check=True, capture_output=True,
     )  # fmt: skip
     return bundle
 
 
+def runtime_candidates(bf16: bool) -> list[tuple[str, str]]:
+    """(backend, precision) of every runtime candidate: onnxruntime fp32 first (the drift reference)."""
+    candidates = [("cpu", "fp32"), ("cpu", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
+    return candidates + ([("openvino", "bf16")] if bf16 else [])
+
+
+def start_anchors(bundle: Path, names: list[str]) -> tuple[dict[str, TorchAnchor], dict[str, str]]:
+    """The anchors that start here; the others by the one line that says why not."""
+    started, failed = {}, {}
+    for name in names:
+        try:
+            started[name] = TorchAnchor(bundle, name)
+        except AnchorFailed as error:
+            failed[name] = error.reason
+            print(f"anchor left out: {error}")
+    return started, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, help="MVTec-layout category: train/good calibrates, test/ measures drift")
+    parser.add_argument("--method", default="aprilgan", help="aprilgan (APRIL-GAN's published size: ViT-L-14-336 "
+                        "@ 518) or sdp (CLIP-AD's: ViT-B-16-plus-240 @ 240)")  # fmt: skip
     parser.add_argument("--arch", default="ViT-B-16")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--calibration-count", type=int, default=32)
     parser.add_argument("--max-images", type=int, default=60, help="test images for drift, drawn across defect types")
+    parser.add_argument("--anchors", nargs="*", choices=ANCHORS, default=list(ANCHORS),
+                        help="PyTorch anchors (bf16 ones only where the CPU has native bf16)")  # fmt: skip
+    parser.add_argument("--bundle", type=Path, help="build the bundle here and keep it (used as it is if complete)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="JSON path (default ./roofline_<arch>_<size>.json)")
     args = parser.parse_args(argv)
@@ -196,65 +238,73 @@ def main(argv: list[str] | None = None) -> int:
     test_images = [str(s.image) for s in sample_across_defects(samples, args.max_images, args.seed)]
     bf16 = native_bf16(import_openvino().Core())
     precisions = ["int8", *(["bf16"] if bf16 else [])]
+    anchor_names = [a for a in args.anchors if bf16 or a not in BF16_ANCHORS]
     with tempfile.TemporaryDirectory() as scratch:
-        bundle = build_with_the_cli(args, Path(scratch) / "bundle", precisions)
+        bundle = build_with_the_cli(args.method, args.arch, args.image_size, args.dataset, args.calibration_count,
+                                    args.bundle or Path(scratch) / "bundle", precisions)  # fmt: skip
         manifest = load_manifest(bundle)
         gflop = {name: graph_gflop(bundle / manifest.components[name].file) for name in (IMAGE_ENCODER, HEADS)}
-        candidates = [("cpu", "fp32"), ("cpu", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
-        candidates += [("openvino", "bf16")] if bf16 else []
-        detectors = {f"{b}/{p}": Detector.from_bundle(bundle, backend=b, precision=p) for b, p in candidates}
-        reference = detectors["cpu/fp32"]
-        drift = {name: measure_drift(reference, d, test_images) for name, d in detectors.items() if name != "cpu/fp32"}
-        one = [calibration[0]]
-        if "torch" in sys.modules:
-            raise SystemExit("torch was imported before timing: the rows would not be the runtime's own process")
-        times = benchmark_interleaved({name: (d, one) for name, d in detectors.items()}, args.runs, args.warmup)
+        detectors = {
+            f"{b}/{p}": Detector.from_bundle(bundle, backend=b, precision=p) for b, p in runtime_candidates(bf16)
+        }
+        anchors, anchors_failed = start_anchors(bundle, anchor_names)
+        try:
+            reference = detectors["cpu/fp32"]
+            drift = {
+                name: measure_drift(reference, d, test_images)
+                for name, d in {**detectors, **{a: anchors[a] for a in BF16_ANCHORS if a in anchors}}.items()
+                if name != "cpu/fp32"
+            }
+            if "torch" in sys.modules:
+                raise SystemExit("torch was imported before timing: the rows would not be the runtime's own process")
+            one = [calibration[0]]
+            cases = {name: (d, one) for name, d in {**detectors, **anchors}.items()}
+            times = benchmark_interleaved(cases, args.runs, args.warmup, block=min(5, args.runs))
+        finally:
+            for anchor in anchors.values():
+                anchor.close()
         engine_rates = matmul_rates(Path(scratch))  # torch is imported from here on, after every timing
         rates = {precision: max(by_engine.values()) for precision, by_engine in engine_rates.items()}
         providers = {name: d.providers for name, d in detectors.items()}
 
     medians = {name: t.medians() for name, t in times.items()}
     base = medians["cpu/fp32"]["end_to_end"]
+    best_anchor = min(anchors, key=lambda a: medians[a]["end_to_end"])
     rows = {}
     for name, m in medians.items():
-        precision = name.split("/")[1]
+        precision = "bf16" if name in BF16_ANCHORS else name.split("/")[-1] if "/" in name else "fp32"
         rate = rates.get(precision, rates["fp32"])
         achieved = gflop[IMAGE_ENCODER] / (m["encode"] / 1e3)
+        floor_ms = gflop[IMAGE_ENCODER] / rate * 1e3
+        pearson = drift.get(name, {}).get("map_pearson_mean", 1.0)
+        spearman_ = drift.get(name, {}).get("score_spearman", 1.0)
         rows[name] = {
             "encode_ms": m["encode"],
             "end_to_end_ms": m["end_to_end"],
+            "outside_encoder_fraction": 1 - m["encode"] / m["end_to_end"],
             "speedup_vs_ort_fp32": base / m["end_to_end"],
+            "speedup_vs_best_torch": medians[best_anchor]["end_to_end"] / m["end_to_end"],
             "encoder_gflop_per_s": achieved,
             "fraction_of_matmul_rate": achieved / rate,
             "matmul_rate_used": precision if precision in rates else "fp32",
-            "map_pearson_mean": drift.get(name, {}).get("map_pearson_mean", 1.0),
-            "score_spearman": drift.get(name, {}).get("score_spearman", 1.0),
+            "encoder_floor_ms": floor_ms,
+            "end_to_end_over_floor": m["end_to_end"] / floor_ms,
+            "map_pearson_mean": pearson,
+            "score_spearman": spearman_,
+            "passes_drift_gate": name in ANCHORS or (pearson >= GATE_MAP_PEARSON and spearman_ >= GATE_SCORE_SPEARMAN),
         }
     encoder, heads = gflop[IMAGE_ENCODER], gflop[HEADS]
-    print(f"\n{args.arch} @ {args.image_size}: encoder {encoder:.2f} GFLOP, heads {heads:.3f} GFLOP per image")
+    print(f"\n{args.method}, {args.arch} @ {args.image_size}: encoder {encoder:.2f} GFLOP, heads {heads:.3f} GFLOP")
     for precision, by_engine in engine_rates.items():
         engines = ", ".join(f"{engine} {rate:.0f}" for engine, rate in by_engine.items())
         print(f"1024x1024 matmul {precision}: {engines} G/s; the machine's rate: {rates[precision]:.0f}")
-    print(f"drift on {len(test_images)} test images of {args.dataset}; batch 1, median of {args.runs}\n")
-    columns = [
-        "encode ms",
-        "end-to-end ms",
-        "speed-up",
-        "encoder G/s",
-        "of matmul rate",
-        "map Pearson",
-        "score Spearman",
-    ]
-    print("| candidate | " + " | ".join(columns) + " |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(
-            f"| {name} | {r['encode_ms']:.1f} | {r['end_to_end_ms']:.1f} | {r['speedup_vs_ort_fp32']:.2f}x | "
-            f"{r['encoder_gflop_per_s']:.0f} | {100 * r['fraction_of_matmul_rate']:.0f} % ({r['matmul_rate_used']}) | "
-            f"{r['map_pearson_mean']:.4f} | {r['score_spearman']:.4f} |"
-        )
+    print(f"drift on {len(test_images)} test images of {args.dataset} (gate: map Pearson >= {GATE_MAP_PEARSON}, "
+          f"score Spearman >= {GATE_SCORE_SPEARMAN}); batch 1, median of {args.runs}; best PyTorch anchor: "
+          f"{best_anchor}\n")  # fmt: skip
+    print(format_rows(rows))
     report = {
         "benchmark": "roofline",
+        "method": args.method,
         "arch": args.arch,
         "image_size": args.image_size,
         "dataset": str(args.dataset),
@@ -263,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         "gflop_per_image": gflop,
         "matmul_rates_gflop_per_s": rates,
         "matmul_rates_by_engine": engine_rates,
+        "drift_gate": {"min_map_pearson": GATE_MAP_PEARSON, "min_score_spearman": GATE_SCORE_SPEARMAN},
+        "best_torch_anchor": best_anchor,
+        "anchors_left_out": anchors_failed,
         "providers": providers,
         "candidates": rows,
         "median_ms": medians,
@@ -272,6 +325,28 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_report(report, args.out, f"roofline_{args.arch}_{args.image_size}")
     return 0
+
+
+def format_rows(rows: dict[str, dict]) -> str:
+    """The markdown table of every candidate and anchor."""
+    columns = ["encode ms", "end-to-end ms", "outside encoder", "x floor", "of matmul rate", "vs best torch",
+               "map Pearson", "score Spearman", "gate"]  # fmt: skip
+    lines = ["| candidate | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, r in rows.items():
+        gate = "anchor" if name in ANCHORS else "pass" if r["passes_drift_gate"] else "FAIL"
+        cells = [
+            f"{r['encode_ms']:.1f}",
+            f"{r['end_to_end_ms']:.1f}",
+            f"{100 * r['outside_encoder_fraction']:.0f} %",
+            f"{r['end_to_end_over_floor']:.2f}x",
+            f"{100 * r['fraction_of_matmul_rate']:.0f} % ({r['matmul_rate_used']})",
+            f"{r['speedup_vs_best_torch']:.2f}x",
+            f"{r['map_pearson_mean']:.4f}",
+            f"{r['score_spearman']:.4f}",
+            gate,
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

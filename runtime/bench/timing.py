@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -63,8 +63,26 @@ def time_stages(detector: DetectionPipeline, images: Sequence[np.ndarray], into:
     into.samples.setdefault("end_to_end", []).append((marks[names[-1]] - marks["start"]) * 1e3)
 
 
+@runtime_checkable
+class TimesItself(Protocol):
+    """A case timed where it runs (a detector in another process): one pass, its samples added to
+    `into`, or a warm-up pass where `into` is None."""
+
+    def time_stages(self, images: Sequence[np.ndarray], into: StageTimes | None) -> None: ...
+
+
+def timed_pass(
+    detector: DetectionPipeline | TimesItself, images: Sequence[np.ndarray], into: StageTimes | None
+) -> None:
+    """One pass of `time_stages`, by the case itself where it times itself."""
+    if isinstance(detector, TimesItself):
+        detector.time_stages(images, into)
+    else:
+        time_stages(detector, images, into)
+
+
 def benchmark_interleaved(
-    cases: Mapping[str, tuple[DetectionPipeline, Sequence[np.ndarray]]],
+    cases: Mapping[str, tuple[DetectionPipeline | TimesItself, Sequence[np.ndarray]]],
     runs: int,
     warmup: int,
     block: int = 5,
@@ -76,13 +94,13 @@ def benchmark_interleaved(
     times = {name: StageTimes() for name in cases}
     for detector, images in cases.values():
         for _ in range(warmup):
-            time_stages(detector, images, None)
+            timed_pass(detector, images, None)
     while any(t.count < runs for t in times.values()):
         for name, (detector, images) in cases.items():
             time.sleep(settle_s)
-            time_stages(detector, images, None)
+            timed_pass(detector, images, None)
             for _ in range(min(block, runs - times[name].count)):
-                time_stages(detector, images, times[name])
+                timed_pass(detector, images, times[name])
         if between_rounds is not None:
             between_rounds()
     return times
