@@ -85,7 +85,7 @@ def check_configuration(arch: str, size: int, args, scratch: Path, started: floa
 
     from zsad_edge.benchmarks.reports import random_bundle
     from zsad_edge.benchmarks.torch_anchors import sped_up_reference
-    from zsad_edge.calibration.drift import measure_drift
+    from zsad_edge.calibration.drift import drift_between, score_images
     from zsad_edge.calibration.variants import add_precision, load_calibration_images
     from zsad_edge.runtime.backends.components import EngineOptions
     from zsad_edge.runtime.bench.timing import benchmark_interleaved
@@ -127,7 +127,8 @@ def check_configuration(arch: str, size: int, args, scratch: Path, started: floa
         candidates["ort-tensorrt/fp16"].score_batch(images[:1])  # the provider builds its engine on first run
         result["seconds"]["ort_tensorrt_fp16_build"] = time.monotonic() - mark
 
-    drift = {name: measure_drift(reference, detector, images) for name, detector in candidates.items()}
+    expected = score_images(reference, images)
+    drift = {name: drift_between(expected, score_images(detector, images)) for name, detector in candidates.items()}
     result["parity"] = drift
     result["parity_passed"] = all(passes(name, d) for name, d in drift.items())
 

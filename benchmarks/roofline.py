@@ -43,7 +43,7 @@ import numpy as np
 
 from zsad_edge.benchmarks.reports import machine_info, write_report
 from zsad_edge.benchmarks.torch_anchors import ANCHORS, BF16_ANCHORS, AnchorFailed, TorchAnchor
-from zsad_edge.calibration.drift import measure_drift
+from zsad_edge.calibration.drift import drift_between, score_images
 from zsad_edge.calibration.variants import load_calibration_images
 from zsad_edge.runtime.backends.openvino import import_openvino, native_bf16
 from zsad_edge.runtime.bench.timing import benchmark_interleaved
@@ -249,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         anchors, anchors_failed = start_anchors(bundle, anchor_names)
         try:
-            reference = detectors["cpu/fp32"]
+            reference = score_images(detectors["cpu/fp32"], test_images)
             drift = {
-                name: measure_drift(reference, d, test_images)
+                name: drift_between(reference, score_images(d, test_images))
                 for name, d in {**detectors, **{a: anchors[a] for a in BF16_ANCHORS if a in anchors}}.items()
                 if name != "cpu/fp32"
             }

@@ -62,7 +62,8 @@ class TorchAnchor:
             for stage, value in samples.items():
                 into.samples.setdefault(stage, []).append(value)
 
-    def score_batch(self, images: Sequence[np.ndarray]) -> list[DetectionResult]:
+    def score_batch(self, images: Sequence) -> list[DetectionResult]:
+        """Results of images (arrays or paths, read in the child)."""
         self._connection.send(("score", list(images)))
         return self._answer()
 

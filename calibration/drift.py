@@ -15,7 +15,7 @@ import numpy as np
 
 from zsad_edge.runtime.comparison import pearson, relative_error, spearman
 from zsad_edge.runtime.errors import ParityError, ZsadEdgeError
-from zsad_edge.runtime.pipeline import DetectionPipeline
+from zsad_edge.runtime.pipeline import DetectionPipeline, DetectionResult
 
 MIN_DRIFT_IMAGES = 3
 
@@ -41,15 +41,23 @@ def measure_drift(
     """Drift numbers of `candidate` against `reference` on the same images (paths or arrays)."""
     if len(images) < MIN_DRIFT_IMAGES:
         raise ZsadEdgeError(f"measuring precision drift needs at least {MIN_DRIFT_IMAGES} images, got {len(images)}")
-    correlations, errors, ref_scores, cand_scores = [], [], [], []
+    return drift_between(score_images(reference, images, batch_size), score_images(candidate, images, batch_size))
+
+
+def score_images(detector: DetectionPipeline, images: Sequence, batch_size: int = 4) -> list[DetectionResult]:
+    """`detector`'s results on `images`, `batch_size` at a time: score a reference once and compare
+    many candidates with it (`drift_between`)."""
+    results = []
     for start in range(0, len(images), batch_size):
-        chunk = reference.load(images[start : start + batch_size])
-        for ref, cand in zip(reference.score_batch(chunk), candidate.score_batch(chunk)):
-            a, b = ref.anomaly_map.ravel(), cand.anomaly_map.ravel()
-            correlations.append(pearson(a, b))
-            errors.append(relative_error(b, a))
-            ref_scores.append(ref.score)
-            cand_scores.append(cand.score)
+        results.extend(detector.score_batch(images[start : start + batch_size]))
+    return results
+
+
+def drift_between(reference: Sequence[DetectionResult], candidate: Sequence[DetectionResult]) -> dict:
+    """Drift numbers of one detector's results against another's, image by image."""
+    correlations = [pearson(r.anomaly_map.ravel(), c.anomaly_map.ravel()) for r, c in zip(reference, candidate)]
+    errors = [relative_error(c.anomaly_map.ravel(), r.anomaly_map.ravel()) for r, c in zip(reference, candidate)]
+    ref_scores, cand_scores = [r.score for r in reference], [c.score for c in candidate]
     return {
         "images": len(correlations),
         "map_pearson_mean": float(np.mean(correlations)),
