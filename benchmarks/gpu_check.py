@@ -89,6 +89,7 @@ def check_configuration(arch: str, size: int, args, scratch: Path, started: floa
     from zsad_edge.calibration.variants import add_precision, load_calibration_images
     from zsad_edge.runtime.backends.components import EngineOptions
     from zsad_edge.runtime.bench.timing import benchmark_interleaved
+    from zsad_edge.runtime.contract import APRILGAN
     from zsad_edge.runtime.detector import Detector
     from zsad_edge.runtime.evaluation.dataset import sample_across_defects, scan_dataset
 
@@ -100,7 +101,7 @@ def check_configuration(arch: str, size: int, args, scratch: Path, started: floa
 
     result: dict = {"seconds": {}}
     mark = time.monotonic()
-    built = random_bundle(arch, size, "aprilgan", scratch / f"{arch}_{size}")
+    built = random_bundle(arch, size, APRILGAN.name, scratch / f"{arch}_{size}")
     calibration = load_calibration_images([args.dataset / "train" / "good"], args.calibration_count)
     for precision in ("fp16", "int8"):
         add_precision(built.path, precision, calibration)

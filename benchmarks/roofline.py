@@ -48,7 +48,7 @@ from zsad_edge.calibration.variants import load_calibration_images
 from zsad_edge.runtime.backends.openvino import import_openvino, native_bf16
 from zsad_edge.runtime.bench.timing import benchmark_interleaved
 from zsad_edge.runtime.bundle import load_manifest
-from zsad_edge.runtime.contract import HEADS, IMAGE_ENCODER
+from zsad_edge.runtime.contract import APRILGAN, HEADS, IMAGE_ENCODER, MANIFEST_FILE, METHODS
 from zsad_edge.runtime.cpu import cpu_info, int8_dot_product
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.evaluation.dataset import sample_across_defects, scan_dataset
@@ -177,10 +177,10 @@ def build_with_the_cli(
     that times never loads torch, exactly like a station's (every variant is kept whatever its drift,
     which is reported, unless its maps are not numbers at all). A bundle already in `bundle` with all
     of `precisions` is used as it is."""
-    if (bundle / "manifest.json").is_file() and set(precisions) <= set(load_manifest(bundle).precisions):
+    if (bundle / MANIFEST_FILE).is_file() and set(precisions) <= set(load_manifest(bundle).precisions):
         return bundle
     build = [sys.executable, str(Path(__file__).resolve().parents[1] / "export" / "build_engines.py")]
-    method_options = ["--random-heads"] if method == "aprilgan" else []
+    method_options = ["--random-heads"] if METHODS[method].trained_heads else []
     subprocess.run(
         [*build, "--method", method, "--arch", arch, "--image-size", str(image_size), "--random-init",
          *method_options, "--out", str(bundle), "--overwrite"],
@@ -216,8 +216,12 @@ def start_anchors(bundle: Path, names: list[str]) -> tuple[dict[str, TorchAnchor
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, help="MVTec-layout category: train/good calibrates, test/ measures drift")
-    parser.add_argument("--method", default="aprilgan", help="aprilgan (APRIL-GAN's published size: ViT-L-14-336 "
-                        "@ 518) or sdp (CLIP-AD's: ViT-B-16-plus-240 @ 240)")  # fmt: skip
+    parser.add_argument(
+        "--method",
+        choices=list(METHODS),
+        default=APRILGAN.name,
+        help="APRIL-GAN is published on ViT-L-14-336 @ 518, CLIP-AD's sdp on ViT-B-16-plus-240 @ 240",
+    )
     parser.add_argument("--arch", default="ViT-B-16")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=20)

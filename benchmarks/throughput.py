@@ -29,13 +29,14 @@ from zsad_edge.calibration.variants import load_calibration_images
 from zsad_edge.runtime.backends.openvino import import_openvino, native_bf16
 from zsad_edge.runtime.bench.record import batch_of
 from zsad_edge.runtime.bench.timing import benchmark_interleaved
+from zsad_edge.runtime.contract import APRILGAN, METHODS
 from zsad_edge.runtime.detector import Detector
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, help="MVTec-layout category: train/good calibrates and is timed")
-    parser.add_argument("--method", default="aprilgan")
+    parser.add_argument("--method", choices=list(METHODS), default=APRILGAN.name)
     parser.add_argument("--arch", default="ViT-B-16")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8])
