@@ -101,7 +101,7 @@ def check_configuration(arch: str, size: int, args, scratch: Path, started: floa
 
     result: dict = {"seconds": {}}
     mark = time.monotonic()
-    built = random_bundle(arch, size, APRILGAN.name, scratch / f"{arch}_{size}")
+    built = random_bundle(arch, size, APRILGAN.option, scratch / f"{arch}_{size}")
     calibration = load_calibration_images([args.dataset / "train" / "good"], args.calibration_count)
     for precision in ("fp16", "int8"):
         add_precision(built.path, precision, calibration)

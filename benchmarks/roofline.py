@@ -48,7 +48,7 @@ from zsad_edge.calibration.variants import load_calibration_images
 from zsad_edge.runtime.backends.openvino import import_openvino, native_bf16
 from zsad_edge.runtime.bench.timing import benchmark_interleaved
 from zsad_edge.runtime.bundle import load_manifest
-from zsad_edge.runtime.contract import APRILGAN, HEADS, IMAGE_ENCODER, MANIFEST_FILE, METHODS
+from zsad_edge.runtime.contract import APRILGAN, HEADS, IMAGE_ENCODER, MANIFEST_FILE, METHODS, method_by_option
 from zsad_edge.runtime.cpu import cpu_info, int8_dot_product
 from zsad_edge.runtime.detector import Detector
 from zsad_edge.runtime.evaluation.dataset import sample_across_defects, scan_dataset
@@ -180,7 +180,7 @@ def build_with_the_cli(
     if (bundle / MANIFEST_FILE).is_file() and set(precisions) <= set(load_manifest(bundle).precisions):
         return bundle
     build = [sys.executable, str(Path(__file__).resolve().parents[1] / "export" / "build_engines.py")]
-    method_options = ["--random-heads"] if METHODS[method].trained_heads else []
+    method_options = ["--random-heads"] if method_by_option(method).trained_heads else []
     subprocess.run(
         [*build, "--method", method, "--arch", arch, "--image-size", str(image_size), "--random-init",
          *method_options, "--out", str(bundle), "--overwrite"],
@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", type=Path, help="MVTec-layout category: train/good calibrates, test/ measures drift")
     parser.add_argument(
         "--method",
-        choices=list(METHODS),
-        default=APRILGAN.name,
+        choices=[m.option for m in METHODS.values()],
+        default=APRILGAN.option,
         help="APRIL-GAN is published on ViT-L-14-336 @ 518, CLIP-AD's sdp on ViT-B-16-plus-240 @ 240",
     )
     parser.add_argument("--arch", default="ViT-B-16")

@@ -36,7 +36,7 @@ from zsad_edge.runtime.detector import Detector
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, help="MVTec-layout category: train/good calibrates and is timed")
-    parser.add_argument("--method", choices=list(METHODS), default=APRILGAN.name)
+    parser.add_argument("--method", choices=[m.option for m in METHODS.values()], default=APRILGAN.option)
     parser.add_argument("--arch", default="ViT-B-16")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8])

@@ -10,7 +10,10 @@ interleave round by round, and only one process computes at any moment.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import signal
+import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -28,6 +31,7 @@ COMPILE_BF16 = "torch_compile_autocast_bf16"
 ANCHORS = (EAGER_FP32, AUTOCAST_BF16, COMPILE_FP32, COMPILE_BF16)
 BF16_ANCHORS = (AUTOCAST_BF16, COMPILE_BF16)
 COMPILED_ANCHORS = (COMPILE_FP32, COMPILE_BF16)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ def _serve(connection: Connection, bundle: str, anchor: str) -> None:
     """The child: build the anchor, say ready (or why not), then answer until told to stop."""
     from zsad_edge.runtime.bench.timing import time_stages
 
+    _end_with_parent()
     try:
         detector = _anchor_detector(Path(bundle), anchor)
         detector.score_batch([np.zeros((64, 64, 3), np.uint8)])  # compiles where the anchor compiles
@@ -105,6 +110,14 @@ def _serve(connection: Connection, bundle: str, anchor: str) -> None:
             connection.send(("samples", {stage: values[0] for stage, values in times.samples.items()}))
         else:
             connection.send(("results", detector.score_batch(images)))
+
+
+def _end_with_parent() -> None:
+    """On Linux, have the kernel kill this child when its parent dies: a child left behind by a
+    killed benchmark (torch.compile of a large model runs for minutes) would compute on the very
+    cores the next benchmark times."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _anchor_detector(bundle: Path, anchor: str):
