@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.batch_sizes) < 1:
         raise SystemExit("--batch-sizes must all be at least 1")
 
-    images = load_calibration_images([args.dataset / "train" / "good"], max(args.batch_sizes))
+    images = load_calibration_images([args.dataset / "train" / "good"], max(8, *args.batch_sizes))
     bf16 = native_bf16(import_openvino().Core())
     precisions = ["int8", *(["bf16"] if bf16 else [])]
     with tempfile.TemporaryDirectory() as scratch:
